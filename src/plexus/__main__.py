@@ -1,0 +1,3 @@
+from plexus.cli.main import main
+
+main()
