@@ -1,0 +1,196 @@
+"""Raw TCP proxying: a downstream connection piped to an upstream one, with flow control and half-close.
+
+The downstream's bytes are held (reading paused past HOLD_BYTES) until the upstream connects; a failed
+connect is retried once on another endpoint (egress) before the downstream is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Final, cast
+
+from plexus.proxy import Endpoint, TcpStats
+from plexus.transport.context import DataPlaneContext
+
+log = logging.getLogger("plexus.dataplane")
+
+HOLD_BYTES: Final = 64 * 1024  # bytes read from the downstream before the upstream is up
+
+
+class _UpstreamSide(asyncio.Protocol):
+    def __init__(self, pipe: TcpPipe) -> None:
+        self.pipe = pipe
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
+
+    def data_received(self, data: bytes) -> None:
+        self.pipe.from_upstream(data)
+
+    def eof_received(self) -> bool:
+        self.pipe.upstream_eof()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.pipe.upstream_lost()
+
+    def pause_writing(self) -> None:
+        self.pipe.pause_downstream_reading()
+
+    def resume_writing(self) -> None:
+        self.pipe.resume_downstream_reading()
+
+
+class TcpPipe(asyncio.Protocol):
+    """The downstream side; ``pick(exclude)`` chooses the upstream endpoint (None: nothing to connect to)."""
+
+    def __init__(
+        self,
+        ctx: DataPlaneContext,
+        stats: TcpStats,
+        pick: Callable[[Endpoint | None], Endpoint | None],
+        retry: bool,
+        initial: bytes = b"",
+    ) -> None:
+        self.ctx = ctx
+        self.stats = stats
+        self.pick = pick
+        self.retry = retry
+        self.transport: asyncio.Transport | None = None
+        self.upstream: _UpstreamSide | None = None
+        self.held: list[bytes] = [initial] if initial else []
+        self.held_bytes = len(initial)
+        self.down_eof = False
+        self.up_eof = False
+        self.endpoint: Endpoint | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
+        self.ctx.tcp_connections.add(self)
+        self.stats.connections += 1
+        self.stats.active += 1
+        self.stats.bytes_received += self.held_bytes
+        self.ctx.loop.create_task(self._connect())
+
+    async def _connect(self) -> None:
+        exclude: Endpoint | None = None
+        for attempt in range(2 if self.retry else 1):
+            endpoint = self.pick(exclude)
+            if endpoint is None:
+                break
+            endpoint.active += 1
+            endpoint.total += 1
+            self.endpoint = endpoint
+            side = _UpstreamSide(self)
+            host, port = endpoint.address
+            try:
+                await asyncio.wait_for(
+                    self.ctx.loop.create_connection(lambda s=side: s, host, port),  # type: ignore[misc]
+                    self.ctx.settings.connect_timeout,
+                )
+            except (OSError, TimeoutError) as exc:
+                endpoint.active -= 1
+                endpoint.failures += 1
+                self.endpoint = None
+                self.ctx.stats.upstream_cx_connect_fail += 1
+                log.debug("tcp connect to %s failed (attempt %d): %r", endpoint.key, attempt + 1, exc)
+                exclude = endpoint
+                continue
+            if self.closed:
+                if side.transport is not None:
+                    side.transport.close()
+                return
+            self.ctx.stats.upstream_cx_total += 1
+            self.upstream = side
+            if self.held:
+                self._write_up(b"".join(self.held))
+                self.held = []
+                self.held_bytes = 0
+            if self.down_eof and side.transport is not None and side.transport.can_write_eof():
+                side.transport.write_eof()
+            if self.transport is not None and not self.closed:
+                self.transport.resume_reading()
+            return
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _write_up(self, data: bytes) -> None:
+        side = self.upstream
+        if side is not None and side.transport is not None:
+            side.transport.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        self.stats.bytes_received += len(data)
+        if self.upstream is not None:
+            self._write_up(data)
+            return
+        self.held.append(data)
+        self.held_bytes += len(data)
+        if self.held_bytes > HOLD_BYTES and self.transport is not None:
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        self.down_eof = True
+        side = self.upstream
+        if side is not None and side.transport is not None and side.transport.can_write_eof():
+            side.transport.write_eof()
+        return not self.up_eof  # both directions done: let the transport close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.ctx.tcp_connections.discard(self)
+        self.stats.active -= 1
+        if self.endpoint is not None:
+            self.endpoint.active -= 1
+            self.endpoint = None
+        side = self.upstream
+        if side is not None and side.transport is not None:
+            if exc is None:
+                side.transport.close()
+            else:
+                side.transport.abort()
+
+    def pause_writing(self) -> None:
+        side = self.upstream
+        if side is not None and side.transport is not None:
+            side.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        side = self.upstream
+        if side is not None and side.transport is not None:
+            side.transport.resume_reading()
+
+    # -- from the upstream side ---------------------------------------------------------------------
+
+    def from_upstream(self, data: bytes) -> None:
+        self.stats.bytes_sent += len(data)
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def upstream_eof(self) -> None:
+        self.up_eof = True
+        if self.transport is not None and not self.closed:
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            if self.down_eof:
+                self.transport.close()
+
+    def upstream_lost(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+    def pause_downstream_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_downstream_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()

@@ -1,0 +1,204 @@
+"""Upstream HTTP/1.1 connections and the keep-alive pool per endpoint.
+
+An ``UpstreamConnection`` serves one exchange at a time (HTTP/1.1 without pipelining upstream); between
+exchanges it sits idle in its endpoint's pool. Bytes that arrive on an idle connection break framing (a body
+after a HEAD response, garbage): the connection is closed, so the next request never reads them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Protocol, cast
+
+from plexus.codec.http1 import Http1Limits, ResponseDecoder, ResponseHead
+from plexus.core.errors import ProtocolError
+from plexus.proxy import DataPlaneStats, Endpoint
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+
+class ExchangeSide(Protocol):
+    """What an upstream connection reports to the exchange it serves (the decoder calls the on_response_*
+    methods directly while the exchange is bound)."""
+
+    def on_response_head(self, head: ResponseHead) -> None: ...
+    def on_response_body(self, data: bytes) -> None: ...
+    def on_response_end(self) -> None: ...
+    def on_response_upgrade(self, head: ResponseHead, tail: bytes) -> None: ...
+    def on_response_error(self, error: ProtocolError) -> None: ...
+    def on_upstream_lost(self, conn: UpstreamConnection) -> None: ...
+    def on_upstream_write_paused(self, paused: bool) -> None: ...
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "closed",
+        "decoder",
+        "endpoint",
+        "exchange",
+        "pipe",
+        "pool",
+        "received",
+        "reused",
+        "transport",
+    )
+
+    def __init__(self, pool: UpstreamPool, endpoint: Endpoint) -> None:
+        self.pool = pool
+        self.endpoint = endpoint
+        self.transport: asyncio.Transport | None = None
+        self.exchange: ExchangeSide | None = None
+        self.decoder = ResponseDecoder(self, pool.limits)
+        self.reused = False  # served an earlier exchange: it may have been closed by the peer meanwhile
+        self.received = False  # a byte of the current exchange's response arrived
+        self.closed = False
+        self.pipe: Callable[[bytes], None] | None = None  # after a 101: raw bytes go straight here
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
+        self.pool.stats.upstream_cx_total += 1
+        self.pool.stats.upstream_cx_active += 1
+
+    def data_received(self, data: bytes) -> None:
+        pipe = self.pipe
+        if pipe is not None:
+            pipe(data)
+            return
+        if self.exchange is None:
+            self.close()  # bytes nobody asked for: framing is lost
+            return
+        self.received = True
+        self.decoder.feed(data)
+
+    def eof_received(self) -> bool | None:
+        if self.pipe is not None and self.exchange is not None:
+            return self.exchange_eof()
+        return None
+
+    def exchange_eof(self) -> bool:
+        on_eof = getattr(self.exchange, "on_upstream_eof", None)
+        return bool(on_eof()) if on_eof is not None else False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed:
+            self.closed = True
+            self.pool.forget(self)
+        self.pool.stats.upstream_cx_active -= 1
+        exchange = self.exchange
+        if exchange is not None:
+            self.exchange = None
+            if self.pipe is None and self.decoder.eof():
+                return  # the close ended a close-delimited body; on_response_end already ran
+            exchange.on_upstream_lost(self)
+
+    def pause_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.on_upstream_write_paused(True)
+
+    def resume_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.on_upstream_write_paused(False)
+
+    # -- ResponseSink: straight through to the exchange ---------------------------------------------
+
+    # While bound, the decoder reports to the exchange itself; these run only when no exchange is bound
+    # (a response nobody asked for, e.g. a second response in the same read): framing is lost, so close.
+
+    def on_response_head(self, head: ResponseHead) -> None:
+        self.close()
+
+    def on_response_body(self, data: bytes) -> None:
+        self.close()
+
+    def on_response_end(self) -> None:
+        self.close()
+
+    def on_response_upgrade(self, head: ResponseHead, tail: bytes) -> None:
+        self.close()
+
+    def on_response_error(self, error: ProtocolError) -> None:
+        self.close()
+
+    # -- use ----------------------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        """Close now (used when framing is lost or an exchange is abandoned): the peer sees a reset of it."""
+        self.exchange = None
+        if not self.closed:
+            self.closed = True
+            self.pool.forget(self)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def release(self, keep_alive: bool) -> None:
+        """The exchange is over: back to the idle pool, or closed when it cannot carry another."""
+        self.exchange = None
+        decoder = self.decoder
+        decoder.sink = self  # stray events now close this connection
+        decoder.is_head = False
+        if keep_alive and not decoder.dead and not self.closed and not self.endpoint.removed:
+            self.reused = True
+            idle = self.pool.idle.get(self.endpoint.key)
+            if idle is None:
+                idle = self.pool.idle[self.endpoint.key] = []
+            if len(idle) < self.pool.max_idle:
+                idle.append(self)
+                return
+        self.close()
+
+
+class UpstreamPool:
+    """Idle keep-alive connections by endpoint address (newest reused first, so older ones time out)."""
+
+    def __init__(self, stats: DataPlaneStats, limits: Http1Limits, max_idle_per_endpoint: int = 64) -> None:
+        self.stats = stats
+        self.limits = limits
+        self.max_idle = max_idle_per_endpoint  # bounds memory: idle connections beyond this are closed
+        self.idle: dict[str, list[UpstreamConnection]] = {}
+        self._all: set[UpstreamConnection] = set()
+
+    def acquire(self, endpoint: Endpoint) -> UpstreamConnection | None:
+        idle = self.idle.get(endpoint.key)
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                return conn
+        return None
+
+    def idle_push(self, conn: UpstreamConnection) -> None:
+        idle = self.idle.setdefault(conn.endpoint.key, [])
+        if len(idle) >= self.max_idle:
+            conn.close()
+            return
+        idle.append(conn)
+
+    async def connect(self, endpoint: Endpoint, timeout: float) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        conn = UpstreamConnection(self, endpoint)
+        host, port = endpoint.address
+        await asyncio.wait_for(loop.create_connection(lambda: conn, host, port), timeout)
+        self._all.add(conn)
+        return conn
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        self._all.discard(conn)
+        idle = self.idle.get(conn.endpoint.key)
+        if idle and conn in idle:
+            idle.remove(conn)
+
+    def drop_endpoint(self, key: str) -> None:
+        """The endpoint left its cluster: close its idle connections (busy ones close when released)."""
+        for conn in list(self.idle.pop(key, ())):
+            conn.close()
+
+    def close_all(self) -> None:
+        self.idle.clear()
+        for conn in list(self._all):
+            conn.close()
