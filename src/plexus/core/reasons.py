@@ -26,8 +26,10 @@ REQUEST_BODY_TOO_LARGE: Final = "request_body_too_large"
 NOT_IMPLEMENTED: Final = "not_implemented"
 
 # Failures that happen before any byte of the request reached an app: safe to retry on another endpoint.
+# A provider sidecar answering unknown_service has just withdrawn that service (the app unpublished first):
+# the request never reached an app, so another endpoint may take it.
 RETRIABLE_BEFORE_SEND: Final = frozenset(
-    {UPSTREAM_CONNECT_FAILED, UPSTREAM_CONNECT_TIMEOUT, LOCAL_APP_UNAVAILABLE, NO_HEALTHY_UPSTREAM}
+    {UPSTREAM_CONNECT_FAILED, UPSTREAM_CONNECT_TIMEOUT, LOCAL_APP_UNAVAILABLE, NO_HEALTHY_UPSTREAM, UNKNOWN_SERVICE}
 )
 
 

@@ -31,7 +31,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> T:
+def wait_for(predicate: Callable[[], T | None], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> T:
     """Poll until ``predicate()`` is truthy; return its value or raise TimeoutError naming ``what``."""
     deadline = time.monotonic() + timeout
     last_error: BaseException | None = None

@@ -1,0 +1,124 @@
+"""A sample provider app written with the SDK: ``python -m plexus.demo.provider --service echo --name p1``.
+
+It serves HTTP on 127.0.0.1 (port 0), publishes itself through ``plexus.sdk`` (mesh or direct mode), and
+answers every request with JSON saying who it is, so a caller can tell which path a call took:
+``{"provider": "p1", "mode": "direct", "service": "echo", "request_id": "c1-17"}``.
+
+On SIGTERM or SIGINT it unpublishes first, keeps serving for ``--grace`` seconds, then stops. With
+``--ledger`` it appends each received request id to that file (one per line), for tests that count duplicates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import FrameType
+from typing import IO, Any
+
+from plexus import sdk
+from plexus.testing.procs import write_ready_file
+
+REQUEST_ID_HEADER = "x-request-id"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, like a real service
+    # Buffer the response and send it in one write when the handler returns: headers and body in two small
+    # writes meet Nagle's algorithm and the peer's delayed ACK, which adds 40 ms to every call.
+    wbufsize = -1
+    server: _ProviderServer
+
+    def do_GET(self) -> None:
+        self._answer()
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        if length:
+            self.rfile.read(length)
+        self._answer()
+
+    def _answer(self) -> None:
+        server = self.server
+        request_id = self.headers.get(REQUEST_ID_HEADER, "")
+        server.record(request_id)
+        body = json.dumps({
+            "provider": server.name, "mode": server.mode, "service": server.service,
+            "request_id": request_id, "path": self.path,
+        }).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.send_header("x-plexus-provider", server.name)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # one line per request would drown the demo's output
+
+
+class _ProviderServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, name: str, service: str, ledger: IO[str] | None) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.name = name
+        self.service = service
+        self.mode = "?"
+        self._ledger = ledger
+        self._ledger_lock = threading.Lock()
+
+    def record(self, request_id: str) -> None:
+        if self._ledger is not None and request_id:
+            with self._ledger_lock:
+                self._ledger.write(request_id + "\n")  # line-buffered: survives a SIGKILL
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m plexus.demo.provider", description=__doc__)
+    parser.add_argument("--service", required=True)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--mode", choices=["auto", "mesh", "direct"], default="auto")
+    parser.add_argument("--sidecar-api", default=None, help="the sidecar's local API (mesh mode)")
+    parser.add_argument("--registry", default=None, help="the registry (direct mode)")
+    parser.add_argument("--version", default="v1")
+    parser.add_argument("--grace", type=float, default=sdk.DEFAULT_UNPUBLISH_GRACE)
+    parser.add_argument("--ledger", default=None)
+    parser.add_argument("--ready-file", default=None)
+    args = parser.parse_args(argv)
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    ledger = open(args.ledger, "a", buffering=1) if args.ledger else None  # noqa: SIM115 - closed below
+    server = _ProviderServer(args.name, args.service, ledger)
+    serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    serving.start()
+    port = int(server.server_address[1])
+    client = sdk.connect(None if args.mode == "auto" else args.mode,
+                         sidecar_api=args.sidecar_api, registry=args.registry)
+    server.mode = client.mode
+    try:
+        client.publish(args.service, port, version=args.version, metadata={"name": args.name})
+        if args.ready_file:
+            write_ready_file(args.ready_file, {"listen": f"127.0.0.1:{port}", "mode": client.mode,
+                                               "name": args.name})
+        stop.wait()
+    finally:
+        client.close(grace=args.grace)  # unpublish, keep serving through the grace, then stop
+        server.shutdown()
+        server.server_close()
+        if ledger is not None:
+            ledger.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
