@@ -94,10 +94,6 @@ def test_a_crashed_provider_app_does_not_fail_callers(cluster: Cluster, tmp_path
     _check(cluster, consumers, sent, received)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "the sidecar drops a service's ingress route at once on DELETE /v1/providers/{service}, so a meshed "
-    "consumer racing the withdrawal gets 503 unknown_service; the sidecar should keep routing through its "
-    "drain time (or upstream unknown_service should be retriable)"))
 def test_a_meshed_app_unpublishing_first_fails_no_call(cluster: Cluster, tmp_path: Path) -> None:
     received = {name: tmp_path / f"{name}.received" for name in ("x", "y")}
     consumers, sent = _start(cluster, tmp_path, {"x": "mesh", "y": "direct"}, received)

@@ -1,9 +1,164 @@
-"""`plexus sidecar`."""
+"""`plexus sidecar`: every flag is also a ``PLEXUS_*`` variable and a key of the ``--config`` YAML file.
+
+Precedence: an explicit flag, then the environment, then the file, then the default. Options default to None
+here so that "not given" can be told apart from "given the default value"; the defaults live in
+``plexus.config.bootstrap.SidecarBootstrap``.
+"""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
 import typer
+
+# Exit code for a configuration the sidecar refuses, as click uses for a bad flag.
+EXIT_BAD_CONFIG = 2
+
+
+def _opt(help_text: str, env: str, metavar: str | None = None) -> Any:
+    return typer.Option(help=f"{help_text} [env: {env}]", metavar=metavar, show_default=False)
+
+
+def sidecar(
+    config: Annotated[
+        Path | None, typer.Option("--config", help="YAML file of settings (keys are the flag names with _)")
+    ] = None,
+    registry: Annotated[
+        str | None, _opt("registry HOST:PORT (default 127.0.0.1:15200)", "PLEXUS_REGISTRY", "HOST:PORT")
+    ] = None,
+    app_address: Annotated[
+        str | None,
+        _opt(
+            "the app's own HOST[:PORT]; provider ports live on its host (default 127.0.0.1)",
+            "PLEXUS_APP_ADDRESS",
+            "HOST[:PORT]",
+        ),
+    ] = None,
+    ingress: Annotated[
+        str | None, _opt("listen here for callers (default 127.0.0.1:15006)", "PLEXUS_INGRESS", "HOST:PORT")
+    ] = None,
+    advertise: Annotated[
+        str | None,
+        _opt(
+            "publish this address instead of --ingress (needed when ingress is 0.0.0.0)",
+            "PLEXUS_ADVERTISE",
+            "HOST[:PORT]",
+        ),
+    ] = None,
+    api: Annotated[
+        str | None, _opt("local API for the app (default 127.0.0.1:15301)", "PLEXUS_API", "HOST:PORT")
+    ] = None,
+    admin: Annotated[
+        str | None, _opt("admin API (default 127.0.0.1:15300)", "PLEXUS_ADMIN", "HOST:PORT")
+    ] = None,
+    egress: Annotated[
+        str | None,
+        _opt("shared egress, routed by Host (default 127.0.0.1:15001)", "PLEXUS_EGRESS", "HOST:PORT"),
+    ] = None,
+    egress_ports: Annotated[
+        str | None,
+        _opt(
+            "per-service egress ports come from LOW-HIGH (default: any free port)",
+            "PLEXUS_EGRESS_PORTS",
+            "LOW-HIGH",
+        ),
+    ] = None,
+    zone: Annotated[str | None, _opt("zone published with every instance", "PLEXUS_ZONE")] = None,
+    unit: Annotated[str | None, _opt("unit (cell) published with every instance", "PLEXUS_UNIT")] = None,
+    workload: Annotated[
+        str | None, _opt("workload name published with every instance", "PLEXUS_WORKLOAD")
+    ] = None,
+    namespace: Annotated[str | None, _opt('namespace (default "default")', "PLEXUS_NAMESPACE")] = None,
+    lb: Annotated[
+        str | None,
+        _opt("default load balancer: round_robin|least_request|random|weighted|ring_hash", "PLEXUS_LB"),
+    ] = None,
+    hash_header: Annotated[
+        str | None, _opt("header hashed by ring_hash", "PLEXUS_HASH_HEADER", "NAME")
+    ] = None,
+    connect_timeout: Annotated[
+        float | None,
+        _opt("upstream connect timeout, seconds (default 1.0)", "PLEXUS_CONNECT_TIMEOUT", "SECONDS"),
+    ] = None,
+    request_timeout: Annotated[
+        float | None, _opt("request timeout, seconds (default 15.0)", "PLEXUS_REQUEST_TIMEOUT", "SECONDS")
+    ] = None,
+    drain_time: Annotated[
+        float | None,
+        _opt(
+            "keep serving this long after withdrawing on SIGTERM (default 1.0)",
+            "PLEXUS_DRAIN_TIME",
+            "SECONDS",
+        ),
+    ] = None,
+    health_interval: Annotated[
+        float | None,
+        _opt("app health-check interval, seconds (default 1.0)", "PLEXUS_HEALTH_INTERVAL", "SECONDS"),
+    ] = None,
+    ready_file: Annotated[
+        str | None, _opt("write the bound addresses here as JSON once listening", "PLEXUS_READY_FILE", "PATH")
+    ] = None,
+) -> None:
+    """Run a sidecar beside one app: ingress for callers, egress for the app, publish and subscribe for it."""
+    from plexus.config.bootstrap import BootstrapError, resolve_bootstrap
+
+    flags = {
+        "registry": registry,
+        "app_address": app_address,
+        "ingress": ingress,
+        "advertise": advertise,
+        "api": api,
+        "admin": admin,
+        "egress": egress,
+        "egress_ports": egress_ports,
+        "zone": zone,
+        "unit": unit,
+        "workload": workload,
+        "namespace": namespace,
+        "lb": lb,
+        "hash_header": hash_header,
+        "connect_timeout": connect_timeout,
+        "request_timeout": request_timeout,
+        "drain_time": drain_time,
+        "health_interval": health_interval,
+        "ready_file": ready_file,
+    }
+    config_path = config if config is not None else _env_path("PLEXUS_CONFIG")
+    file_text: str | None = None
+    if config_path is not None:
+        try:
+            file_text = config_path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            _refuse([(str(config_path), f"cannot read the config file: {exc}")])
+    try:
+        resolved = resolve_bootstrap(
+            {k: v for k, v in flags.items() if v is not None},
+            os.environ,
+            file_text,
+            str(config_path) if config_path is not None else None,
+        )
+    except BootstrapError as exc:
+        _refuse(exc.problems)
+
+    from plexus.sidecar.app import run_sidecar
+
+    raise typer.Exit(run_sidecar(resolved))
+
+
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None
+
+
+def _refuse(problems: list[tuple[str, str]]) -> NoReturn:
+    typer.echo("plexus sidecar: invalid configuration:", err=True)
+    for where, message in problems:
+        typer.echo(f"  {where}: {message}", err=True)
+    raise typer.Exit(EXIT_BAD_CONFIG)
 
 
 def register(app: typer.Typer) -> None:
-    """Add `plexus sidecar` to the CLI (filled in by the sidecar work)."""
+    """Add `plexus sidecar` to the CLI."""
+    app.command(name="sidecar")(sidecar)

@@ -1,0 +1,223 @@
+"""The sidecar's composition root: wire the data plane, the registry client, the local API and the admin API,
+and own their lifecycle.
+
+Start: data-plane listeners (ingress, shared egress), local API, admin API, then the registry client; the
+ready file is written last, once everything listens. Stop (SIGTERM/SIGINT): withdraw every published instance
+at once, keep serving for ``drain_time`` so consumers move away, then close the listeners, drain the data
+plane and close the registry client. A second signal skips what is left of the drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from typing import Any, Final
+
+from plexus.clients.registry import RegistryClient
+from plexus.config.bootstrap import ResolvedBootstrap
+from plexus.core.address import HostPort, parse_host_port
+from plexus.core.errors import PlexusError
+from plexus.sidecar.admin import build_admin_api
+from plexus.transport.control_http import serve_control_http
+from plexus.sidecar.local_api import build_local_api
+from plexus.sidecar.mesh import LocalMesh
+from plexus.sidecar.stats import SidecarStats
+from plexus.testing.procs import write_ready_file
+from plexus.transport.control_http import bound_port
+from plexus.transport.dataplane import DataPlane, DataPlaneSettings
+
+log = logging.getLogger("plexus.sidecar")
+
+SERVER_CLOSE_TIMEOUT: Final = 1.0  # control servers hold no long requests; don't let a stuck one block exit
+CLIENT_CLOSE_TIMEOUT: Final = 2.0  # time to get the registry's answer to the final (empty) publish
+
+
+class ListenError(PlexusError):
+    """A listener could not be opened: ``flag`` names the setting, the message says why."""
+
+    def __init__(self, flag: str, address: str, reason: str) -> None:
+        super().__init__(f"{flag} {address}: {reason}")
+        self.flag = flag
+
+
+@contextlib.contextmanager
+def _listening(flag: str, address: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        raise ListenError(flag, address, exc.strerror or str(exc)) from None
+
+
+class Sidecar:
+    def __init__(self, resolved: ResolvedBootstrap) -> None:
+        self.resolved = resolved
+        self.config = resolved.config
+        self.stats = SidecarStats()
+        self.dp = DataPlane(
+            DataPlaneSettings(
+                connect_timeout=self.config.connect_timeout,
+                request_timeout=self.config.request_timeout,
+                lb_policy=self.config.lb,
+                hash_header=self.config.hash_header,
+                hop_name=self.config.workload or "sidecar",
+            ),
+            on_unknown_service=self._on_unknown_service,
+        )
+        self.client: RegistryClient | None = None
+        self.mesh: LocalMesh | None = None
+        self.addresses: dict[str, str] = {}
+        self._servers: list[asyncio.Server] = []
+        self._ready = False
+        self._stopping = asyncio.Event()
+        self._hurry = asyncio.Event()
+
+    async def _on_unknown_service(self, service: str) -> bool:
+        mesh = self.mesh
+        return False if mesh is None else await mesh.on_unknown_service(service)
+
+    # ----------------------------------------------------------------- lifecycle
+    async def start(self) -> dict[str, str]:
+        """Open every listener, then start the registry client. Raises ListenError naming the listener."""
+        config = self.config
+        with _listening("--ingress", config.ingress):
+            ingress = await self.dp.listen_ingress(*parse_host_port(config.ingress))
+        with _listening("--egress", config.egress):
+            egress = await self.dp.listen_shared_egress(*parse_host_port(config.egress))
+        advertised = HostPort(config.advertise_host, config.advertise_port or ingress.port)
+        self.client = RegistryClient(config.registry, publisher_id=f"sidecar-{advertised}-{os.getpid()}")
+        self.mesh = LocalMesh(config, self.dp, self.client, advertised, self.stats)
+        api_host, api_port = parse_host_port(config.api)
+        admin_host, admin_port = parse_host_port(config.admin)
+        with _listening("--api", config.api):
+            api = await serve_control_http(
+                build_local_api(self.mesh, self.stats, self.ready_document), api_host, api_port
+            )
+        self._servers.append(api)
+        admin_router = build_admin_api(
+            ready=self.ready_document,
+            metrics=self.metrics_text,
+            clusters=self.dp.clusters_view,
+            config_dump=self.config_dump,
+        )
+        with _listening("--admin", config.admin):
+            admin = await serve_control_http(admin_router, admin_host, admin_port)
+        self._servers.append(admin)
+        await asyncio.to_thread(self.client.start)
+        self.addresses = {
+            "ingress": str(ingress),
+            "egress": str(egress),
+            "api": str(HostPort(api_host, bound_port(api))),
+            "admin": str(HostPort(admin_host, bound_port(admin))),
+            "advertise": str(advertised),
+        }
+        self._ready = True
+        return self.addresses
+
+    def request_stop(self) -> None:
+        if self._stopping.is_set():
+            self._hurry.set()
+        self._stopping.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopping.wait()
+
+    async def stop(self, drain: bool = True) -> None:
+        """Withdraw, drain, close — in that order. ``drain=False`` (a start that failed) skips the wait."""
+        self._stopping.set()
+        if not drain:
+            self._hurry.set()
+        if self.mesh is not None:
+            await self.mesh.withdraw_all()
+        drain_time = self.config.drain_time
+        if drain_time > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._hurry.wait(), drain_time)
+        self._ready = False
+        for server in self._servers:
+            server.close()
+        for server in self._servers:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), SERVER_CLOSE_TIMEOUT)
+        if self.mesh is not None:
+            await self.mesh.close()
+        await self.dp.close(0.0 if self._hurry.is_set() else drain_time)
+        if self.client is not None:
+            await asyncio.to_thread(self.client.close, True, CLIENT_CLOSE_TIMEOUT)
+
+    # ----------------------------------------------------------------- views
+    def ready_document(self) -> dict[str, Any] | None:
+        if not self._ready or self.client is None:
+            return None
+        return {
+            "ready": True,
+            "registry_connected": self.client.connected,
+            "draining": self._stopping.is_set(),
+            **self.addresses,
+        }
+
+    def metrics_text(self) -> str:
+        own = ""
+        if self.mesh is not None and self.client is not None:
+            own = self.stats.render(
+                registry_connected=self.client.connected,
+                published=len(self.mesh.published()),
+                registered=len(self.mesh.providers),
+                healthy=self.mesh.health_view(),
+                consumers=len(self.mesh.consumers),
+            )
+        text = self.dp.metrics_text()
+        if text and not text.endswith("\n"):
+            text += "\n"
+        return text + own
+
+    def config_dump(self) -> dict[str, Any]:
+        return {
+            "bootstrap": self.resolved.dump(),
+            "config_file": self.resolved.file,
+            "listeners": self.addresses,
+            "local": self.mesh.view() if self.mesh is not None else {},
+            "data_plane": self.dp.config_view(),
+        }
+
+
+async def serve(resolved: ResolvedBootstrap) -> int:
+    """Run a sidecar until SIGTERM/SIGINT; returns the exit code."""
+    try:
+        sidecar = Sidecar(resolved)
+    except ValueError as exc:  # the data plane refused a setting the bootstrap model let through
+        print(f"plexus sidecar: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, sidecar.request_stop)
+    try:
+        addresses = await sidecar.start()
+    except ListenError as exc:
+        print(f"plexus sidecar: cannot listen: {exc}", file=sys.stderr)
+        await sidecar.stop(drain=False)
+        return 1
+    if resolved.config.ready_file:
+        write_ready_file(resolved.config.ready_file, addresses)
+    log.info("sidecar ready: %s", addresses)
+    await sidecar.wait_stopped()
+    log.info("sidecar stopping: withdrawing, draining %.1fs", resolved.config.drain_time)
+    await sidecar.stop()
+    return 0
+
+
+def run_sidecar(resolved: ResolvedBootstrap) -> int:
+    """Run on uvloop (plain asyncio where uvloop is missing); the entry point of ``plexus sidecar``."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        import uvloop
+
+        loop_factory: Any = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; keep a way to run without it
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(serve(resolved))
