@@ -88,12 +88,14 @@ class RegistryCore:
         self._wake = asyncio.Event()
         self._driver: asyncio.Task[None] | None = None
         self._flush_task: asyncio.Task[None] | None = None
+        self._closing = False
         self.publish_rejects: Counter[str] = Counter()
 
     async def start(self) -> None:
         self._driver = asyncio.get_running_loop().create_task(self._drive(), name="registry-driver")
 
     async def close(self) -> None:
+        self._closing = True
         for task in (self._driver, self._flush_task):
             if task is not None:
                 task.cancel()
@@ -142,11 +144,14 @@ class RegistryCore:
     # ---------------------------------------------------------------- timer, effects, persistence
 
     async def _drive(self) -> None:
-        while True:
+        while not self._closing:
             deadline = self.state.next_deadline()
             timeout = None if deadline is None else max(deadline - self._clock.monotonic(), 0.0)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that races the wake-up (the
+            # handlers' finally blocks set _wake while close() cancels us), and close() then waits forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self._apply(self.state.tick())
