@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from plexus import sdk
 from plexus.demo.cluster import Cluster
 from plexus.demo.processes import Child

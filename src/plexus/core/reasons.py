@@ -29,7 +29,13 @@ NOT_IMPLEMENTED: Final = "not_implemented"
 # A provider sidecar answering unknown_service has just withdrawn that service (the app unpublished first):
 # the request never reached an app, so another endpoint may take it.
 RETRIABLE_BEFORE_SEND: Final = frozenset(
-    {UPSTREAM_CONNECT_FAILED, UPSTREAM_CONNECT_TIMEOUT, LOCAL_APP_UNAVAILABLE, NO_HEALTHY_UPSTREAM, UNKNOWN_SERVICE}
+    {
+        UPSTREAM_CONNECT_FAILED,
+        UPSTREAM_CONNECT_TIMEOUT,
+        LOCAL_APP_UNAVAILABLE,
+        NO_HEALTHY_UPSTREAM,
+        UNKNOWN_SERVICE,
+    }
 )
 
 

@@ -1,7 +1,7 @@
 """The registry's data model: what an instance is, and the versioned set a subscriber sees.
 
 Pure: no I/O. The registry server, the registry client, the sidecar and the SDK all speak in these types;
-``plexus.clients.registry`` converts them to and from the protobuf messages of ``proto/plexus/proto/registry.proto``.
+``plexus.clients.convert`` maps them to and from the messages of ``proto/plexus/proto/registry.proto``.
 """
 
 from __future__ import annotations
@@ -82,7 +82,9 @@ def validate_instance(instance: Instance) -> Instance:
         raise ValidationError("labels", f"{len(instance.labels)} labels; at most {MAX_LABELS}")
     for key, value in instance.labels.items():
         if not key or len(key.encode()) > MAX_LABEL_BYTES or len(value.encode()) > MAX_LABEL_BYTES:
-            raise ValidationError(f"labels.{key[:40]}", f"empty key, or key/value over {MAX_LABEL_BYTES} bytes")
+            raise ValidationError(
+                f"labels.{key[:40]}", f"empty key, or key/value over {MAX_LABEL_BYTES} bytes"
+            )
     for name in ("version", "zone", "unit", "workload", "identity"):
         value = getattr(instance, name)
         if len(value) > 256 or any(ord(c) < 0x20 for c in value):

@@ -25,13 +25,15 @@ T = TypeVar("T")
 
 
 def free_port() -> int:
-    """A port that was free a moment ago. Prefer port 0 and a ready file; use this only for a peer that can't."""
+    """A port that was free a moment ago. Prefer port 0 and a ready file; use this only when you must."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def wait_for(predicate: Callable[[], T | None], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> T:
+def wait_for(
+    predicate: Callable[[], T | None], timeout: float = 10.0, interval: float = 0.05, what: str = ""
+) -> T:
     """Poll until ``predicate()`` is truthy; return its value or raise TimeoutError naming ``what``."""
     deadline = time.monotonic() + timeout
     last_error: BaseException | None = None
@@ -43,14 +45,16 @@ def wait_for(predicate: Callable[[], T | None], timeout: float = 10.0, interval:
         except Exception as exc:  # the thing we wait for may not exist yet
             last_error = exc
         if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what or predicate!r}; last error: {last_error!r}")
+            raise TimeoutError(
+                f"timed out after {timeout}s waiting for {what or predicate!r}; last error: {last_error!r}"
+            )
         time.sleep(interval)
 
 
 class ManagedProcess:
     """A child process, optionally a ``plexus`` subcommand, stopped by its PID (never by name).
 
-    ``ManagedProcess.plexus(["registry", "--listen", "127.0.0.1:0", ...])`` adds ``--ready-file`` and waits for it.
+    ``ManagedProcess.plexus(["registry", "--listen", "127.0.0.1:0"])`` adds ``--ready-file``, waits for it.
     """
 
     def __init__(
@@ -74,18 +78,27 @@ class ManagedProcess:
             full_env.update(env)
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            self.argv, stdout=self._log, stderr=subprocess.STDOUT, env=full_env, cwd=cwd, start_new_session=True
+            self.argv,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=cwd,
+            start_new_session=True,
         )
         self.info: dict[str, Any] = {}
         if ready_file is not None:
             try:
-                self.info = wait_for(self._read_ready, timeout=ready_timeout, what=f"ready file of {self.argv[:3]}")
+                self.info = wait_for(
+                    self._read_ready, timeout=ready_timeout, what=f"ready file of {self.argv[:3]}"
+                )
             except TimeoutError:
                 self.stop()
                 raise TimeoutError(f"{self.argv} did not become ready; log:\n{self.log()}") from None
 
     @classmethod
-    def plexus(cls, args: Sequence[str], *, env: Mapping[str, str] | None = None, **kw: Any) -> ManagedProcess:
+    def plexus(
+        cls, args: Sequence[str], *, env: Mapping[str, str] | None = None, **kw: Any
+    ) -> ManagedProcess:
         fd, name = tempfile.mkstemp(prefix="plexus-ready-", suffix=".json")
         os.close(fd)
         os.unlink(name)

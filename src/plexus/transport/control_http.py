@@ -54,7 +54,9 @@ class ControlResponse:
         return cls(status, orjson.dumps(value, option=orjson.OPT_INDENT_2) + b"\n")
 
     @classmethod
-    def text(cls, value: str, status: int = 200, content_type: str = "text/plain; charset=utf-8") -> ControlResponse:
+    def text(
+        cls, value: str, status: int = 200, content_type: str = "text/plain; charset=utf-8"
+    ) -> ControlResponse:
         return cls(status, value.encode(), content_type)
 
     @classmethod
@@ -64,9 +66,18 @@ class ControlResponse:
 
 Handler = Callable[[ControlRequest], "ControlResponse | Awaitable[ControlResponse]"]
 
-_REASONS = {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request", 404: "Not Found",
-            405: "Method Not Allowed", 409: "Conflict", 413: "Payload Too Large", 500: "Internal Server Error",
-            503: "Service Unavailable"}
+_REASONS = {
+    200: "OK",
+    201: "Created",
+    204: "No Content",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    413: "Payload Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 
 class Router:
@@ -190,8 +201,11 @@ class _ControlProtocol(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing():
             return
-        head = [f"HTTP/1.1 {response.status} {_REASONS.get(response.status, 'Status')}",
-                f"content-type: {response.content_type}", f"content-length: {len(response.body)}"]
+        head = [
+            f"HTTP/1.1 {response.status} {_REASONS.get(response.status, 'Status')}",
+            f"content-type: {response.content_type}",
+            f"content-length: {len(response.body)}",
+        ]
         head.extend(f"{k}: {v}" for k, v in response.headers.items())
         if not keep_alive:
             head.append("connection: close")
