@@ -3,15 +3,22 @@
 Precedence: an explicit flag, then the environment, then the file, then the default. Options default to None
 here so that "not given" can be told apart from "given the default value"; the defaults live in
 ``plexus.config.bootstrap.SidecarBootstrap``.
+
+Once the settings are valid, the command execs ``python -m plexus.sidecar`` (same PID) with the resolved
+settings as JSON in ``PLEXUS_SIDECAR_RESOLVED``, so the serving process does not carry the CLI stack.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
+
+if TYPE_CHECKING:
+    from plexus.config.sidecar_settings import ResolvedSettings
 
 # Exit code for a configuration the sidecar refuses, as click uses for a bad flag.
 EXIT_BAD_CONFIG = 2
@@ -142,9 +149,23 @@ def sidecar(
     except BootstrapError as exc:
         _refuse(exc.problems)
 
-    from plexus.sidecar.app import run_sidecar
+    _exec_sidecar(resolved.settings())
 
-    raise typer.Exit(run_sidecar(resolved))
+
+def _exec_sidecar(resolved: ResolvedSettings) -> NoReturn:
+    """Become the serving process: same PID (process managers and tests keep it), none of the CLI stack.
+
+    typer, click, rich, pydantic and PyYAML are loaded by now and would stay mapped for the sidecar's whole
+    life; ``python -m plexus.sidecar`` starts clean and gets the validated settings as JSON.
+    """
+    from plexus.config.sidecar_settings import RESOLVED_ENV
+
+    env = dict(os.environ)
+    env[RESOLVED_ENV] = resolved.to_json()
+    argv = [sys.executable, "-m", "plexus.sidecar"]
+    sys.stdout.flush()  # exec discards anything still buffered
+    sys.stderr.flush()
+    os.execve(sys.executable, argv, env)
 
 
 def _env_path(name: str) -> Path | None:

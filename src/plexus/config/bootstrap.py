@@ -13,12 +13,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Final, Literal, get_args
+from typing import Annotated, Any, Final
 
 import pydantic
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from plexus.config.sidecar_settings import (
+    LB_POLICIES,
+    WILDCARD_HOSTS,
+    LbPolicy,
+    ResolvedSettings,
+    SidecarSettings,
+    strip_port,
+)
 from plexus.core.address import HostPort, parse_host_port
 from plexus.core.errors import ConfigError, ValidationError
 
@@ -27,9 +35,19 @@ SOURCE_ENV: Final = "env"
 SOURCE_FILE: Final = "file"
 SOURCE_DEFAULT: Final = "default"
 
-LbPolicy = Literal["round_robin", "least_request", "random", "weighted", "ring_hash"]
-LB_POLICIES: Final = get_args(LbPolicy)
-WILDCARD_HOSTS: Final = frozenset({"0.0.0.0", "::", ""})
+__all__ = [
+    "FIELDS",
+    "LB_POLICIES",
+    "WILDCARD_HOSTS",
+    "BootstrapError",
+    "LbPolicy",
+    "ResolvedBootstrap",
+    "SidecarBootstrap",
+    "env_name",
+    "flag_name",
+    "parse_yaml",
+    "resolve_bootstrap",
+]
 
 
 def _host_port(value: str) -> str:
@@ -118,16 +136,16 @@ class SidecarBootstrap(BaseModel):
 
     @property
     def app_host(self) -> str:
-        return _strip_port(self.app_address)
+        return strip_port(self.app_address)
 
     @property
     def advertise_host(self) -> str:
-        return _strip_port(self.advertise) if self.advertise else self.ingress_address.host
+        return strip_port(self.advertise) if self.advertise else self.ingress_address.host
 
     @property
     def advertise_port(self) -> int | None:
         """The advertised port when --advertise names one; None means "the bound ingress port"."""
-        if self.advertise is None or _strip_port(self.advertise) == self.advertise:
+        if self.advertise is None or strip_port(self.advertise) == self.advertise:
             return None
         return parse_host_port(self.advertise).port
 
@@ -138,11 +156,9 @@ class SidecarBootstrap(BaseModel):
         low, _, high = self.egress_ports.partition("-")
         return int(low), int(high)
 
-
-def _strip_port(text: str) -> str:
-    if text.startswith("["):
-        return text[1 : text.index("]")]
-    return text.rpartition(":")[0] if ":" in text else text
+    def to_settings(self) -> SidecarSettings:
+        """The validated values as the plain dataclass the serving process uses (no pydantic there)."""
+        return SidecarSettings(**self.model_dump())
 
 
 FIELDS: Final = tuple(SidecarBootstrap.model_fields)
@@ -168,6 +184,10 @@ class ResolvedBootstrap:
         """``{field: {"value": ..., "source": "flag|env|file|default"}}`` for /config_dump."""
         values = self.config.model_dump()
         return {name: {"value": values[name], "source": self.sources[name]} for name in FIELDS}
+
+    def settings(self) -> ResolvedSettings:
+        """The same, without pydantic: what ``plexus sidecar`` hands to the serving process as JSON."""
+        return ResolvedSettings(self.config.to_settings(), dict(self.sources), self.file)
 
 
 class BootstrapError(ConfigError):

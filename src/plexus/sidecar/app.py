@@ -19,16 +19,15 @@ from collections.abc import Iterator
 from typing import Any, Final
 
 from plexus.clients.registry import RegistryClient
-from plexus.config.bootstrap import ResolvedBootstrap
+from plexus.config.sidecar_settings import ResolvedSettings
 from plexus.core.address import HostPort, parse_host_port
 from plexus.core.errors import PlexusError
 from plexus.sidecar.admin import build_admin_api
-from plexus.transport.control_http import serve_control_http
 from plexus.sidecar.local_api import build_local_api
 from plexus.sidecar.mesh import LocalMesh
 from plexus.sidecar.stats import SidecarStats
 from plexus.testing.procs import write_ready_file
-from plexus.transport.control_http import bound_port
+from plexus.transport.control_http import bound_port, serve_control_http
 from plexus.transport.dataplane import DataPlane, DataPlaneSettings
 
 log = logging.getLogger("plexus.sidecar")
@@ -54,9 +53,9 @@ def _listening(flag: str, address: str) -> Iterator[None]:
 
 
 class Sidecar:
-    def __init__(self, resolved: ResolvedBootstrap) -> None:
+    def __init__(self, resolved: ResolvedSettings) -> None:
         self.resolved = resolved
-        self.config = resolved.config
+        self.config = resolved.settings
         self.stats = SidecarStats()
         self.dp = DataPlane(
             DataPlaneSettings(
@@ -107,7 +106,9 @@ class Sidecar:
         with _listening("--admin", config.admin):
             admin = await serve_control_http(admin_router, admin_host, admin_port)
         self._servers.append(admin)
-        await asyncio.to_thread(self.client.start)
+        # Not through asyncio.to_thread: start() only creates the channel (grpc connects in the background)
+        # and two threads, and the default executor's thread would then idle for the sidecar's whole life.
+        self.client.start()
         self.addresses = {
             "ingress": str(ingress),
             "egress": str(egress),
@@ -185,7 +186,7 @@ class Sidecar:
         }
 
 
-async def serve(resolved: ResolvedBootstrap) -> int:
+async def serve(resolved: ResolvedSettings) -> int:
     """Run a sidecar until SIGTERM/SIGINT; returns the exit code."""
     try:
         sidecar = Sidecar(resolved)
@@ -201,16 +202,16 @@ async def serve(resolved: ResolvedBootstrap) -> int:
         print(f"plexus sidecar: cannot listen: {exc}", file=sys.stderr)
         await sidecar.stop(drain=False)
         return 1
-    if resolved.config.ready_file:
-        write_ready_file(resolved.config.ready_file, addresses)
+    if resolved.settings.ready_file:
+        write_ready_file(resolved.settings.ready_file, addresses)
     log.info("sidecar ready: %s", addresses)
     await sidecar.wait_stopped()
-    log.info("sidecar stopping: withdrawing, draining %.1fs", resolved.config.drain_time)
+    log.info("sidecar stopping: withdrawing, draining %.1fs", resolved.settings.drain_time)
     await sidecar.stop()
     return 0
 
 
-def run_sidecar(resolved: ResolvedBootstrap) -> int:
+def run_sidecar(resolved: ResolvedSettings) -> int:
     """Run on uvloop (plain asyncio where uvloop is missing); the entry point of ``plexus sidecar``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -10,60 +10,129 @@
     GET    /v1/services/{service}    -> {"service", "version", "state", "instances": [...]}
     GET    /ready                    -> 200 once the sidecar listens (the SDK probes it to find a sidecar)
 
-Bodies are validated with pydantic (the control path, not the data path); a bad body answers 400 with the
-offending field named in ``field``.
+Bodies are validated by hand (a few fields; pydantic would cost the idle sidecar several MB of memory for
+them); a bad body answers 400 with the offending field named in ``field``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, Literal
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
 
-import pydantic
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
-
-from plexus.config.bootstrap import LbPolicy
+from plexus.config.sidecar_settings import LB_POLICIES
 from plexus.discovery.model import MAX_WEIGHT
 from plexus.sidecar.mesh import LocalMesh, MeshError, ProviderSpec, instance_json
 from plexus.sidecar.stats import SidecarStats
 from plexus.transport.control_http import ControlRequest, ControlResponse, Router
 
 # Every protocol of plexus.discovery.model.PROTOCOLS; "tcp" gets its own ingress port, the rest share one.
-ProtocolName = Literal["http", "tcp", "grpc", "bolt", "dubbo"]
+PROTOCOL_NAMES: Final = ("http", "tcp", "grpc", "bolt", "dubbo")
+HEALTH_PATH: Final = re.compile(r"/[\x21-\x7e]*")
+MAX_HEALTH_PATH: Final = 2048  # a request line, not a document
+HEADER_NAME: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
+MAX_HEADER_NAME: Final = 256
 
 
-class _HealthBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    path: Annotated[str, Field(pattern=r"^/[\x21-\x7e]*$", max_length=2048)] | None = None
+class BodyError(ValueError):
+    """A request body field is invalid: ``field`` is its dotted path (``metadata.zone``, ``health.path``)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
 
 
-class _ProviderBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    port: Annotated[StrictInt, Field(gt=0, le=65535)]
-    protocol: ProtocolName = "http"
-    version: str = ""
-    metadata: dict[str, str] = Field(default_factory=dict)
-    weight: Annotated[StrictInt, Field(gt=0, le=MAX_WEIGHT)] = 100
-    health: _HealthBody | None = None
+@dataclass(frozen=True, slots=True)
+class ConsumerBody:
+    lb: str | None = None
+    hash_header: str | None = None
 
 
-class _ConsumerBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    lb: LbPolicy | None = None
-    hash_header: Annotated[str, Field(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$", max_length=256)] | None = None
-
-
-def _bad_body(exc: pydantic.ValidationError) -> ControlResponse:
-    error = exc.errors()[0]
-    field = ".".join(str(part) for part in error["loc"]) or "body"
-    return ControlResponse.error(400, f"{field}: {error['msg']}", field=field)
-
-
-def _parse(model: type[BaseModel], request: ControlRequest) -> Any:
+def _body(request: ControlRequest, known: tuple[str, ...], prefix: str = "") -> dict[str, Any]:
     body = request.json()  # ValueError -> 400 by the server
     if not isinstance(body, dict):
         raise ValueError("request body must be a JSON object")
-    return model.model_validate(body)
+    _no_extra(body, known, prefix)
+    return body
+
+
+def _no_extra(body: Mapping[str, Any], known: tuple[str, ...], prefix: str = "") -> None:
+    for key in body:
+        if key not in known:
+            raise BodyError(prefix + str(key), "unknown field; known fields: " + ", ".join(known))
+
+
+def _int(body: Mapping[str, Any], name: str, default: int | None, high: int) -> int:
+    value = body.get(name, default)
+    if value is None:
+        raise BodyError(name, "required")
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise BodyError(name, "must be an integer")
+    if not 0 < value <= high:
+        raise BodyError(name, f"must be between 1 and {high}")
+    return value
+
+
+def _str(body: Mapping[str, Any], name: str, default: str) -> str:
+    value = body.get(name, default)
+    if not isinstance(value, str):
+        raise BodyError(name, "must be a string")
+    return value
+
+
+def _optional_str(
+    body: Mapping[str, Any], name: str, pattern: re.Pattern[str], max_length: int, prefix: str = ""
+) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > max_length or pattern.fullmatch(value) is None:
+        raise BodyError(prefix + name, f"must match {pattern.pattern} (at most {max_length} characters)")
+    return value
+
+
+def parse_provider(request: ControlRequest) -> ProviderSpec:
+    """A ``PUT /v1/providers/{service}`` body; raises BodyError naming the field."""
+    body = _body(request, ("port", "protocol", "version", "metadata", "weight", "health"))
+    port = _int(body, "port", None, 65535)
+    protocol = _str(body, "protocol", "http")
+    if protocol not in PROTOCOL_NAMES:
+        raise BodyError("protocol", f"must be one of {', '.join(PROTOCOL_NAMES)}")
+    version = _str(body, "version", "")
+    metadata = body.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise BodyError("metadata", "must be an object of strings")
+    for key, value in metadata.items():
+        if not isinstance(value, str):
+            raise BodyError(f"metadata.{key}", "must be a string")
+    weight = _int(body, "weight", 100, MAX_WEIGHT)
+    health = body.get("health")
+    health_path: str | None = None
+    if health is not None:
+        if not isinstance(health, dict):
+            raise BodyError("health", "must be an object")
+        _no_extra(health, ("path",), "health.")
+        health_path = _optional_str(health, "path", HEALTH_PATH, MAX_HEALTH_PATH, "health.")
+    if health_path is not None and protocol == "tcp":
+        raise BodyError("health.path", "a tcp provider is checked by connecting")
+    return ProviderSpec(
+        port=port,
+        protocol=protocol,
+        version=version,
+        metadata=dict(metadata),
+        weight=weight,
+        health_path=health_path,
+    )
+
+
+def parse_consumer(request: ControlRequest) -> ConsumerBody:
+    """A ``PUT /v1/consumers/{service}`` body (an empty body is ``{}``); raises BodyError naming the field."""
+    body = _body(request, ("lb", "hash_header"))
+    lb = body.get("lb")
+    if lb is not None and lb not in LB_POLICIES:
+        raise BodyError("lb", f"must be one of {', '.join(LB_POLICIES)}")
+    return ConsumerBody(lb, _optional_str(body, "hash_header", HEADER_NAME, MAX_HEADER_NAME))
 
 
 def _mesh_error(exc: MeshError) -> ControlResponse:
@@ -84,8 +153,8 @@ def build_local_api(
         async def wrapper(request: ControlRequest) -> ControlResponse:
             try:
                 response = await handler(request)
-            except pydantic.ValidationError as exc:
-                response = _bad_body(exc)
+            except BodyError as exc:
+                response = ControlResponse.error(400, str(exc), field=exc.field)
             except MeshError as exc:
                 response = _mesh_error(exc)
             except ValueError as exc:
@@ -96,19 +165,7 @@ def build_local_api(
         router.add(method, route, wrapper)
 
     async def put_provider(request: ControlRequest) -> ControlResponse:
-        body: _ProviderBody = _parse(_ProviderBody, request)
-        if body.health is not None and body.health.path is not None and body.protocol == "tcp":
-            return ControlResponse.error(
-                400, "health.path: a tcp provider is checked by connecting", field="health.path"
-            )
-        spec = ProviderSpec(
-            port=body.port,
-            protocol=body.protocol,
-            version=body.version,
-            metadata=body.metadata,
-            weight=body.weight,
-            health_path=body.health.path if body.health is not None else None,
-        )
+        spec = parse_provider(request)
         instance = await mesh.put_provider(request.params["service"], spec)
         return ControlResponse.json(instance_json(instance))
 
@@ -119,7 +176,7 @@ def build_local_api(
         return ControlResponse.json({"service": service, "withdrawn": True})
 
     async def put_consumer(request: ControlRequest) -> ControlResponse:
-        body: _ConsumerBody = _parse(_ConsumerBody, request)
+        body = parse_consumer(request)
         address = await mesh.put_consumer(request.params["service"], body.lb, body.hash_header)
         return ControlResponse.json({"service": request.params["service"], "address": str(address)})
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from plexus.clients.registry import RegistryClient
-from plexus.config.bootstrap import SidecarBootstrap
+from plexus.config.sidecar_settings import SidecarSettings
 from plexus.core.address import HostPort, parse_host_port
 from plexus.core.errors import ValidationError
 from plexus.discovery.model import Instance, ServiceSet, validate_instance, validate_service_name
@@ -87,7 +87,7 @@ def set_exists(service_set: ServiceSet) -> bool:
 class LocalMesh:
     def __init__(
         self,
-        config: SidecarBootstrap,
+        config: SidecarSettings,
         dp: DataPlane,
         client: RegistryClient,
         advertised: HostPort,
@@ -109,7 +109,8 @@ class LocalMesh:
         self._waiters: dict[str, list[asyncio.Future[ServiceSet]]] = {}
         self.draining = False
         self._published_once = False
-        self._route_removals: dict[str, asyncio.Task[None]] = {}  # DELETEd services still routed while draining
+        # DELETEd services, still routed while draining
+        self._route_removals: dict[str, asyncio.Task[None]] = {}
 
     # ----------------------------------------------------------------- providers
     async def put_provider(self, service: str, spec: ProviderSpec) -> Instance:
@@ -183,8 +184,9 @@ class LocalMesh:
                 return False
             await provider.checker.stop()
             self._republish()
-            # Withdraw first, route on for the drain time: a consumer that picked this instance just before the
-            # registry's push still reaches the app instead of meeting unknown_service (the SDK's close order).
+            # Withdraw first, route on for the drain time: a consumer that picked this instance just before
+            # the registry's push still reaches the app instead of meeting unknown_service (the SDK's close
+            # order).
             self._route_removals[service] = self._loop.create_task(self._remove_route_later(provider))
             return True
 
