@@ -16,26 +16,28 @@ exponential backoff between ``reconnect_min`` and ``reconnect_max``.
 from __future__ import annotations
 
 import logging
-import os
 import queue
-import random
-import socket
 import threading
-import uuid
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Final, Generic, TypeVar
 
 import grpc
 
-from plexus.clients.convert import publish_request, service_set_from_pb
+from plexus.clients.convert import service_set_from_pb
+from plexus.clients.registry_state import (
+    Callback,
+    PublishBook,
+    PublishError,
+    WatchBook,
+    default_publisher_id,
+    jitter,
+)
 from plexus.discovery.model import Instance, ServiceSet
 from plexus.proto import registry_pb2 as pb
 from plexus.proto import registry_pb2_grpc as pb_grpc
 
 log = logging.getLogger("plexus.clients.registry")
 
-Callback = Callable[[ServiceSet], None]
 T = TypeVar("T")
 
 # Keepalive finds a registry that vanished without a FIN (host down, cable cut); on loopback a crash is an RST
@@ -90,7 +92,7 @@ class RegistryClient:
         reconnect_max: float = 2.0,
     ) -> None:
         self.address = address
-        self.publisher_id = publisher_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.publisher_id = publisher_id or default_publisher_id()
         self._reconnect_min = reconnect_min
         self._reconnect_max = max(reconnect_max, reconnect_min)
         self._lock = threading.Lock()
@@ -98,19 +100,13 @@ class RegistryClient:
         self._stopping = threading.Event()
         self._channel: grpc.Channel | None = None
         self._threads: list[threading.Thread] = []
-        # publishing
-        self._published: tuple[Instance, ...] | None = None
-        self._generation = 0  # bumped by every set_published
-        self._acked_generation = 0
-        self._errors: list[tuple[int, str, str]] = []
+        # publishing (the books are pure state, guarded by self._lock)
+        self._pub = PublishBook(self.publisher_id)
         self._pub_outbox: _Outbox[pb.PublishRequest] | None = None
-        self._pub_in_flight: deque[int] = deque()  # generations sent on the current stream, not yet answered
         self._pub_call: Any = None
         self._pub_up = False
         # subscribing
-        self._watched: set[str] = set()
-        self._callbacks: dict[str, list[Callback]] = {}
-        self._sets: dict[str, ServiceSet] = {}
+        self._book = WatchBook()
         self._sub_outbox: _Outbox[pb.SubscribeRequest] | None = None
         self._sub_call: Any = None
         self._sub_up = False
@@ -141,12 +137,12 @@ class RegistryClient:
         """
         if withdraw:
             with self._lock:
-                publishing = self._published is not None and self._pub_up
+                publishing = self._pub.published is not None and self._pub_up
             if publishing:
                 self.set_published([])
                 with self._changed:
-                    target = self._generation
-                    self._changed.wait_for(lambda: self._acked_generation >= target, timeout)
+                    target = self._pub.generation
+                    self._changed.wait_for(lambda: self._pub.acked_generation >= target, timeout)
         self._stopping.set()
         with self._changed:
             self._changed.notify_all()
@@ -167,39 +163,37 @@ class RegistryClient:
     def connected(self) -> bool:
         """The subscribe stream is up, and so is the publish stream when this client publishes."""
         with self._lock:
-            return self._sub_up and (self._pub_up or self._published is None)
+            return self._sub_up and (self._pub_up or self._pub.published is None)
 
     # ------------------------------------------------------------------ publishing
 
     def set_published(self, instances: Sequence[Instance]) -> None:
         """Replace the whole published set; it is sent now if connected and again after every reconnect."""
         with self._changed:
-            self._published = tuple(instances)
-            self._generation += 1
+            self._pub.replace(instances)
             if self._pub_outbox is not None:
                 self._send_published_locked()
             self._changed.notify_all()
 
-    def publish_errors(self) -> list[tuple[int, str, str]]:
+    def publish_errors(self) -> list[PublishError]:
         """(index, field, message) of each instance the registry refused in its last answer."""
         with self._lock:
-            return list(self._errors)
+            return list(self._pub.errors)
 
     def _send_published_locked(self) -> None:
-        assert self._pub_outbox is not None and self._published is not None
-        self._pub_in_flight.append(self._generation)
-        self._pub_outbox.put(publish_request(self.publisher_id, self._published))
+        assert self._pub_outbox is not None
+        self._pub_outbox.put(self._pub.request())
 
     def _publish_loop(self, stub: pb_grpc.RegistryStub) -> None:
         delay = self._reconnect_min
         while not self._stopping.is_set():
             with self._changed:
-                self._changed.wait_for(lambda: self._published is not None or self._stopping.is_set())
+                self._changed.wait_for(lambda: self._pub.published is not None or self._stopping.is_set())
                 if self._stopping.is_set():
                     return
                 outbox: _Outbox[pb.PublishRequest] = _Outbox()
                 self._pub_outbox = outbox
-                self._pub_in_flight.clear()
+                self._pub.new_stream()
                 self._send_published_locked()
                 call = self._pub_call = stub.Publish(iter(outbox))
             try:
@@ -209,11 +203,7 @@ class RegistryClient:
                 delay = self._reconnect_min
                 for response in call:
                     with self._changed:
-                        generation = (
-                            self._pub_in_flight.popleft() if self._pub_in_flight else self._generation
-                        )
-                        self._acked_generation = max(self._acked_generation, generation)
-                        self._errors = [(e.index, e.field, e.message) for e in response.errors]
+                        self._pub.answered(response)
                         self._changed.notify_all()
             except grpc.RpcError as exc:
                 if not self._stopping.is_set():
@@ -223,7 +213,7 @@ class RegistryClient:
                 with self._lock:
                     self._pub_up = False
                     self._pub_outbox = None
-            if self._stopping.wait(_jitter(delay)):
+            if self._stopping.wait(jitter(delay)):
                 return
             delay = min(delay * 2, self._reconnect_max)
 
@@ -235,42 +225,31 @@ class RegistryClient:
         Called at once, on the calling thread, with the cached set if there is one.
         """
         with self._lock:
-            self._callbacks.setdefault(service, []).append(callback)
-            self._watch_locked(service)
-            cached = self._sets.get(service)
+            self._send_subscribe_locked(self._book.add_callback(service, callback))
+            cached = self._book.sets.get(service)
         if cached is not None:
             callback(cached)
 
     def unwatch(self, service: str, callback: Callback) -> None:
         """Remove ``callback``; the service is unwatched once it has no callbacks (its cache stays)."""
         with self._lock:
-            callbacks = self._callbacks.get(service, [])
-            if callback in callbacks:
-                callbacks.remove(callback)
-            if not callbacks:
-                self._callbacks.pop(service, None)
-                if service in self._watched:
-                    self._watched.discard(service)
-                    if self._sub_outbox is not None:
-                        self._sub_outbox.put(pb.SubscribeRequest(remove=[service]))
+            self._send_subscribe_locked(self._book.remove_callback(service, callback))
 
     def current(self, service: str) -> ServiceSet | None:
         """The last set seen for ``service`` (kept while the registry is away)."""
         with self._lock:
-            return self._sets.get(service)
+            return self._book.sets.get(service)
 
     def wait_for(self, service: str, timeout: float) -> ServiceSet | None:
         """Block until a set of ``service`` is known (watching it if nobody does); None after ``timeout``."""
         with self._changed:
-            self._watch_locked(service)
-            self._changed.wait_for(lambda: service in self._sets, timeout)
-            return self._sets.get(service)
+            self._send_subscribe_locked(self._book.watch(service))
+            self._changed.wait_for(lambda: service in self._book.sets, timeout)
+            return self._book.sets.get(service)
 
-    def _watch_locked(self, service: str) -> None:
-        if service not in self._watched:
-            self._watched.add(service)
-            if self._sub_outbox is not None:
-                self._sub_outbox.put(pb.SubscribeRequest(add=[service]))
+    def _send_subscribe_locked(self, request: pb.SubscribeRequest | None) -> None:
+        if request is not None and self._sub_outbox is not None:
+            self._sub_outbox.put(request)
 
     def _subscribe_loop(self, stub: pb_grpc.RegistryStub) -> None:
         delay = self._reconnect_min
@@ -278,7 +257,7 @@ class RegistryClient:
             outbox: _Outbox[pb.SubscribeRequest] = _Outbox()
             with self._lock:
                 self._sub_outbox = outbox
-                outbox.put(pb.SubscribeRequest(add=sorted(self._watched)))
+                outbox.put(self._book.resubscribe())
                 call = self._sub_call = stub.Subscribe(iter(outbox))
             try:
                 call.initial_metadata()
@@ -295,17 +274,15 @@ class RegistryClient:
                 with self._lock:
                     self._sub_up = False
                     self._sub_outbox = None
-            if self._stopping.wait(_jitter(delay)):
+            if self._stopping.wait(jitter(delay)):
                 return
             delay = min(delay * 2, self._reconnect_max)
 
     def _deliver(self, sset: ServiceSet) -> None:
         with self._changed:
-            last = self._sets.get(sset.service)
-            if last is not None and sset.version <= last.version:
+            callbacks = self._book.accept(sset)
+            if callbacks is None:
                 return  # never go back (a late or repeated push)
-            self._sets[sset.service] = sset
-            callbacks = list(self._callbacks.get(sset.service, ()))
             self._changed.notify_all()
         for callback in callbacks:
             try:
@@ -319,11 +296,6 @@ def list_services(address: str, timeout: float = 2.0, service: str = "") -> list
     with grpc.insecure_channel(address) as channel:
         response = pb_grpc.RegistryStub(channel).List(pb.ListRequest(service=service), timeout=timeout)  # type: ignore[no-untyped-call]
     return [service_set_from_pb(u) for u in response.services]
-
-
-def _jitter(delay: float) -> float:
-    """±25 %: sidecars that lost the same registry do not all come back in the same millisecond."""
-    return delay * (0.75 + random.random() * 0.5)
 
 
 def _describe(exc: grpc.RpcError) -> str:

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any, Final
 
-from plexus.clients.registry import RegistryClient
+from plexus.clients.registry_async import AsyncRegistryClient
 from plexus.config.sidecar_settings import ResolvedSettings
 from plexus.core.address import HostPort, parse_host_port
 from plexus.core.errors import PlexusError
@@ -67,7 +67,7 @@ class Sidecar:
             ),
             on_unknown_service=self._on_unknown_service,
         )
-        self.client: RegistryClient | None = None
+        self.client: AsyncRegistryClient | None = None
         self.mesh: LocalMesh | None = None
         self.addresses: dict[str, str] = {}
         self._servers: list[asyncio.Server] = []
@@ -88,7 +88,7 @@ class Sidecar:
         with _listening("--egress", config.egress):
             egress = await self.dp.listen_shared_egress(*parse_host_port(config.egress))
         advertised = HostPort(config.advertise_host, config.advertise_port or ingress.port)
-        self.client = RegistryClient(config.registry, publisher_id=f"sidecar-{advertised}-{os.getpid()}")
+        self.client = AsyncRegistryClient(config.registry, publisher_id=f"sidecar-{advertised}-{os.getpid()}")
         self.mesh = LocalMesh(config, self.dp, self.client, advertised, self.stats)
         api_host, api_port = parse_host_port(config.api)
         admin_host, admin_port = parse_host_port(config.admin)
@@ -106,9 +106,7 @@ class Sidecar:
         with _listening("--admin", config.admin):
             admin = await serve_control_http(admin_router, admin_host, admin_port)
         self._servers.append(admin)
-        # Not through asyncio.to_thread: start() only creates the channel (grpc connects in the background)
-        # and two threads, and the default executor's thread would then idle for the sidecar's whole life.
-        self.client.start()
+        self.client.start()  # a task on this loop: connects in the background, never raises while it is down
         self.addresses = {
             "ingress": str(ingress),
             "egress": str(egress),
@@ -148,7 +146,7 @@ class Sidecar:
             await self.mesh.close()
         await self.dp.close(0.0 if self._hurry.is_set() else drain_time)
         if self.client is not None:
-            await asyncio.to_thread(self.client.close, True, CLIENT_CLOSE_TIMEOUT)
+            await self.client.aclose(True, CLIENT_CLOSE_TIMEOUT)
 
     # ----------------------------------------------------------------- views
     def ready_document(self) -> dict[str, Any] | None:

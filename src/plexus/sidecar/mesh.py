@@ -7,8 +7,8 @@
 - a consumer registration opens a per-service egress port and subscribes through the registry client;
 - the shared egress asks for services it does not know yet (``on_unknown_service``): subscribe on demand.
 
-The registry client calls back on its own thread; every callback is marshalled onto the loop with
-``call_soon_threadsafe`` and everything else here runs on the loop.
+The registry client (``AsyncRegistryClient``) runs on the same loop and calls back on it, so everything here
+runs on the loop.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from plexus.clients.registry import RegistryClient
+from plexus.clients.registry_async import AsyncRegistryClient
 from plexus.config.sidecar_settings import SidecarSettings
 from plexus.core.address import HostPort, parse_host_port
 from plexus.core.errors import ValidationError
@@ -89,7 +89,7 @@ class LocalMesh:
         self,
         config: SidecarSettings,
         dp: DataPlane,
-        client: RegistryClient,
+        client: AsyncRegistryClient,
         advertised: HostPort,
         stats: SidecarStats,
     ) -> None:
@@ -287,9 +287,7 @@ class LocalMesh:
         if service in self._callbacks:
             return
 
-        def on_set(service_set: ServiceSet) -> None:  # registry client thread
-            self._loop.call_soon_threadsafe(self._apply_set, service_set)
-
+        on_set = self._apply_set  # called on the loop; bound methods compare equal, so unwatch finds it
         self._callbacks[service] = on_set
         self._client.watch(service, on_set)  # calls on_set at once with a cached set, if the client has one
 
