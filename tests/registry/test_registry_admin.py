@@ -10,11 +10,12 @@ import time
 from collections.abc import Callable
 
 import httpx
-from conftest import Recorder
 
 from plexus.clients.registry import RegistryClient
 from plexus.discovery.model import Instance
 from plexus.testing.procs import ManagedProcess, wait_for
+
+from .conftest import Recorder
 
 
 def metric(text: str, name: str) -> float:

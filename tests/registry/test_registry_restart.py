@@ -11,11 +11,11 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import Recorder
-
 from plexus.clients.registry import RegistryClient
 from plexus.discovery.model import Instance, SetState
 from plexus.testing.procs import ManagedProcess, wait_for
+
+from .conftest import Recorder
 
 
 def assert_never_back_never_empty(seen: Recorder) -> None:

@@ -10,11 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import Recorder
-
 from plexus.clients.registry import RegistryClient, list_services
 from plexus.discovery.model import Instance, SetState
 from plexus.testing.procs import ManagedProcess, wait_for
+
+from .conftest import Recorder
 
 CHILD = Path(__file__).with_name("publisher_child.py")
 

@@ -28,9 +28,9 @@ from typing import IO, Any
 import httpx
 
 from plexus import sdk
+from plexus.core.ready_file import write_ready_file
 from plexus.demo.provider import REQUEST_ID_HEADER
 from plexus.demo.stats import PathStats, path_name
-from plexus.testing.procs import write_ready_file
 
 ERROR_SAMPLES = 10  # the last few error messages travel with each report, for diagnosis
 CALL_TIMEOUT = 5.0

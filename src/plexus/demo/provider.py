@@ -19,7 +19,7 @@ from types import FrameType
 from typing import IO, Any
 
 from plexus import sdk
-from plexus.testing.procs import write_ready_file
+from plexus.core.ready_file import write_ready_file
 
 REQUEST_ID_HEADER = "x-request-id"
 

@@ -13,12 +13,12 @@ import grpc
 
 from plexus.core.address import HostPort, parse_host_port
 from plexus.core.errors import ConfigError
+from plexus.core.ready_file import write_ready_file
 from plexus.proto import registry_pb2_grpc as pb_grpc
 from plexus.push.registry_state import RegistryState, Restored
 from plexus.registry.admin import build_router
 from plexus.registry.server import SERVER_OPTIONS, RegistryCore, RegistryServicer, SystemClock
 from plexus.stores.memory_registry import MemoryRegistryStore
-from plexus.testing.procs import write_ready_file
 from plexus.transport.control_http import serve_control_http
 
 log = logging.getLogger("plexus.registry")

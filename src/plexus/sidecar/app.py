@@ -22,11 +22,11 @@ from plexus.clients.registry_async import AsyncRegistryClient
 from plexus.config.sidecar_settings import ResolvedSettings
 from plexus.core.address import HostPort, parse_host_port
 from plexus.core.errors import PlexusError
+from plexus.core.ready_file import write_ready_file
 from plexus.sidecar.admin import build_admin_api
 from plexus.sidecar.local_api import build_local_api
 from plexus.sidecar.mesh import LocalMesh
 from plexus.sidecar.stats import SidecarStats
-from plexus.testing.procs import write_ready_file
 from plexus.transport.control_http import bound_port, serve_control_http
 from plexus.transport.dataplane import DataPlane, DataPlaneSettings
 

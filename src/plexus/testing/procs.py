@@ -21,6 +21,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from plexus.core.ready_file import write_ready_file
+
+__all__ = ["ManagedProcess", "free_port", "wait_for", "write_ready_file"]
+
 T = TypeVar("T")
 
 
@@ -160,11 +164,3 @@ class ManagedProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def write_ready_file(path: str | os.PathLike[str], info: Mapping[str, Any]) -> None:
-    """Write the ready file atomically (used by the Plexus commands themselves)."""
-    target = Path(path)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(json.dumps({"pid": os.getpid(), **info}))
-    os.replace(tmp, target)
