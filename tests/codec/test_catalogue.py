@@ -80,3 +80,35 @@ def test_hop_by_hop_headers_are_stripped() -> None:
     assert isinstance(event, Request)
     assert [n for n, _ in event.head.headers] == [b"Host", b"X-Keep"]
     assert event.head.keep_alive is False
+
+
+def test_large_body_in_one_read_does_not_count_as_head_bytes() -> None:
+    body = b"x" * 200_000
+    data = (
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 200000\r\n\r\n"
+        + body
+        + b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n"
+    )
+    outcome = plexus_parse([data])
+    assert outcome.accepted and [r[1] for r in outcome.requests] == [b"/", b"/next"]
+
+
+def test_version_is_read_from_the_request_line_however_the_bytes_are_split() -> None:
+    """The decoder reads the version from the raw request line when it can; a header value that ends in
+    "HTTP/1.1" must never be mistaken for it, whatever the split and whatever came before in the read."""
+    from plexus.codec.http1 import NEED_DATA, Http1ServerCodec, Request
+
+    first = b"GET /a HTTP/1.1\r\nHost: svc\r\n\r\n"
+    second = b"GET /b HTTP/1.0\r\nX-A: HTTP/1.1\r\nConnection: keep-alive\r\n\r\n"
+    third = b"\r\nGET /c HTTP/1.1\r\nHost: svc\r\nX-B: HTTP/1.0\r\n\r\n"
+    data = first + second + third
+    for offset in range(len(data) + 1):
+        for cut in (offset, min(offset + 7, len(data))):
+            codec = Http1ServerCodec()
+            for piece in (data[:offset], data[offset:cut], data[cut:]):
+                codec.receive_data(piece)
+            heads = []
+            while (event := codec.next_event()) is not NEED_DATA:
+                if isinstance(event, Request):
+                    heads.append((event.head.target, event.head.version, event.head.keep_alive))
+            assert heads == [(b"/a", "1.1", True), (b"/b", "1.0", True), (b"/c", "1.1", True)], offset

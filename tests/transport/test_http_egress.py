@@ -3,6 +3,7 @@ pipelining, 100-continue, HEAD, HTTP/1.0 clients, local replies and their counte
 
 from __future__ import annotations
 
+import asyncio
 import socket
 
 import h11
@@ -148,3 +149,45 @@ def test_requests_counted_by_service_and_class(mesh: Mesh) -> None:
     assert 'plexus_request_duration_milliseconds_count{service="svc",direction="egress"} 3' in text
     view = mesh.lt.call(mesh.plane.clusters_view)
     assert view[0]["endpoints"][0]["total_requests"] == 3 and view[0]["endpoints"][0]["active_requests"] == 0
+
+
+def test_a_response_body_streams_before_it_ends(mesh: Mesh) -> None:
+    """The first part of a body reaches the client while the upstream still holds the rest (no buffering
+    of whole responses), and an interim 1xx head goes out before the final one."""
+    release = asyncio.Event()
+
+    class Streamer(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            self.transport.write(  # type: ignore[attr-defined]
+                b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"
+                b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nConnection: keep-alive\r\n\r\nfirst"
+            )
+            asyncio.get_running_loop().create_task(self._rest())
+
+        async def _rest(self) -> None:
+            await release.wait()
+            self.transport.write(b"-last")  # type: ignore[attr-defined]
+
+    async def start() -> int:
+        server = await asyncio.get_running_loop().create_server(Streamer, "127.0.0.1", 0)
+        return int(server.sockets[0].getsockname()[1])
+
+    port = mesh.lt.run(start())
+    mesh.set_instances("stream", [f"127.0.0.1:{port}"])
+    with socket.create_connection(mesh.egress, timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: stream\r\n\r\n")
+        seen = b""
+        while not seen.endswith(b"first"):
+            chunk = s.recv(65536)
+            assert chunk, seen
+            seen += chunk
+        assert seen.startswith(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\n")
+        assert b"connection:" not in seen.lower()  # the upstream's hop-by-hop line is not forwarded
+        mesh.lt.call(release.set)
+        rest = b""
+        while len(rest) < 5:
+            rest += s.recv(65536)
+        assert rest == b"-last"

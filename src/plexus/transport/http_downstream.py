@@ -190,12 +190,29 @@ class HttpDownstream(asyncio.Protocol):
         if transport is not None and not transport.is_closing():
             transport.write(data)
 
-    def exchange_finished(self, exchange: Exchange) -> None:
+    def exchange_finished(self, exchange: Exchange, now: float | None = None) -> None:
         if exchange is not self.current:
             return
         self.current = None
-        self.idle_since = self.loop.time()
-        if exchange.close_after or (self.draining and not self.pending):
+        self.idle_since = self.loop.time() if now is None else now
+        if exchange.close_after:
+            self.close()
+            return
+        if (
+            self.pending
+            or self.paused
+            or self.draining
+            or self.peer_eof
+            or self.closed
+            or self._starting
+            or self.error_reply is not None
+        ):
+            self._after_exchange()
+        # else (the common case): nothing waits and nothing ends; the connection idles for the next request
+
+    def _after_exchange(self) -> None:
+        """Start the next pipelined exchange, or end the connection when it is closing."""
+        if self.draining and not self.pending:
             self.close()
             return
         if self._starting:

@@ -15,14 +15,7 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Final
 
 from plexus.codec.http1 import ResponseHead, encode_chunk, encode_request_head, local_reply, status_line
-from plexus.codec.http1.encode import (
-    CHUNKED_HEADER,
-    CONNECTION_CLOSE,
-    CONNECTION_KEEP_ALIVE,
-    LAST_CHUNK,
-    header_block,
-)
-from plexus.codec.http1.encode import STATUS_LINES as _STATUS_LINES
+from plexus.codec.http1.encode import LAST_CHUNK, STATUS_LINES
 from plexus.core import reasons
 from plexus.core.errors import ProtocolError
 from plexus.proxy import Endpoint, service_from_host
@@ -39,6 +32,14 @@ log = logging.getLogger("plexus.dataplane")
 RETRY_BUFFER_BYTES: Final = 64 * 1024  # requests up to this size can be replayed on another endpoint
 HIGH_WATER_BYTES: Final = 256 * 1024  # bytes held while no upstream connection is ready before reading pauses
 IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+# Response heads are written as status line + the upstream's raw lines (each CRLF-first) + ours + CRLFCRLF.
+_STATUS_BARE: Final = {status: line[:-2] for status, line in STATUS_LINES.items()}  # without the CRLF
+_CHUNKED_LINE: Final = b"\r\ntransfer-encoding: chunked"
+_CLOSE_LINE: Final = b"\r\nconnection: close"
+_KEEP_ALIVE_LINE: Final = b"\r\nconnection: keep-alive"
+_END_OF_HEAD: Final = b"\r\n\r\n"
+# Index into ServiceStats.by_class for every status llhttp can report (3 digits): 1..5 for 1xx..5xx, else 0.
+_STATUS_CLASS: Final = [s // 100 if 100 <= s < 600 else 0 for s in range(1000)]
 _STATUS_FOR: Final = {
     reasons.UNKNOWN_SERVICE: 503,
     reasons.NO_HEALTHY_UPSTREAM: 503,
@@ -71,7 +72,6 @@ class Exchange:
         "response_done",
         "response_started",
         "retained",
-        "retained_bytes",
         "route",
         "sent_continue",
         "started",
@@ -88,8 +88,9 @@ class Exchange:
         self.conn: UpstreamConnection | None = None
         self.out: list[bytes] = []  # bytes for the upstream not yet written
         self.out_bytes = 0
-        self.retained: list[bytes] | None = []  # bytes written, kept for one replay
-        self.retained_bytes = 0
+        # Bytes written, kept for one replay (None: too many to keep). The usual request is one write and is
+        # kept as that bytes object; a second write turns it into a bytearray grown in place.
+        self.retained: bytes | bytearray | None = b""
         self.resp_out: list[bytes] = []
         self.attempts = 0
         self.request_done = False
@@ -155,7 +156,15 @@ class Exchange:
     def dispatch(self, exclude: Endpoint | None) -> None:
         route = self.route
         assert route is not None
-        endpoint = route.local or route.pick(self.head, exclude)
+        endpoint = route.local
+        if endpoint is None:
+            cluster = route.cluster
+            assert cluster is not None
+            # Route.pick(), inlined for the common case of a balancer that hashes nothing.
+            if cluster.hash_header is None:
+                endpoint = cluster.balancer.pick(exclude, None)
+            else:
+                endpoint = route.pick(self.head, exclude)
         if endpoint is None:
             self.fail(reasons.NO_HEALTHY_UPSTREAM)
             return
@@ -163,7 +172,8 @@ class Exchange:
         endpoint.active += 1
         endpoint.total += 1
         self.attempts += 1
-        idle = self.down.ctx.pool.idle.get(endpoint.key)
+        idle: list[UpstreamConnection] = endpoint.idle
+        down = self.down
         while idle:
             conn = idle.pop()
             if not conn.closed:
@@ -171,17 +181,16 @@ class Exchange:
                 self.conn = conn
                 conn.exchange = self
                 conn.received = False
-                decoder = conn.decoder
                 if self.is_head:
-                    decoder.set_sink(self, True)
+                    conn.decoder.set_sink(self, True)
                 else:
-                    decoder.sink = self  # response events come straight here
-                if self.down.write_paused and conn.transport is not None:
+                    conn.decoder.sink = self  # response events come straight here
+                if down.write_paused and conn.transport is not None:
                     conn.transport.pause_reading()
-                if self.out and not self.down.in_feed:
+                if self.out and not down.in_feed:
                     self.flush()
                 return
-        self.down.loop.create_task(self._connect(endpoint))  # no idle connection: the uncommon path
+        down.loop.create_task(self._connect(endpoint))  # no idle connection: the uncommon path
 
     async def _connect(self, endpoint: Endpoint) -> None:
         ctx = self.down.ctx
@@ -198,8 +207,9 @@ class Exchange:
             log.debug("connect to %s failed: %r", endpoint.key, exc)
             if route.retry and self.attempts < 2 and self.retained is not None:
                 ctx.stats.upstream_rq_retry += 1
-                self.out = [*self.retained, *self.out]
-                self.retained, self.retained_bytes = [], 0
+                if self.retained:
+                    self.out.insert(0, bytes(self.retained))
+                self.retained = b""
                 self.dispatch(endpoint)
                 if self.conn is not None and self.out:
                     self.flush()
@@ -238,13 +248,17 @@ class Exchange:
         self.out_bytes = 0
         retained = self.retained
         if retained is not None:
-            self.retained_bytes += len(data)
-            if self.retained_bytes > RETRY_BUFFER_BYTES:
+            if len(retained) + len(data) > RETRY_BUFFER_BYTES:
                 self.retained = None  # too big to replay: no retry after this point
+            elif not retained:
+                self.retained = data  # nothing copied
             else:
-                retained.append(data)
-        assert self.conn is not None
-        self.conn.write(data)
+                if isinstance(retained, bytes):
+                    self.retained = retained = bytearray(retained)
+                retained += data  # in place: many small writes stay linear
+        conn = self.conn
+        assert conn is not None and conn.transport is not None
+        conn.transport.write(data)
 
     def on_request_body(self, data: bytes) -> None:
         if not self.done:
@@ -280,11 +294,8 @@ class Exchange:
             if status == 100 and self.sent_continue:
                 return
             if self.head.version == "1.1":
-                parts = [status_line(status, head.reason)]
-                for name, value in head.headers:
-                    parts += (name, b": ", value, b"\r\n")
-                parts.append(b"\r\n")
-                self.resp_out.append(b"".join(parts))
+                line = _STATUS_BARE.get(status) or status_line(status)[:-2]
+                self.resp_out += (line, head.raw, _END_OF_HEAD)
             return
         if status == 503 and head.error_reason is not None and self._may_retry():
             reason = reasons.parse_error_header(head.error_reason.decode("latin-1"))
@@ -293,22 +304,24 @@ class Exchange:
                 return
         self.status = status
         self.response_started = True
-        parts = [_STATUS_LINES.get(status) or status_line(status, head.reason)]
-        for name, value in head.headers:
-            parts += (name, b": ", value, b"\r\n")
-        if not (self.is_head or status == 204 or status == 304) and head.content_length is None:
+        # The head goes out as the upstream wrote it (hop-by-hop lines already cut), behind our status line,
+        # then whatever framing and connection lines this client needs: no per-header work.
+        resp_out = self.resp_out
+        resp_out += (_STATUS_BARE.get(status) or status_line(status)[:-2], head.raw)
+        if not head.has_length and not (self.is_head or status == 204 or status == 304):
             if self.head.version == "1.1":
                 self.out_chunked = True
-                parts.append(CHUNKED_HEADER)
+                resp_out.append(_CHUNKED_LINE)
             else:
                 self.close_after = True  # an HTTP/1.0 client reads this body until close
         if self.close_after or self.down.draining:
             self.close_after = True
-            parts.append(CONNECTION_CLOSE)
+            resp_out.append(_CLOSE_LINE)
         elif self.head.version != "1.1":
-            parts.append(CONNECTION_KEEP_ALIVE)
-        parts.append(b"\r\n")
-        self.resp_out.append(b"".join(parts))
+            resp_out.append(_KEEP_ALIVE_LINE)
+        resp_out.append(_END_OF_HEAD)
+        if not self.out_chunked and self.conn is not None:
+            self.conn.decoder.body_out = resp_out  # the body goes out as it came: no call per read
 
     def _may_retry(self) -> bool:
         route = self.route
@@ -362,7 +375,7 @@ class Exchange:
         self._end_attempt()
         self.down.ctx.stats.upstream_rq_retry += 1
         assert self.retained is not None
-        self.out, self.retained, self.retained_bytes = list(self.retained), [], 0
+        self.out, self.retained = [bytes(self.retained)] if self.retained else [], b""
         self.out_bytes = sum(len(b) for b in self.out)
         self.dispatch(failed)
         if self.conn is not None and self.out:
@@ -373,9 +386,7 @@ class Exchange:
         assert conn is not None
         self.status = 101
         self.response_started = True
-        parts = [status_line(101, head.reason)]
-        header_block(head.headers, parts)
-        parts += (b"connection: upgrade\r\n\r\n", tail)
+        parts = [_STATUS_BARE[101], head.raw, b"\r\nconnection: upgrade\r\n\r\n", tail]
         self.flush_response()
         self.down.transport_write(b"".join(parts))
         self.piping = True
@@ -408,7 +419,7 @@ class Exchange:
         ):
             # A keep-alive connection the upstream closed while idle: replay once on a fresh connection.
             self._end_attempt()
-            self.out, self.retained, self.retained_bytes = list(self.retained), [], 0
+            self.out, self.retained = [bytes(self.retained)] if self.retained else [], b""
             self.dispatch(None)
             if self.conn is not None and self.out:
                 self.flush()
@@ -467,14 +478,15 @@ class Exchange:
             self.endpoint = None
             endpoint.active -= 1
         route = self.route
+        down = self.down
+        now = down.loop.time()  # uvloop: the loop's cached clock, not a system call
         if route is not None:  # ServiceStats.record(), inlined
             stats = route.stats
-            status_class = self.status // 100
-            stats.by_class[status_class if 0 < status_class < 6 else 0] += 1
-            ms = (self.down.loop.time() - self.started) * 1000.0
+            stats.by_class[_STATUS_CLASS[self.status]] += 1
+            ms = (now - self.started) * 1000.0
             stats.buckets[bisect_left(DURATION_BUCKETS_MS, ms)] += 1
             stats.duration_sum_ms += ms
-        self.down.exchange_finished(self)
+        down.exchange_finished(self, now)
 
     def fail(self, reason: str) -> None:
         """Answer with a local reply naming ``reason`` (or reset the client if the response already began)."""

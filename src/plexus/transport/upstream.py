@@ -29,6 +29,7 @@ class ExchangeSide(Protocol):
     def on_response_error(self, error: ProtocolError) -> None: ...
     def on_upstream_lost(self, conn: UpstreamConnection) -> None: ...
     def on_upstream_write_paused(self, paused: bool) -> None: ...
+    def flush_response(self) -> None: ...
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -72,6 +73,9 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.received = True
         self.decoder.feed(data)
+        exchange = self.exchange  # still bound: the response goes on past this read
+        if exchange is not None:
+            exchange.flush_response()  # stream what this read produced (a body is never held whole)
 
     def eof_received(self) -> bool | None:
         if self.pipe is not None and self.exchange is not None:
@@ -142,12 +146,12 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange = None
         decoder = self.decoder
         decoder.sink = self  # stray events now close this connection
+        decoder.body_out = None
         decoder.is_head = False
-        if keep_alive and not decoder.dead and not self.closed and not self.endpoint.removed:
+        endpoint = self.endpoint
+        if keep_alive and not decoder.dead and not self.closed and not endpoint.removed:
             self.reused = True
-            idle = self.pool.idle.get(self.endpoint.key)
-            if idle is None:
-                idle = self.pool.idle[self.endpoint.key] = []
+            idle = endpoint.idle
             if len(idle) < self.pool.max_idle:
                 idle.append(self)
                 return
@@ -161,11 +165,11 @@ class UpstreamPool:
         self.stats = stats
         self.limits = limits
         self.max_idle = max_idle_per_endpoint  # bounds memory: idle connections beyond this are closed
-        self.idle: dict[str, list[UpstreamConnection]] = {}
+        self.idle: dict[str, list[UpstreamConnection]] = {}  # by address: each endpoint's own idle list
         self._all: set[UpstreamConnection] = set()
 
     def acquire(self, endpoint: Endpoint) -> UpstreamConnection | None:
-        idle = self.idle.get(endpoint.key)
+        idle: list[UpstreamConnection] = endpoint.idle
         while idle:
             conn = idle.pop()
             if not conn.closed:
@@ -173,7 +177,7 @@ class UpstreamPool:
         return None
 
     def idle_push(self, conn: UpstreamConnection) -> None:
-        idle = self.idle.setdefault(conn.endpoint.key, [])
+        idle: list[UpstreamConnection] = conn.endpoint.idle
         if len(idle) >= self.max_idle:
             conn.close()
             return
@@ -185,11 +189,12 @@ class UpstreamPool:
         host, port = endpoint.address
         await asyncio.wait_for(loop.create_connection(lambda: conn, host, port), timeout)
         self._all.add(conn)
+        self.idle[endpoint.key] = endpoint.idle  # the pool's view by address (drop_endpoint, close_all)
         return conn
 
     def forget(self, conn: UpstreamConnection) -> None:
         self._all.discard(conn)
-        idle = self.idle.get(conn.endpoint.key)
+        idle = conn.endpoint.idle
         if idle and conn in idle:
             idle.remove(conn)
 

@@ -28,23 +28,43 @@ class RequestHead:
         return self.chunked or bool(self.content_length)
 
 
-@dataclass(slots=True)
 class ResponseHead:
-    status: int
-    reason: bytes
-    version: str
-    headers: list[tuple[bytes, bytes]]  # end-to-end headers only
-    content_length: int | None
-    chunked: bool
-    keep_alive: bool  # the upstream lets the connection live after this response
-    error_reason: bytes | None  # the x-plexus-error header value when present (kept in ``headers`` too)
+    """A response head as the upstream sent it, minus hop-by-hop lines, plus the facts the proxy acts on.
+
+    ``raw`` keeps the end-to-end header lines as received, each as ``\\r\\nName: value`` (CRLF first, none
+    after the last), so the proxy writes ``status line + raw + its own lines + \\r\\n\\r\\n`` without touching
+    one header in Python. ``headers`` parses it for the rare caller that needs pairs.
+    """
+
+    __slots__ = ("chunked", "error_reason", "has_length", "keep_alive", "raw", "status")
+
+    def __init__(
+        self,
+        status: int,
+        raw: bytes,
+        has_length: bool,
+        chunked: bool,
+        keep_alive: bool,
+        error_reason: bytes | None,
+    ) -> None:
+        self.status = status
+        self.raw = raw
+        self.has_length = has_length  # a Content-Length line (llhttp frames the body by it; we need not)
+        self.chunked = chunked
+        self.keep_alive = keep_alive  # the upstream lets the connection live after this response
+        self.error_reason = error_reason  # the x-plexus-error value when present (kept in ``raw`` too)
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        pairs = []
+        for line in self.raw.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            pairs.append((name, value.strip(b" \t")))
+        return pairs
 
     @property
     def close_delimited(self) -> bool:
         """The body ends at close: no Content-Length, not chunked, a status with a body."""
         return (
-            self.content_length is None
-            and not self.chunked
-            and self.status >= 200
-            and self.status not in (204, 304)
+            not self.has_length and not self.chunked and self.status >= 200 and self.status not in (204, 304)
         )

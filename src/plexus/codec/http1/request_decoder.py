@@ -86,6 +86,8 @@ class RequestDecoder:
         "_conn_tokens",
         "_content_length",
         "_count",
+        "_data",
+        "_ended",
         "_error",
         "_expect",
         "_header_bytes",
@@ -95,10 +97,14 @@ class RequestDecoder:
         "_in_head",
         "_in_trailers",
         "_limits",
+        "_line_data",
+        "_max_header_bytes",
+        "_max_headers",
         "_parser",
         "_pending_head",
         "_service",
         "_sink",
+        "_special",
         "_te",
         "_upgrade",
         "_url",
@@ -110,12 +116,18 @@ class RequestDecoder:
         self._sink = sink
         # Body and end-of-message events go here; a proxy points it at the request's exchange (one call less).
         self.body_sink: BodySink = sink
-        self._limits = limits or Http1Limits()
+        self._limits = limits = limits or Http1Limits()
+        self._max_header_bytes = limits.max_header_bytes  # read once per header: kept flat
+        self._max_headers = limits.max_headers
         self._parser = httptools.HttpRequestParser(self)
         self._error: ProtocolError | None = None
         self.dead = False
         self._in_head = True  # between messages counts as head: bytes there are a request line to come
         self._pending_head = 0
+        self._special = True  # _begin_message sets the fields special headers change
+        self._data = b""  # the bytes being fed
+        self._ended = False  # a message ended inside the bytes being fed
+        self._line_data: bytes | None = None  # bytes whose first CRLF ends this message's request line
         self._begin_message()
 
     def _begin_message(self) -> None:
@@ -123,25 +135,30 @@ class RequestDecoder:
         which httptools then need not call (one Python call less per request)."""
         self._in_head = True
         self._url = b""
+        self._line_data = None
         self._headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
         self._count = 0
         self._host: bytes | None = None
         self._host_count = 0
-        self._content_length: bytes | None = None
-        self._te: bytes | None = None
-        self._expect = False
-        self._upgrade: bytes | None = None
-        self._service: bytes | None = None
-        self._conn_tokens: list[bytes] | None = None
         self._in_trailers = False
         self._body_bytes = 0
+        if self._special:  # only a header other than Host sets these: most requests leave them as they are
+            self._special = False
+            self._content_length: bytes | None = None
+            self._te: bytes | None = None
+            self._expect = False
+            self._upgrade: bytes | None = None
+            self._service: bytes | None = None
+            self._conn_tokens: list[bytes] | None = None
 
     # -- input --------------------------------------------------------------------------------------
 
     def feed(self, data: bytes) -> None:
         if self.dead:
             return
+        self._data = data
+        self._ended = False
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -153,8 +170,9 @@ class RequestDecoder:
             self._fail(self._error or self._map_parser_error(exc))
             return
         if self._in_head:
-            # llhttp buffers a partial header line inside itself without telling us; bound it here.
-            self._pending_head += len(data)
+            # httptools keeps a partial head inside itself without telling us; bound it here. When a message
+            # ended inside this data, how much of it the next head took is unknown: count from the next read.
+            self._pending_head = 0 if self._ended else self._pending_head + len(data)
             if self._pending_head > self._limits.max_header_bytes + self._limits.max_request_line:
                 self._fail(errors.too_large(f"request head over {self._limits.max_header_bytes} bytes"))
 
@@ -180,6 +198,11 @@ class RequestDecoder:
     # -- llhttp callbacks ---------------------------------------------------------------------------
 
     def on_url(self, url: bytes) -> None:
+        if not self._url and not self._ended:
+            # The target starts in the bytes being fed and no earlier message ends in them: the first CRLF
+            # in them is the end of this request line (or, when the line goes on into the next read, there
+            # is none, or an empty line llhttp skipped: both fall back to get_http_version()).
+            self._line_data = self._data
         self._url += url
         if len(self._url) > self._limits.max_request_line:
             raise self._refuse(
@@ -193,22 +216,24 @@ class RequestDecoder:
         count = self._count + 1
         self._header_bytes = size
         self._count = count
-        limits = self._limits
-        if size > limits.max_header_bytes or count > limits.max_headers:
-            if size > limits.max_header_bytes:
-                raise self._refuse(errors.too_large(f"headers over {limits.max_header_bytes} bytes"))
-            raise self._refuse(errors.too_large(f"more than {limits.max_headers} headers"))
+        if size > self._max_header_bytes or count > self._max_headers:
+            if size > self._max_header_bytes:
+                raise self._refuse(errors.too_large(f"headers over {self._max_header_bytes} bytes"))
+            raise self._refuse(errors.too_large(f"more than {self._max_headers} headers"))
         if self._in_trailers:
             return  # trailers are never forwarded: a trailer must not smuggle a header past the checks
         headers = self._headers
         action = _ACTIONS.get(name) or _ACTIONS.get(name.lower(), _FORWARD)
         if action == _FORWARD:
             headers.append((name, value))
-        elif action == _HOST:
+            return
+        if action == _HOST:
             self._host_count += 1
             self._host = value
             headers.append((name, value))
-        elif action == _CONTENT_LENGTH:
+            return
+        self._special = True
+        if action == _CONTENT_LENGTH:
             if self._content_length is not None:
                 raise self._refuse(errors.bad_request("two Content-Length headers", errors.AMBIGUOUS_FRAMING))
             self._content_length = value
@@ -244,7 +269,16 @@ class RequestDecoder:
         self._in_head = False
         self._pending_head = 0
         parser = self._parser
-        version = parser.get_http_version()
+        data = self._line_data
+        version = ""
+        if data is not None:
+            # The request line ends at the first CRLF of these bytes (see on_url), and llhttp accepted it,
+            # so its last 8 bytes are the version: cheaper than get_http_version(), which formats a string.
+            i = data.find(b"\r\n")
+            tail = data[i - 8 : i] if i >= 8 else b""
+            version = "1.1" if tail == b"HTTP/1.1" else "1.0" if tail == b"HTTP/1.0" else ""
+        if not version:
+            version = parser.get_http_version()  # split heads, pipelined requests, leading empty lines
         if version != "1.1" and version != "1.0":
             raise self._refuse(ProtocolError(errors.BAD_VERSION, f"HTTP/{version} is not served", 505))
         method: bytes = parser.get_method()
@@ -255,15 +289,22 @@ class RequestDecoder:
         chunked = self._te is not None
         if chunked and version == "1.0":
             raise self._refuse(errors.bad_request("Transfer-Encoding in an HTTP/1.0 request"))
-        content_length = int(self._content_length) if self._content_length is not None else None
-        max_body = self._limits.max_body_bytes
-        if max_body is not None and content_length is not None and content_length > max_body:
-            raise self._refuse(
-                ProtocolError(errors.BODY_TOO_LARGE, f"Content-Length {content_length} over {max_body}", 413)
-            )
-        upgrade = self._upgrade if parser.should_upgrade() else None
-        if upgrade is not None and (chunked or content_length):
-            raise self._refuse(errors.bad_request("an Upgrade request with a body"))
+        content_length = None
+        if self._content_length is not None:
+            content_length = int(self._content_length)
+            max_body = self._limits.max_body_bytes
+            if max_body is not None and content_length > max_body:
+                raise self._refuse(
+                    ProtocolError(
+                        errors.BODY_TOO_LARGE, f"Content-Length {content_length} over {max_body}", 413
+                    )
+                )
+        upgrade = self._upgrade
+        if upgrade is not None:
+            if not parser.should_upgrade():
+                upgrade = None
+            elif chunked or content_length:
+                raise self._refuse(errors.bad_request("an Upgrade request with a body"))
         if self._conn_tokens is not None:
             self._strip_connection_listed()
         head = RequestHead(
@@ -300,5 +341,6 @@ class RequestDecoder:
         self.body_sink.on_request_body(body)
 
     def on_message_complete(self) -> None:
+        self._ended = True  # a message after this one in the same data starts inside it
         self._begin_message()
         self.body_sink.on_request_end()
