@@ -15,6 +15,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+$(VENV)/.installed-bench: $(VENV)/.installed-dev pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,bench]'
 	touch $@
 
@@ -31,7 +35,7 @@ typecheck: $(VENV)/.installed-dev
 test: lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider $(ARGS)
 
-bench: $(VENV)/.installed-dev
+bench: $(VENV)/.installed-bench
 	$(PY) bench/http1.py $(ARGS)
 
 # Regenerate the gRPC stubs after changing proto/ (the generated files are committed).
