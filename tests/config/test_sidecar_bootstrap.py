@@ -55,7 +55,7 @@ def test_env_values_are_converted_and_checked() -> None:
     }
     config = resolve_bootstrap({}, env).config
     assert config.connect_timeout == 0.25
-    assert config.egress_port_range == (20000, 20010)
+    assert config.to_settings().egress_port_range == (20000, 20010)
     assert config.hash_header == "x-user"
 
 
@@ -105,10 +105,12 @@ def test_wildcard_ingress_needs_advertise() -> None:
         resolve_bootstrap({"ingress": "0.0.0.0:15006"}, {})
     where, message = info.value.problems[0]
     assert where == "--ingress" and "--advertise" in message
-    config = resolve_bootstrap({"ingress": "0.0.0.0:15006"}, {"PLEXUS_ADVERTISE": "10.1.2.3"}).config
-    assert (config.advertise_host, config.advertise_port) == ("10.1.2.3", None)
-    config = resolve_bootstrap({"ingress": "0.0.0.0:0", "advertise": "[fd00::1]:8443"}, {}).config
-    assert (config.advertise_host, config.advertise_port) == ("fd00::1", 8443)
+    env = {"PLEXUS_ADVERTISE": "10.1.2.3"}
+    views = resolve_bootstrap({"ingress": "0.0.0.0:15006"}, env).config.to_settings()
+    assert (views.advertise_host, views.advertise_port) == ("10.1.2.3", None)
+    flags = {"ingress": "0.0.0.0:0", "advertise": "[fd00::1]:8443"}
+    views = resolve_bootstrap(flags, {}).config.to_settings()
+    assert (views.advertise_host, views.advertise_port) == ("fd00::1", 8443)
 
 
 def _run_sidecar(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -13,6 +13,7 @@ from plexus.config.sidecar_settings import (
     SettingsDecodeError,
     SidecarSettings,
 )
+from plexus.core.address import HostPort
 
 VIEWS = ("ingress_address", "app_host", "advertise_host", "advertise_port", "egress_port_range")
 
@@ -23,20 +24,27 @@ def test_same_fields_and_defaults_as_the_bootstrap_model() -> None:
 
 
 @pytest.mark.parametrize(
-    "values",
+    ("values", "views"),
     [
-        {},
-        {"ingress": "0.0.0.0:15006", "advertise": "10.0.0.7"},
-        {"ingress": "[::]:15006", "advertise": "[fd00::7]:20881", "app_address": "[::1]:8080"},
-        {"app_address": "10.1.2.3:9000", "egress_ports": "20000-20010", "hash_header": "X-User"},
-        {"connect_timeout": 2, "lb": "ring_hash", "zone": "z1", "unit": "u1", "workload": "w"},
+        ({}, (HostPort("127.0.0.1", 15006), "127.0.0.1", "127.0.0.1", None, None)),
+        (
+            {"ingress": "0.0.0.0:15006", "advertise": "10.0.0.7"},
+            (HostPort("0.0.0.0", 15006), "127.0.0.1", "10.0.0.7", None, None),
+        ),
+        (
+            {"ingress": "[::]:15006", "advertise": "[fd00::7]:20881", "app_address": "[::1]:8080"},
+            (HostPort("::", 15006), "::1", "fd00::7", 20881, None),
+        ),
+        (
+            {"app_address": "10.1.2.3:9000", "egress_ports": "20000-20010"},
+            (HostPort("127.0.0.1", 15006), "10.1.2.3", "127.0.0.1", None, (20000, 20010)),
+        ),
     ],
 )
-def test_parsed_views_match_the_model(values: dict[str, object]) -> None:
+def test_parsed_views_of_validated_values(values: dict[str, object], views: tuple[object, ...]) -> None:
     model = SidecarBootstrap.model_validate(values)
     settings = model.to_settings()
-    for view in VIEWS:
-        assert getattr(settings, view) == getattr(model, view), view
+    assert tuple(getattr(settings, view) for view in VIEWS) == views
     assert settings.to_dict() == model.model_dump()
 
 

@@ -25,9 +25,8 @@ from plexus.config.sidecar_settings import (
     LbPolicy,
     ResolvedSettings,
     SidecarSettings,
-    strip_port,
 )
-from plexus.core.address import HostPort, parse_host_port
+from plexus.core.address import parse_host_port
 from plexus.core.errors import ConfigError, ValidationError
 
 SOURCE_FLAG: Final = "flag"
@@ -120,41 +119,16 @@ class SidecarBootstrap(BaseModel):
 
     @model_validator(mode="after")
     def _check_advertise(self) -> SidecarBootstrap:
-        if self.advertise is None and self.ingress_address.host in WILDCARD_HOSTS:
+        # The parsed views (ingress_address, advertise_host, ...) live on SidecarSettings alone.
+        views = self.to_settings()
+        if self.advertise is None and views.ingress_address.host in WILDCARD_HOSTS:
             raise ValueError(
                 f"ingress {self.ingress} listens on every interface; name the address callers should use "
                 "with --advertise HOST[:PORT] (PLEXUS_ADVERTISE)"
             )
-        if self.advertise is not None and self.advertise_host in WILDCARD_HOSTS:
+        if self.advertise is not None and views.advertise_host in WILDCARD_HOSTS:
             raise ValueError(f"advertise {self.advertise!r}: publish a routable host, not a wildcard")
         return self
-
-    # Parsed views of the text fields, for the composition root.
-    @property
-    def ingress_address(self) -> HostPort:
-        return parse_host_port(self.ingress)
-
-    @property
-    def app_host(self) -> str:
-        return strip_port(self.app_address)
-
-    @property
-    def advertise_host(self) -> str:
-        return strip_port(self.advertise) if self.advertise else self.ingress_address.host
-
-    @property
-    def advertise_port(self) -> int | None:
-        """The advertised port when --advertise names one; None means "the bound ingress port"."""
-        if self.advertise is None or strip_port(self.advertise) == self.advertise:
-            return None
-        return parse_host_port(self.advertise).port
-
-    @property
-    def egress_port_range(self) -> tuple[int, int] | None:
-        if self.egress_ports is None:
-            return None
-        low, _, high = self.egress_ports.partition("-")
-        return int(low), int(high)
 
     def to_settings(self) -> SidecarSettings:
         """The validated values as the plain dataclass the serving process uses (no pydantic there)."""
