@@ -150,44 +150,14 @@ def matches(prefix: bytes) -> bool | None:
     return False
 
 
-class BoltDecoder:
+class BoltDecoder(rpc.FramedDecoder):
     """Decodes Bolt v1 and v2 frames (either on the same connection, chosen per frame by the proto byte)."""
 
     def __init__(
         self, limits: RpcLimits = rpc.DEFAULT_LIMITS, allowed_codecs: frozenset[int] = DEFAULT_CODECS
     ) -> None:
-        self._limits = limits
+        super().__init__(limits)
         self._codecs = allowed_codecs
-        self._buf = bytearray()
-        self._dead: rpc.RpcProtocolError | None = None
-
-    def feed(self, data: bytes) -> list[RpcFrame]:
-        if self._dead is not None:
-            raise rpc_error(self._dead.reason, f"decoder stopped after: {self._dead}")
-        if self._buf:
-            self._buf += data
-            buf: bytes | bytearray = self._buf
-        else:
-            buf = data
-        frames: list[RpcFrame] = []
-        pos = 0
-        try:
-            while pos < len(buf):
-                frame, end = self._parse(buf, pos)
-                if frame is None:
-                    break
-                frames.append(frame)
-                pos = end
-        except rpc.RpcProtocolError as exc:
-            self._buf = bytearray()
-            self._dead = exc
-            exc.frames = frames
-            raise
-        if buf is self._buf:
-            del self._buf[:pos]
-        elif pos < len(buf):
-            self._buf = bytearray(buf[pos:])
-        return frames
 
     def _parse(self, buf: bytes | bytearray, pos: int) -> tuple[RpcFrame | None, int]:
         avail = len(buf) - pos

@@ -158,6 +158,52 @@ class RpcDecoder(Protocol):
         ...
 
 
+class FramedDecoder:
+    """The buffering loop every length-prefixed RPC decoder shares; subclasses write ``_parse`` only.
+
+    ``_parse(buf, pos)`` returns ``(frame, end)`` for a whole frame at ``pos``, ``(None, pos)`` when more
+    bytes are needed, or raises RpcProtocolError. Input split at any offset or coalesced gives the same
+    frames. After a rejection the decoder is dead: framing is lost, so nothing later on the connection
+    is trusted.
+    """
+
+    def __init__(self, limits: RpcLimits) -> None:
+        self._limits = limits
+        self._buf = bytearray()
+        self._dead: RpcProtocolError | None = None
+
+    def feed(self, data: bytes) -> list[RpcFrame]:
+        if self._dead is not None:
+            raise rpc_error(self._dead.reason, f"decoder stopped after: {self._dead}")
+        if self._buf:
+            self._buf += data
+            buf: bytes | bytearray = self._buf
+        else:
+            buf = data  # the common case: whole frames in one read, no copy
+        frames: list[RpcFrame] = []
+        pos = 0
+        try:
+            while pos < len(buf):
+                frame, end = self._parse(buf, pos)
+                if frame is None:
+                    break
+                frames.append(frame)
+                pos = end
+        except RpcProtocolError as exc:
+            self._buf = bytearray()
+            self._dead = exc
+            exc.frames = frames
+            raise
+        if buf is self._buf:
+            del self._buf[:pos]
+        elif pos < len(buf):
+            self._buf = bytearray(buf[pos:])
+        return frames
+
+    def _parse(self, buf: bytes | bytearray, pos: int) -> tuple[RpcFrame | None, int]:
+        raise NotImplementedError
+
+
 class RpcCodec(Protocol):
     """What the proxy needs of an RPC protocol besides decoding: cheap re-ids and its own local replies."""
 
