@@ -197,10 +197,12 @@ class RegistryClient:
                 self._send_published_locked()
                 call = self._pub_call = stub.Publish(iter(outbox))
             try:
-                call.initial_metadata()  # returns once the registry accepted the stream
+                call.initial_metadata()  # returns once the registry accepted the stream, or the call failed
                 with self._lock:
-                    self._pub_up = True
-                delay = self._reconnect_min
+                    # a refused connect also ends initial_metadata(), with the call already done
+                    self._pub_up = not call.done()
+                if self._pub_up:
+                    delay = self._reconnect_min  # back off further only while connects keep failing
                 for response in call:
                     with self._changed:
                         self._pub.answered(response)
@@ -262,8 +264,9 @@ class RegistryClient:
             try:
                 call.initial_metadata()
                 with self._lock:
-                    self._sub_up = True
-                delay = self._reconnect_min
+                    self._sub_up = not call.done()  # as for publishing: a failed call is not "up"
+                if self._sub_up:
+                    delay = self._reconnect_min
                 for update in call:
                     self._deliver(service_set_from_pb(update))
             except grpc.RpcError as exc:
