@@ -32,6 +32,10 @@ from plexus.transport.dataplane import DataPlane
 UNKNOWN_SERVICE_WAIT: Final = (
     1.0  # how long a shared-egress request waits for a first set before unknown_service
 )
+# Provider protocols that get a dedicated ingress port piped raw to the app (the shared ingress speaks HTTP
+# only). Bolt and Dubbo providers are piped too: the consumer's sidecar multiplexes and balances per request,
+# and the app on this side speaks the same protocol.
+RAW_INGRESS_PROTOCOLS: Final = frozenset({"tcp", "bolt", "dubbo"})
 MAX_ON_DEMAND: Final = 1024  # Host headers come from the app; cap the subscriptions they can create
 
 Reason = Literal["consumer", "shared"]
@@ -123,7 +127,7 @@ class LocalMesh:
             old = self.providers.get(service)
             tcp_ingress: HostPort | None = None
             listener = self._tcp_listeners.get(service)
-            if spec.protocol == "tcp" and listener is not None and listener[1] == app:
+            if spec.protocol in RAW_INGRESS_PROTOCOLS and listener is not None and listener[1] == app:
                 tcp_ingress = listener[0]  # same app port: keep the port callers already know
             # A new TCP ingress port is known only once it listens; validate with the shared one meanwhile.
             port = tcp_ingress.port if tcp_ingress is not None else self._advertised.port
@@ -145,10 +149,10 @@ class LocalMesh:
                 raise MeshError(400, exc.message, _body_field(exc.field)) from None
             if old is not None:
                 await old.checker.stop()
-                if old.tcp_ingress is None and spec.protocol == "tcp":
+                if old.tcp_ingress is None and spec.protocol in RAW_INGRESS_PROTOCOLS:
                     self._dp.remove_local_service(service)  # the old HTTP mapping goes
             try:
-                if spec.protocol == "tcp":
+                if spec.protocol in RAW_INGRESS_PROTOCOLS:
                     if tcp_ingress is None:
                         await self._close_tcp_ingress(service)
                         tcp_ingress = await self._dp.listen_tcp_ingress(

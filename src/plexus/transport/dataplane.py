@@ -18,10 +18,11 @@ from plexus.codec.http1.limits import MAX_REQUEST_LINE
 from plexus.core import reasons
 from plexus.core.address import HostPort
 from plexus.discovery.model import Instance
-from plexus.proxy import ClusterManager, DataPlaneStats, Endpoint, IngressRoutes, service_from_host
+from plexus.proxy import Cluster, ClusterManager, DataPlaneStats, Endpoint, IngressRoutes, service_from_host
 from plexus.transport.context import DataPlaneContext
 from plexus.transport.http_downstream import HttpDownstream
 from plexus.transport.routes import Route
+from plexus.transport.rpc_proxy import CODECS, RpcDownstream, RpcStats, RpcUpstreamPool
 from plexus.transport.sniffing import SniffingProtocol
 from plexus.transport.tcp_proxy import TcpPipe
 from plexus.transport.upstream import UpstreamPool
@@ -122,6 +123,8 @@ class DataPlane:
         with contextlib.suppress(RuntimeError):
             loop = asyncio.get_running_loop()
         self.ctx = DataPlaneContext(loop, settings, self.stats, limits, UpstreamPool(self.stats, limits))
+        self.rpc_stats = RpcStats()
+        self.rpc_pool = RpcUpstreamPool(self.ctx, self.rpc_stats)
         self.local = IngressRoutes()
         self._egress_routes: dict[str, Route] = {}
         self._ingress_routes: dict[str, Route] = {}
@@ -137,6 +140,7 @@ class DataPlane:
         removed = self.clusters.update(service, instances)
         for endpoint in removed:
             self.ctx.pool.drop_endpoint(endpoint.key)
+            self.rpc_pool.drop_endpoint(endpoint.key)
 
     def configure_service(
         self, service: str, lb_policy: str | None = None, hash_header: str | None = None
@@ -227,16 +231,27 @@ class DataPlane:
 
             return TcpPipe(ctx, self.stats.tcp_service(service, "egress"), pick, retry=True, initial=initial)
 
+        def current_cluster() -> Cluster | None:
+            return self.clusters.get(service)
+
+        def make_rpc(protocol: str) -> asyncio.Protocol:
+            stats = self.stats.service(service, "egress")
+            return RpcDownstream(self.rpc_pool, CODECS[protocol], service, current_cluster, stats)
+
         def factory() -> asyncio.Protocol:
             cluster = self.clusters.get(service)
-            protocol = (
-                cluster.endpoints[0].instance.protocol if cluster is not None and cluster.endpoints else None
-            )
+            protocol: str | None = None
+            if cluster is not None:
+                # A service that spoke Bolt/Dubbo keeps doing so when its endpoints are all gone: its callers
+                # then get NO_UPSTREAM in their own protocol instead of a closed connection.
+                protocol = cluster.protocol if cluster.endpoints or cluster.protocol in CODECS else None
             if protocol == "http":
                 return make_http()
+            if protocol is not None and protocol in CODECS:
+                return make_rpc(protocol)
             if protocol is not None:
                 return make_tcp()
-            return SniffingProtocol(loop, self.settings.sniff_timeout, make_http, make_tcp)
+            return SniffingProtocol(loop, self.settings.sniff_timeout, make_http, make_tcp, make_rpc)
 
         return await self._serve(
             f"egress:{service}", factory, host, port, kind="service_egress", service=service
@@ -283,7 +298,7 @@ class DataPlane:
     # -- views --------------------------------------------------------------------------------------
 
     def metrics_text(self) -> str:
-        return self.stats.render()
+        return self.stats.render() + self.rpc_stats.render()
 
     def clusters_view(self) -> list[dict[str, Any]]:
         return self.clusters.view()
@@ -322,4 +337,5 @@ class DataPlane:
             assert isinstance(pipe, TcpPipe)
             pipe.close()
         ctx.pool.close_all()
+        self.rpc_pool.close_all()
         await asyncio.sleep(0)  # let transports run their connection_lost callbacks

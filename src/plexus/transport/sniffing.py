@@ -1,16 +1,31 @@
 """A per-service egress connection whose protocol is unknown: read the first bytes, then hand the
-transport to the HTTP or the TCP protocol. Bytes that decide nothing within the sniff timeout go TCP
-(server-first protocols send nothing at all)."""
+transport to the HTTP, the RPC (SOFA Bolt, Dubbo) or the TCP protocol. Bytes that decide nothing within the
+sniff timeout go TCP (server-first protocols send nothing at all)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import cast
+from typing import Final, cast
 
-from plexus.codec import Sniffed, sniff_http
+from plexus.codec import Sniffed, bolt, dubbo, sniff_http
 
 MAX_SNIFF_BYTES = 16  # longer than any method prefix we look for
+
+# Checked in this order after HTTP (their first bytes, 0x01/0x02 and 0xda, never open a method token).
+_RPC_MATCHERS: Final = ((dubbo.PROTOCOL, dubbo.matches), (bolt.PROTOCOL, bolt.matches))
+
+
+def sniff_rpc(prefix: bytes) -> str | bool | None:
+    """The RPC protocol ``prefix`` opens, None while it cannot tell yet, False when it is none of them."""
+    undecided = False
+    for name, matches in _RPC_MATCHERS:
+        verdict = matches(prefix)
+        if verdict:
+            return name
+        if verdict is None:
+            undecided = True
+    return None if undecided else False
 
 
 class SniffingProtocol(asyncio.Protocol):
@@ -20,11 +35,13 @@ class SniffingProtocol(asyncio.Protocol):
         timeout: float,
         make_http: Callable[[], asyncio.Protocol],
         make_tcp: Callable[[bytes], asyncio.Protocol],
+        make_rpc: Callable[[str], asyncio.Protocol] | None = None,
     ) -> None:
         self.loop = loop
         self.timeout = timeout
         self.make_http = make_http
         self.make_tcp = make_tcp
+        self.make_rpc = make_rpc
         self.buffer = b""
         self.transport: asyncio.Transport | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -39,7 +56,14 @@ class SniffingProtocol(asyncio.Protocol):
         verdict = sniff_http(self.buffer)
         if verdict is Sniffed.HTTP:
             self._hand_over(self.make_http(), feed=True)
-        elif verdict is Sniffed.OTHER or len(self.buffer) >= MAX_SNIFF_BYTES:
+            return
+        rpc: str | bool | None = False
+        if verdict is Sniffed.OTHER and self.make_rpc is not None:
+            rpc = sniff_rpc(self.buffer)
+            if isinstance(rpc, str):
+                self._hand_over(self.make_rpc(rpc), feed=True)
+                return
+        if len(self.buffer) >= MAX_SNIFF_BYTES or (verdict is Sniffed.OTHER and rpc is False):
             self._hand_over(self.make_tcp(self.buffer), feed=False)
 
     def _timed_out(self) -> None:
