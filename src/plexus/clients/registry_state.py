@@ -97,7 +97,11 @@ class WatchBook:
         return pb.SubscribeRequest(add=sorted(self.watched))
 
     def accept(self, sset: ServiceSet) -> list[Callback] | None:
-        """Cache ``sset`` and return the callbacks to call, or None when it is not newer (never go back)."""
+        """Cache ``sset`` and return the callbacks to call, or None when it is not newer (never go back) or
+        the service is no longer watched (a push that crossed our unsubscribe on the wire: the cache keeps the
+        last set seen while watching, so ``current`` after ``unwatch`` does not depend on that race)."""
+        if sset.service not in self.watched:
+            return None
         last = self.sets.get(sset.service)
         if last is not None and sset.version <= last.version:
             return None
