@@ -9,7 +9,7 @@ import contextlib
 import shutil
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from lib.procstat import pinned_argv
@@ -23,7 +23,7 @@ BODY = "plexus bench\n"  # fixed, small: the proxies' per-request cost is what w
 KEEPALIVE_REQUESTS = 100_000_000
 BIND_ATTEMPTS = 5
 
-CONFIG = """\
+_HEAD = """\
 daemon off;
 master_process off;
 worker_processes 1;
@@ -41,6 +41,11 @@ http {{
     scgi_temp_path {root}/scgi;
     keepalive_timeout 300s;
     keepalive_requests {keepalive_requests};
+"""
+
+CONFIG = (
+    _HEAD
+    + """\
     server {{
         listen 127.0.0.1:{port};
         location / {{
@@ -50,6 +55,7 @@ http {{
     }}
 }}
 """
+)
 
 
 def available() -> bool:
@@ -63,19 +69,17 @@ def _listening(port: int) -> bool:
 
 
 @contextlib.contextmanager
-def nginx(ws: Workspace) -> Iterator[tuple[int, ManagedProcess]]:
-    """Start nginx on the load CPUs; yield (port, process); stop it by PID."""
-    root = ws.dir("nginx")
+def _run_nginx(
+    root: Path, cpus: Iterable[int] | None, config: Callable[[int], str], what: str
+) -> Iterator[tuple[int, ManagedProcess]]:
+    """Start nginx with ``config(port)`` on a free port pinned to ``cpus``; yield (port, process); stop it by
+    PID. A port taken between picking and binding is retried on another."""
     last_log = ""
     for _ in range(BIND_ATTEMPTS):
         port = free_port()
         conf = root / "nginx.conf"
-        conf.write_text(
-            CONFIG.format(
-                root=root, port=port, body=BODY.replace("\n", "\\n"), keepalive_requests=KEEPALIVE_REQUESTS
-            )
-        )
-        argv = pinned_argv([NGINX, "-p", str(root), "-c", str(conf)], ws.placement.load)
+        conf.write_text(config(port))
+        argv = pinned_argv([NGINX, "-p", str(root), "-c", str(conf)], cpus)
         proc = ManagedProcess(argv, log_path=root / "nginx.out")
         try:
             deadline = time.monotonic() + 10
@@ -89,27 +93,26 @@ def nginx(ws: Workspace) -> Iterator[tuple[int, ManagedProcess]]:
                 last_log += (root / "error.log").read_text(errors="replace")
         finally:
             proc.stop()
-    raise RuntimeError(f"nginx did not start after {BIND_ATTEMPTS} attempts; last log:\n{last_log}")
+    raise RuntimeError(f"{what} did not start after {BIND_ATTEMPTS} attempts; last log:\n{last_log}")
 
 
-PROXY_CONFIG = """\
-daemon off;
-master_process off;
-worker_processes 1;
-pid {root}/nginx.pid;
-error_log {root}/error.log warn;
-events {{
-    worker_connections 4096;
-}}
-http {{
-    access_log off;
-    client_body_temp_path {root}/client_body;
-    proxy_temp_path {root}/proxy;
-    fastcgi_temp_path {root}/fastcgi;
-    uwsgi_temp_path {root}/uwsgi;
-    scgi_temp_path {root}/scgi;
-    keepalive_timeout 300s;
-    keepalive_requests {keepalive_requests};
+@contextlib.contextmanager
+def nginx(ws: Workspace) -> Iterator[tuple[int, ManagedProcess]]:
+    """Start the nginx upstream on the load CPUs; yield (port, process); stop it by PID."""
+    body = BODY.replace("\n", "\\n")
+
+    def config(port: int) -> str:
+        return CONFIG.format(
+            root=ws.dir("nginx"), port=port, body=body, keepalive_requests=KEEPALIVE_REQUESTS
+        )
+
+    with _run_nginx(ws.dir("nginx"), ws.placement.load, config, "nginx") as started:
+        yield started
+
+
+PROXY_CONFIG = (
+    _HEAD
+    + """\
     upstream bench {{
         server 127.0.0.1:{upstream_port};
         keepalive 128;
@@ -124,6 +127,7 @@ http {{
     }}
 }}
 """
+)
 
 
 @contextlib.contextmanager
@@ -134,25 +138,11 @@ def nginx_proxy(ws: Workspace, mode: str, upstream_port: int) -> Iterator[Endpoi
     reference figures came from.
     """
     root = ws.dir(mode)
-    last_log = ""
-    for _ in range(BIND_ATTEMPTS):
-        port = free_port()
-        conf = root / "nginx.conf"
-        conf.write_text(
-            PROXY_CONFIG.format(
-                root=root, port=port, upstream_port=upstream_port, keepalive_requests=KEEPALIVE_REQUESTS
-            )
+
+    def config(port: int) -> str:
+        return PROXY_CONFIG.format(
+            root=root, port=port, upstream_port=upstream_port, keepalive_requests=KEEPALIVE_REQUESTS
         )
-        argv = pinned_argv([NGINX, "-p", str(root), "-c", str(conf)], ws.placement.proxy)
-        proc = ManagedProcess(argv, log_path=root / "nginx.out")
-        try:
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and proc.alive() and not _listening(port):
-                time.sleep(0.05)
-            if proc.alive() and _listening(port):
-                yield Endpoint(mode=mode, url=f"http://127.0.0.1:{port}/", hops=[Hop("nginx", proc.pid)])
-                return
-            last_log = proc.log()
-        finally:
-            proc.stop()
-    raise RuntimeError(f"nginx proxy did not start after {BIND_ATTEMPTS} attempts; last log:\n{last_log}")
+
+    with _run_nginx(root, ws.placement.proxy, config, "nginx proxy") as (port, proc):
+        yield Endpoint(mode=mode, url=f"http://127.0.0.1:{port}/", hops=[Hop("nginx", proc.pid)])
