@@ -186,6 +186,14 @@ class DataPlane:
             old.local.removed = True
             self.ctx.pool.drop_endpoint(old.local.key)
 
+    # -- protocol seams between listeners and the RPC proxy ---------------------------------------
+
+    def rpc_factory(self, direction: str) -> Callable[[str], asyncio.Protocol] | None:
+        """For a sniffing ``ingress`` or shared ``egress`` listener: a maker of the RPC (Bolt, Dubbo)
+        protocol for a connection whose first bytes named ``protocol``; None while the listener serves no RPC
+        (the connection is then closed)."""
+        return None
+
     # -- listeners ----------------------------------------------------------------------------------
 
     def _loop(self) -> asyncio.AbstractEventLoop:

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 from plexus.codec.http1 import RequestHead
 from plexus.core import reasons
 from plexus.proxy import Cluster, Endpoint, ServiceStats
+from plexus.proxy.stream import HeaderLookup
 
 
 class Route:
@@ -46,6 +47,19 @@ class Route:
                 if n.lower() == name:
                     key = v
                     break
+        return cluster.balancer.pick(exclude, key)
+
+    def pick_stream(self, lookup: HeaderLookup, exclude: Endpoint | None) -> Endpoint | None:
+        """The endpoint for one request of any protocol, routed on its stream headers (see proxy.stream)."""
+        if self.local is not None:
+            return self.local
+        cluster = self.cluster
+        assert cluster is not None
+        key = None
+        name = cluster.hash_header
+        if name is not None:
+            value = lookup(name.decode("latin-1"))
+            key = value.encode("latin-1") if value is not None else None
         return cluster.balancer.pick(exclude, key)
 
 
