@@ -49,8 +49,11 @@ class Route:
                     break
         return cluster.balancer.pick(exclude, key)
 
-    def pick_stream(self, lookup: HeaderLookup, exclude: Endpoint | None) -> Endpoint | None:
-        """The endpoint for one request of any protocol, routed on its stream headers (see proxy.stream)."""
+    def pick_stream(self, lookup: HeaderLookup, exclude: Endpoint | None) -> Endpoint | str | None:
+        """The endpoint for one request of any protocol, routed on its stream headers (see proxy.stream).
+
+        None: no healthy endpoint. A ``str``: a reason code from ``plexus.core.reasons`` for a local reply
+        (e.g. no route of the service's route table matched)."""
         if self.local is not None:
             return self.local
         cluster = self.cluster
