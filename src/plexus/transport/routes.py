@@ -7,14 +7,40 @@ from typing import Any, Protocol
 
 from plexus.codec.http1 import RequestHead
 from plexus.core import reasons
-from plexus.proxy import Cluster, Endpoint, ServiceStats
-from plexus.proxy.stream import HeaderLookup
+from plexus.proxy import Cluster, ClusterManager, Endpoint, ServiceStats
+from plexus.proxy.route_table import Destination, RouteTable, Rule
+from plexus.proxy.stream import AUTHORITY, METHOD, PATH, HeaderLookup, lookup_from_pairs
+
+
+def lookup_from_head(head: RequestHead) -> HeaderLookup:
+    """An HTTP/1.1 request as the stream shape: its headers plus ``:method``, ``:path``, ``:authority``."""
+    pseudo = {METHOD: head.method.decode("latin-1"), PATH: head.target.decode("latin-1")}
+    if head.host is not None:
+        pseudo[AUTHORITY] = head.host.decode("latin-1")
+    return lookup_from_pairs(head.headers, pseudo)
 
 
 class Route:
-    """Where one service's requests go and what to add to them."""
+    """Where one service's requests go and what to add to them.
 
-    __slots__ = ("cluster", "connect_fail_reason", "extra", "local", "retry", "service", "stats")
+    With a route table (a VirtualService for the service) every pick first chooses a destination (service
+    and subset), then an endpoint of it; without one, the cluster's balancer picks, as it always did, and
+    ``fast`` hands HTTP/1.1 that balancer so its hot path makes no call here. A Route is cached by the data
+    plane and rebuilt whenever its table, its cluster's balancer or its hash header change.
+    """
+
+    __slots__ = (
+        "cluster",
+        "clusters",
+        "connect_fail_reason",
+        "extra",
+        "fast",
+        "local",
+        "retry",
+        "service",
+        "stats",
+        "table",
+    )
 
     def __init__(
         self,
@@ -23,11 +49,17 @@ class Route:
         *,
         cluster: Cluster | None = None,
         local: Endpoint | None = None,
+        table: RouteTable | None = None,
+        clusters: ClusterManager | None = None,
     ) -> None:
         self.service = service
         self.stats = stats
         self.cluster = cluster
         self.local = local  # ingress: the one local app endpoint
+        self.table = table  # egress: the service's VirtualService, when one is installed
+        self.clusters = clusters  # where a destination naming another service is found
+        plain = cluster is not None and table is None and cluster.hash_header is None
+        self.fast = cluster.balancer if plain and cluster is not None else None
         # Egress tells the provider sidecar which service this is; ingress adds nothing.
         self.extra = cluster.service_header_line if cluster is not None else b""
         self.retry = cluster is not None  # egress retries once on another endpoint; ingress has only one
@@ -35,9 +67,12 @@ class Route:
             reasons.UPSTREAM_CONNECT_FAILED if cluster is not None else reasons.LOCAL_APP_UNAVAILABLE
         )
 
-    def pick(self, head: RequestHead, exclude: Endpoint | None) -> Endpoint | None:
+    def pick(self, head: RequestHead, exclude: Endpoint | None) -> Endpoint | str | None:
+        """HTTP/1.1's pick (see ``pick_stream`` for the answers)."""
         if self.local is not None:
             return self.local
+        if self.table is not None:
+            return self.pick_stream(lookup_from_head(head), exclude)
         cluster = self.cluster
         assert cluster is not None
         key = None
@@ -58,12 +93,47 @@ class Route:
             return self.local
         cluster = self.cluster
         assert cluster is not None
+        table = self.table
+        subset = None
+        if table is not None:
+            rule = table.match(lookup)
+            if rule is None:
+                return reasons.NO_ROUTE
+            destination = rule.draw() if exclude is None else self._retry_destination(rule, exclude)
+            subset = destination.subset
+            if destination.service != self.service:
+                other = self.clusters.get(destination.service) if self.clusters is not None else None
+                if other is None:
+                    return None
+                cluster = other
         key = None
         name = cluster.hash_header
         if name is not None:
             value = lookup(name.decode("latin-1"))
             key = value.encode("latin-1") if value is not None else None
-        return cluster.balancer.pick(exclude, key)
+        if subset is None:
+            return cluster.balancer.pick(exclude, key)
+        return cluster.pick_subset(subset, exclude, key)
+
+    def _retry_destination(self, rule: Rule, exclude: Endpoint) -> Destination:
+        """A retry stays in the destination (service and subset) of the endpoint it moves away from."""
+        for destination in rule.destinations:
+            if destination.service == self.service:
+                cluster = self.cluster
+            else:
+                cluster = self.clusters.get(destination.service) if self.clusters is not None else None
+            if cluster is not None and cluster.holds(destination.subset, exclude):
+                return destination
+        return rule.draw()
+
+    def extra_for(self, endpoint: Endpoint) -> bytes:
+        """The header lines to add for ``endpoint``: names its own service when a route table sent the
+        request to another service than this route's (the provider sidecar routes on that header)."""
+        service = endpoint.instance.service
+        if service == self.service or self.clusters is None:
+            return self.extra
+        other = self.clusters.get(service)
+        return other.service_header_line if other is not None else self.extra
 
 
 class Router(Protocol):
