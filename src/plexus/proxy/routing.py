@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 from plexus.core.address import HostPort
+
+# Local services an HTTP request without a service name may fall to (gRPC rides HTTP/2).
+HTTP_PROTOCOLS: Final = frozenset({"http", "grpc"})
 
 
 def service_from_host(host: bytes | None) -> str | None:
@@ -43,11 +47,11 @@ class IngressRoutes:
         self._recompute()
 
     def _recompute(self) -> None:
-        http = [s for s in self.services.values() if s.protocol == "http"]
+        http = [s for s in self.services.values() if s.protocol in HTTP_PROTOCOLS]
         self._only_http = http[0] if len(http) == 1 else None
 
     def resolve(self, service_header: bytes | None, host: bytes | None) -> LocalService | None:
-        """``x-plexus-service``, else the Host naming a local service, else the only local HTTP service."""
+        """``x-plexus-service``, else the Host naming a local service, else the only HTTP/gRPC one."""
         services = self.services
         if service_header is not None:
             return services.get(service_header.decode("latin-1"))

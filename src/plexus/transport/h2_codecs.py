@@ -1,0 +1,443 @@
+"""The HTTP/2 codecs as the proxy uses them: a larger connection window, and PING / SETTINGS seen upstream.
+
+The codec of ``plexus.codec.http2`` reports neither PING ACKs nor the peer's SETTINGS; the upstream pool
+needs both (liveness checks on idle connections, and the peer's SETTINGS_MAX_CONCURRENT_STREAMS before it
+opens more streams than the peer allows), so these subclasses catch h2's events before translation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import struct
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from typing import Any, Final
+
+import h2.events as h2e
+import h2.exceptions as h2x
+from h2.errors import ErrorCodes
+
+from plexus.codec.http2 import (
+    ConnectionTerminated,
+    DataReceived,
+    Headers,
+    Http2ClientCodec,
+    Http2Limits,
+    Http2ServerCodec,
+    RequestHeadersReceived,
+    ResponseHeadersReceived,
+    StreamEnded,
+    StreamReset,
+    TrailersReceived,
+    WindowUpdated,
+)
+from plexus.codec.http2 import limits as lim
+from plexus.codec.http2.events import Event
+from plexus.core.errors import ProtocolError
+
+# RFC 9113 §6.9.2: the connection window starts at 65,535 whatever SETTINGS say. The proxy holds a stream's
+# unacknowledged bytes while its other side is slow, so one stalled stream would stall the whole connection
+# at that size; 1 MiB (Envoy's default connection window) bounds what one connection can make us buffer.
+CONNECTION_WINDOW: Final = 1024 * 1024
+_INITIAL_CONNECTION_WINDOW: Final = 65_535
+# Streams to open on a new connection before the peer's SETTINGS arrive: RFC 9113 §6.5.2 recommends that a
+# server allow at least 100, so up to this many are never refused for concurrency.
+ASSUMED_MAX_STREAMS: Final = 100
+
+
+def _tune(codec: Http2ServerCodec | Http2ClientCodec) -> None:
+    conn = codec._conn
+    conn.increment_flow_control_window(CONNECTION_WINDOW - _INITIAL_CONNECTION_WINDOW)
+    # What the proxy sends is what a peer sent (validated and normalised by h2 on input) plus fields of our
+    # own, so h2's outbound validation and normalisation repeat work; they were most of the proxy's CPU per
+    # request (bench/grpc_bench.py profile). Inbound validation stays on: it guards the trust boundary.
+    conn.config.validate_outbound_headers = False
+    conn.config.normalize_outbound_headers = False
+    # Plain HPACK literals instead of Huffman: pure-Python Huffman coding costs more CPU than the bytes it
+    # saves on the loopback and LAN links a sidecar writes to (RFC 7541 §5.2 leaves the choice to us).
+    conn.encoder.encode = functools.partial(conn.encoder.encode, huffman=False)  # type: ignore[method-assign]
+
+
+class ProxyServerCodec(Http2ServerCodec):
+    must_close = False  # the h2 codec reports its own failures as events (see _NgCodec.data_to_send)
+    close_reason = ""
+
+    def __init__(self, limits: Http2Limits) -> None:
+        super().__init__(limits)
+        _tune(self)
+
+
+class ProxyClientCodec(Http2ClientCodec):
+    """Adds ``ping()``, ``pings_acked`` and ``settings_received``."""
+
+    must_close = False
+    close_reason = ""
+
+    def __init__(self, limits: Http2Limits) -> None:
+        super().__init__(limits)
+        _tune(self)
+        self.pings_acked = 0
+        self.settings_received = False
+
+    def ping(self) -> None:
+        self._conn.ping(b"plexus\x00\x00")  # 8 octets (RFC 9113 §6.7)
+
+    def max_streams(self) -> int:
+        """Streams the peer lets us have open at once (an assumed 100 until its SETTINGS arrive)."""
+        remote = int(self._conn.remote_settings.max_concurrent_streams)
+        return remote if self.settings_received else min(remote, ASSUMED_MAX_STREAMS)
+
+    def _translate(self, ev: h2e.Event, out: list[Event]) -> None:
+        if isinstance(ev, h2e.PingAckReceived):
+            self.pings_acked += 1
+            return
+        if isinstance(ev, h2e.RemoteSettingsChanged):
+            self.settings_received = True
+            return
+        super()._translate(ev, out)
+
+
+# --- libnghttp2 engine (opt-in: DataPlaneSettings.h2_engine = "ngh2") -----------------------------------
+#
+# The pure-Python h2 stack is most of the proxy's CPU per gRPC call (bench/profiles/h2-NOTES.md: ~450 µs
+# per call against ~15 µs for libnghttp2 through the ``ngh2`` binding). These classes give the proxy the
+# same surface as ProxyServerCodec / ProxyClientCodec over ngh2. nghttp2 enforces its own attack limits
+# (rapid reset, CONTINUATION, SETTINGS/PING ACK floods, header list size); their reason codes here are
+# mapped from its GOAWAY codes, coarser than the h2 codec's.
+
+
+class RateWindow:
+    """Sliding-window counter (as the h2 codec's); memory bounded by ``limit + 1`` timestamps."""
+
+    __slots__ = ("_clock", "_hits", "_limit", "_window")
+
+    def __init__(self, limit: int, window: float, clock: Callable[[], float]) -> None:
+        self._limit = limit
+        self._window = window
+        self._clock = clock
+        self._hits: deque[float] = deque(maxlen=limit + 1)
+
+    def hit(self) -> bool:
+        """Record one occurrence; True when the window now holds more than the limit."""
+        now = self._clock()
+        hits = self._hits
+        hits.append(now)
+        while hits and hits[0] <= now - self._window:
+            hits.popleft()
+        return len(hits) > self._limit
+
+
+_GOAWAY_HEAD: Final = b"\x00\x00\x08\x07\x00\x00\x00\x00\x00"  # length 8, type GOAWAY, stream 0
+
+
+def _ngh2() -> Any:
+    import ngh2  # optional dependency: imported only when the engine is chosen
+
+    return ngh2
+
+
+def _pairs(raw: Any) -> Headers:
+    return list(raw)  # ngh2 hands a tuple of (bytes, bytes) pairs
+
+
+class _NgCodec:
+    """Plexus codec events and commands over one ``ngh2.Connection``."""
+
+    def __init__(self, server: bool, limits: Http2Limits) -> None:
+        ng = _ngh2()
+        self._ng = ng
+        self._server = server
+        self.limits = limits
+        self.rejects: Counter[str] = Counter()
+        self.error: ProtocolError | None = None
+        self.closed = False
+        self.goaway_received = False
+        self.pings_acked = 0
+        self.settings_received = False
+        self._local_resets: set[int] = set()
+        self._peer_resets: set[int] = set()
+        self._last_inbound = 0
+        self._tail = b""  # a GOAWAY written by hand after a fatal engine error
+        self.must_close = False  # set by data_to_send: write what it returned, then close the transport
+        self.close_reason = ""
+        clock = time.monotonic
+        self._resets = RateWindow(limits.max_resets_per_window, limits.window_seconds, clock)
+        self._settings = RateWindow(limits.max_settings_per_window, limits.window_seconds, clock)
+        self._pings = RateWindow(limits.max_pings_per_window, limits.window_seconds, clock)
+        resets = max(1, int(limits.max_resets_per_window / max(limits.window_seconds, 0.001)))
+        config = ng.Configuration(
+            auto_window_update=False,
+            peer_max_concurrent_streams=ASSUMED_MAX_STREAMS,
+            max_settings=32,
+            max_outbound_ack=limits.max_settings_per_window + limits.max_pings_per_window,
+            # Twice our own limit: ours (RateWindow, with its reason code) trips first.
+            stream_reset_rate_limit=(2 * limits.max_resets_per_window, 2 * resets),
+            max_continuations=64,
+            max_inbound_header_list_size=limits.max_header_list_bytes,
+        )
+        role = ng.Role.SERVER if server else ng.Role.CLIENT
+        conn = self._conn = ng.Connection(role, config)
+        setting = ng.Setting
+        conn.initiate_connection(
+            {
+                setting.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
+                setting.MAX_HEADER_LIST_SIZE: limits.max_header_list_bytes,
+                setting.MAX_FRAME_SIZE: limits.max_frame_size,
+                setting.INITIAL_WINDOW_SIZE: limits.initial_window_size,
+            }
+        )
+        conn.set_local_window_size(CONNECTION_WINDOW, stream_id=0)
+
+    # -- input --------------------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        if self.closed:
+            return []
+        ng = self._ng
+        try:
+            self._conn.receive_data(data)
+        except ng.NGH2Error as exc:
+            bomb = isinstance(exc, ng.DenialOfServiceError)
+            reason = lim.HPACK_BOMB if bomb else lim.PROTOCOL
+            if "continuation" in str(exc).lower():  # nghttp2: "Too many CONTINUATION frames ..."
+                reason = lim.CONTINUATION_FLOOD
+            # The engine is unusable after a fatal error: the GOAWAY is written by hand (RFC 9113 §6.8).
+            code = ErrorCodes.ENHANCE_YOUR_CALM if bomb else ErrorCodes.PROTOCOL_ERROR
+            self._tail = _GOAWAY_HEAD + struct.pack(">II", self._last_inbound, int(code))
+            return [self._fail(reason, str(exc))]
+        return self._translate(self._conn.events())
+
+    def _translate(self, raw: list[Any]) -> list[Event]:
+        ng = self._ng
+        out: list[Event] = []
+        for ev in raw:
+            if isinstance(ev, ng.DataReceived):
+                out.append(DataReceived(ev.stream_id, bytes(ev.data), len(ev.data), ev.end_stream))
+                if ev.end_stream:
+                    out.append(StreamEnded(ev.stream_id))
+            elif isinstance(ev, ng.RequestReceived):
+                self._last_inbound = max(self._last_inbound, ev.stream_id)
+                out.append(RequestHeadersReceived(ev.stream_id, _pairs(ev.headers), ev.end_stream))
+                if ev.end_stream:
+                    out.append(StreamEnded(ev.stream_id))
+            elif isinstance(ev, ng.ResponseReceived):
+                out.append(ResponseHeadersReceived(ev.stream_id, _pairs(ev.headers), ev.end_stream))
+                if ev.end_stream:
+                    out.append(StreamEnded(ev.stream_id))
+            elif isinstance(ev, ng.InformationalResponseReceived):
+                out.append(ResponseHeadersReceived(ev.stream_id, _pairs(ev.headers), False))
+            elif isinstance(ev, ng.TrailersReceived):
+                out.append(TrailersReceived(ev.stream_id, _pairs(ev.headers)))
+                out.append(StreamEnded(ev.stream_id))
+            elif isinstance(ev, ng.StreamReset):
+                if self._resets.hit():
+                    out.append(self._calm(lim.RAPID_RESET))
+                    break  # nothing after the offence is reported: it is never forwarded
+                self._peer_resets.add(ev.stream_id)
+                out.append(StreamReset(ev.stream_id, int(ev.error_code)))
+            elif isinstance(ev, ng.PingReceived):
+                if self._pings.hit():
+                    out.append(self._calm(lim.PING_FLOOD))
+                    break
+            elif isinstance(ev, ng.StreamClosed):
+                sid = ev.stream_id
+                peer = sid in self._peer_resets
+                local = sid in self._local_resets
+                self._peer_resets.discard(sid)
+                self._local_resets.discard(sid)
+                if ev.error_code and not peer and not local:
+                    # nghttp2 closed it for breaking the protocol, refused it, or the peer reset it before
+                    # it was reported open: counted against the reset rate too (rapid reset).
+                    if self._resets.hit():
+                        out.append(self._calm(lim.RAPID_RESET))
+                        break
+                    code = int(ev.error_code)
+                    reason = lim.REFUSED_STREAM if code == ErrorCodes.REFUSED_STREAM else lim.STREAM_ERROR
+                    self.rejects[reason] += 1
+                    out.append(StreamReset(sid, code, remote=False, reason=reason))
+            elif isinstance(ev, ng.WindowUpdated):
+                out.append(WindowUpdated(ev.stream_id))
+            elif isinstance(ev, ng.SettingsReceived):
+                if self._settings.hit():
+                    out.append(self._calm(lim.SETTINGS_FLOOD))
+                    break
+                self.settings_received = True
+                out.append(WindowUpdated(0))  # a new INITIAL_WINDOW_SIZE may open every stream's window
+            elif isinstance(ev, ng.PingAcknowledged):
+                self.pings_acked += 1
+            elif isinstance(ev, ng.GoAwayReceived):
+                self.goaway_received = True
+                out.append(ConnectionTerminated(int(ev.error_code), ev.last_stream_id))
+            elif isinstance(ev, ng.ConnectionClosed) and not self.closed:
+                code = int(ev.error_code)
+                if code != ErrorCodes.NO_ERROR:
+                    out.append(self._fail(_reason_for_code(code, bytes(ev.debug_data)), "closed by nghttp2"))
+        return out
+
+    def _calm(self, reason: str) -> ConnectionTerminated:
+        """A peer over one of our rate limits: GOAWAY ENHANCE_YOUR_CALM (RFC 9113 §5.4.1), as the h2 codec."""
+        with contextlib.suppress(self._ng.NGH2Error):
+            self._conn.terminate_connection(ErrorCodes.ENHANCE_YOUR_CALM, last_stream_id=self._last_inbound)
+        self.rejects[reason] += 1
+        self.error = ProtocolError(reason, "HTTP/2 connection closed: peer over a rate limit")
+        self.closed = True
+        return ConnectionTerminated(
+            ErrorCodes.ENHANCE_YOUR_CALM, self._last_inbound, remote=False, reason=reason
+        )
+
+    def _fail(self, reason: str, message: str) -> ConnectionTerminated:
+        self.rejects[reason] += 1
+        self.error = ProtocolError(reason, f"HTTP/2 connection closed: {message}")
+        self.closed = True
+        return ConnectionTerminated(
+            ErrorCodes.PROTOCOL_ERROR, self._last_inbound, remote=False, reason=reason
+        )
+
+    # -- output -------------------------------------------------------------------------------------
+
+    def data_to_send(self) -> bytes:
+        tail, self._tail = self._tail, b""
+        try:
+            data = bytes(self._conn.data_to_send())
+        except self._ng.NGH2Error:
+            return tail
+        for ev in self._conn.events():
+            if isinstance(ev, self._ng.ConnectionClosed) and ev.error_code and not self.closed:
+                # nghttp2 failed the connection itself (e.g. a frame over SETTINGS_MAX_FRAME_SIZE) and
+                # queued its GOAWAY: write it, then close (``must_close``).
+                self.closed = self.must_close = True
+                self.close_reason = _reason_for_code(int(ev.error_code), bytes(ev.debug_data))
+                self.rejects[self.close_reason] += 1
+        return data + tail
+
+    def send_headers(self, stream_id: int, headers: Headers, end_stream: bool = False) -> None:
+        conn = self._conn
+        try:
+            if headers and headers[0][0] == b":status" and headers[0][1][:1] == b"1":
+                conn.send_informational_response(stream_id, headers)
+            else:
+                conn.send_response(stream_id, headers, end_stream=end_stream)
+        except self._ng.NGH2Error as exc:  # as the h2 codec reports a stream gone: the proxy handles it
+            raise h2x.StreamClosedError(stream_id) from exc
+
+    def send_trailers(self, stream_id: int, headers: Headers) -> None:
+        try:
+            self._conn.send_trailers(stream_id, headers)
+        except self._ng.NGH2Error as exc:
+            raise h2x.StreamClosedError(stream_id) from exc
+
+    def send_window(self, stream_id: int) -> int:
+        conn = self._conn
+        ng = self._ng
+        try:
+            window = conn.stream_remote_window_size(stream_id)
+        except ng.StreamUnavailableError:
+            # A request whose HEADERS are still queued has no stream state yet: it starts at the peer's
+            # initial window (RFC 9113 §6.9.2).
+            window = conn.remote_settings[ng.Setting.INITIAL_WINDOW_SIZE]
+        except ng.NGH2Error:
+            return 0
+        stream = window - conn.queued_body_size(stream_id)
+        return max(0, min(int(stream), int(conn.remote_window_size - conn.queued_body_size())))
+
+    def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> int:
+        """As the h2 codec: take only what the windows allow now; END_STREAM only with the last byte."""
+        if not data:
+            if end_stream:
+                self.end_stream(stream_id)
+            return 0
+        take = min(len(data), self.send_window(stream_id))
+        if take:
+            try:
+                self._conn.send_data(stream_id, data[:take], end_stream=end_stream and take == len(data))
+            except self._ng.NGH2Error as exc:
+                raise h2x.StreamClosedError(stream_id) from exc
+        return take
+
+    def end_stream(self, stream_id: int) -> None:
+        try:
+            self._conn.end_stream(stream_id)
+        except self._ng.NGH2Error as exc:
+            raise h2x.StreamClosedError(stream_id) from exc
+
+    def acknowledge(self, stream_id: int, n: int) -> None:
+        if n <= 0 or self.closed:
+            return
+        with contextlib.suppress(self._ng.NGH2Error):
+            self._conn.acknowledge_received_data(n, stream_id)
+
+    def reset_stream(self, stream_id: int, error_code: int = ErrorCodes.CANCEL) -> None:
+        if error_code == ErrorCodes.NO_ERROR and self._server:
+            # "Stop sending, the response is complete" (RFC 9113 §8.1) is optional, and nghttp2 would send
+            # the RST_STREAM ahead of response frames still queued (trailers): the client would lose them.
+            # The rest of the request is read and credited instead.
+            return
+        self._local_resets.add(stream_id)
+        with contextlib.suppress(self._ng.NGH2Error):  # a closing connection: nothing to reset
+            self._conn.reset_stream(stream_id, error_code)
+
+    def goaway(
+        self, error_code: int = ErrorCodes.NO_ERROR, last_stream_id: int | None = None, debug: bytes = b""
+    ) -> None:
+        last = self._last_inbound if last_stream_id is None else last_stream_id
+        with contextlib.suppress(self._ng.NGH2Error):  # already terminating: its GOAWAY went out
+            if error_code == ErrorCodes.NO_ERROR:
+                self._conn.send_goaway(0, last_stream_id=last, debug_data=debug)
+            else:
+                self._conn.terminate_connection(error_code, last_stream_id=last)
+        if error_code != ErrorCodes.NO_ERROR:
+            self.closed = True
+
+
+class NgServerCodec(_NgCodec):
+    def __init__(self, limits: Http2Limits) -> None:
+        super().__init__(True, limits)
+
+
+class NgClientCodec(_NgCodec):
+    def __init__(self, limits: Http2Limits) -> None:
+        super().__init__(False, limits)
+
+    def ping(self) -> None:
+        with contextlib.suppress(self._ng.NGH2Error):  # a closing connection: its streams fail anyway
+            self._conn.ping(b"plexus\x00\x00")
+
+    def max_streams(self) -> int:
+        remote = int(self._conn.remote_settings[self._ng.Setting.MAX_CONCURRENT_STREAMS])
+        return remote if self.settings_received else min(remote, ASSUMED_MAX_STREAMS)
+
+    def send_request(self, headers: Headers, end_stream: bool = False) -> int:
+        if self.goaway_received or self.closed:
+            raise ProtocolError(
+                lim.GOAWAY_RECEIVED, "the server sent GOAWAY: open the stream on a new connection"
+            )
+        return int(self._conn.send_request(headers, end_stream=end_stream))
+
+
+def _reason_for_code(code: int, debug: bytes) -> str:
+    text = debug.lower()
+    if code == ErrorCodes.ENHANCE_YOUR_CALM:
+        if b"ping" in text or b"settings" in text or b"ack" in text:
+            return lim.PING_FLOOD
+        return lim.RAPID_RESET
+    if code == ErrorCodes.FRAME_SIZE_ERROR:
+        return lim.FRAME_TOO_LARGE
+    if code == ErrorCodes.FLOW_CONTROL_ERROR:
+        return lim.FLOW_CONTROL
+    if code == ErrorCodes.COMPRESSION_ERROR:
+        return lim.HPACK_BOMB
+    return lim.PROTOCOL
+
+
+ServerCodec = ProxyServerCodec | NgServerCodec
+ClientCodec = ProxyClientCodec | NgClientCodec
+
+
+def server_codec(engine: str, limits: Http2Limits) -> ServerCodec:
+    return NgServerCodec(limits) if engine == "ngh2" else ProxyServerCodec(limits)
+
+
+def client_codec(engine: str, limits: Http2Limits) -> ClientCodec:
+    return NgClientCodec(limits) if engine == "ngh2" else ProxyClientCodec(limits)

@@ -1,0 +1,407 @@
+"""The downstream side of HTTP/2 (h2c prior knowledge): one protocol object per client connection.
+
+Each stream the client opens is resolved with the listener's ``Router`` (a ``RequestHead`` built from
+``:method``, ``:path``, ``:authority`` and ``x-plexus-service``) and its endpoint picked with
+``Route.pick_stream`` over the stream's headers plus ``:service`` / ``:rpc-method`` for gRPC; then an
+``H2Stream`` relays it over the shared ``Http2UpstreamPool``. The protocol knows nothing of sockets beyond
+``asyncio.Transport``, so a TLS transport (ALPN ``h2``) can carry it unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, Final, cast
+
+import h2.exceptions as h2x
+from h2.errors import ErrorCodes
+
+from plexus.codec.http1 import RequestHead
+from plexus.codec.http2 import (
+    ConnectionTerminated,
+    DataReceived,
+    Event,
+    Headers,
+    Http2Limits,
+    RequestHeadersReceived,
+    StreamEnded,
+    StreamReset,
+    TrailersReceived,
+    WindowUpdated,
+    grpc_route_headers,
+    is_grpc_content_type,
+    parse_grpc_timeout,
+)
+from plexus.core import reasons
+from plexus.core.errors import ProtocolError
+from plexus.proxy import DataPlaneStats
+from plexus.proxy.stream import AUTHORITY, METHOD, PATH, lookup_from_pairs
+from plexus.transport.h2_codecs import server_codec
+from plexus.transport.h2_stream import HOP_BY_HOP, SERVICE_HEADER, H2Stream, service_from_authority
+from plexus.transport.h2_upstream import Http2UpstreamPool
+from plexus.transport.routes import Route
+
+if TYPE_CHECKING:
+    from plexus.transport.context import DataPlaneContext
+    from plexus.transport.routes import Router
+
+log = logging.getLogger("plexus.dataplane")
+
+NOT_IMPLEMENTED_H2_TO_HTTP1: Final = (
+    "HTTP/2 to an HTTP/1.1 app is not supported (no h2 to HTTP/1.1 translation): call it over HTTP/1.1"
+)
+
+
+class Http2Proxy:
+    """What every HTTP/2 listener of one data plane shares: settings, counters, the upstream pool."""
+
+    def __init__(self, ctx: DataPlaneContext) -> None:
+        settings = ctx.settings
+        self.ctx = ctx
+        self.stats: DataPlaneStats = ctx.stats
+        self.hop_name = settings.hop_name
+        self.request_timeout = settings.request_timeout
+        self.idle_timeout = settings.idle_timeout
+        self.limits = Http2Limits(max_header_list_bytes=settings.max_header_bytes)
+        self.engine = settings.h2_engine
+        self.connections: set[Http2Downstream] = set()
+        self._pool: Http2UpstreamPool | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self.ctx.loop
+
+    @property
+    def pool(self) -> Http2UpstreamPool:
+        pool = self._pool
+        if pool is None:  # made on first use: the loop is known only once a listener runs
+            s = self.ctx.settings
+            pool = self._pool = Http2UpstreamPool(
+                self.ctx.loop,
+                self.stats,
+                self.limits,
+                s.connect_timeout,
+                s.h2_ping_interval,
+                s.h2_ping_timeout,
+                s.h2_upstream_idle_timeout,
+                self.engine,
+            )
+        return pool
+
+    def drain(self) -> None:
+        for conn in list(self.connections):
+            conn.drain()
+
+    def close(self) -> None:
+        for conn in list(self.connections):
+            conn.abort()
+        if self._pool is not None:
+            self._pool.close_all()
+
+
+class Http2Downstream(asyncio.Protocol):
+    def __init__(self, proxy: Http2Proxy, router: Router, direction: str) -> None:
+        self.proxy = proxy
+        self.loop = proxy.loop
+        self.router = router
+        self.direction = direction
+        # A per-service egress names its service: error texts say it even when no route exists.
+        self.fixed_service: str = getattr(router, "service", "") or ""
+        self.codec = server_codec(proxy.engine, proxy.limits)
+        self.transport: asyncio.Transport | None = None
+        self.streams: dict[int, H2Stream] = {}
+        self.write_paused = False
+        self.closed = False
+        self.draining = False
+        self.dirty = False
+        self.idle_since = 0.0
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self.opened: list[tuple[H2Stream, RequestHead, float]] = []  # opened in this read, not yet routed
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
+        proxy = self.proxy
+        proxy.connections.add(self)
+        proxy.stats.downstream_cx_total += 1
+        proxy.stats.downstream_cx_active += 1
+        self.flush()  # our SETTINGS
+        self.idle_since = self.loop.time()
+        self.idle_timer = self.loop.call_later(proxy.idle_timeout, self._idle_check)
+
+    def data_received(self, data: bytes) -> None:
+        opened = self.opened
+        for ev in self.codec.receive_data(data):
+            try:
+                self._event(ev)
+            except Exception:  # a bug must cost one stream, not the connection and its other streams
+                log.exception("h2 downstream event %r failed", type(ev).__name__)
+                stream = self.streams.get(getattr(ev, "stream_id", 0))
+                if stream is not None:
+                    stream.reset_downstream(ErrorCodes.INTERNAL_ERROR)
+        if opened:
+            # Streams go upstream only once the whole read is seen: one reset in the same read (a rapid
+            # reset, CVE-2023-44487) then costs the app nothing.
+            self.opened = []
+            for stream, head, timeout in opened:
+                if not stream.done and not self.closed:
+                    try:
+                        self._route(stream, head, timeout)
+                    except Exception:
+                        log.exception("h2 stream %d failed to start", stream.sid)
+                        stream.reset_downstream(ErrorCodes.INTERNAL_ERROR)
+        self.flush()
+
+    def _event(self, ev: Event) -> None:
+        streams = self.streams
+        if isinstance(ev, DataReceived):
+            stream = streams.get(ev.stream_id)
+            if stream is not None:
+                stream.on_down_data(ev.data, ev.flow_controlled_length, ev.end_stream)
+            else:
+                self.codec.acknowledge(ev.stream_id, ev.flow_controlled_length)
+        elif isinstance(ev, RequestHeadersReceived):
+            self._open(ev)
+        elif isinstance(ev, StreamEnded):
+            stream = streams.get(ev.stream_id)
+            if stream is not None:
+                stream.on_down_end()
+        elif isinstance(ev, TrailersReceived):
+            stream = streams.get(ev.stream_id)
+            if stream is not None:
+                stream.on_down_trailers(ev.headers)
+        elif isinstance(ev, StreamReset):
+            if not ev.remote:
+                self.proxy.stats.downstream_reject(ev.reason)
+            stream = streams.get(ev.stream_id)
+            if stream is not None:
+                stream.on_down_reset(ev.error_code)
+        elif isinstance(ev, WindowUpdated):
+            if ev.stream_id == 0:
+                for stream in list(streams.values()):
+                    stream.on_down_window()
+            else:
+                stream = streams.get(ev.stream_id)
+                if stream is not None:
+                    stream.on_down_window()
+        elif isinstance(ev, ConnectionTerminated):
+            self._terminated(ev)
+
+    def eof_received(self) -> bool | None:
+        return None  # a half-closed HTTP/2 connection cannot go on: close it (connection_lost resets streams)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        proxy = self.proxy
+        proxy.connections.discard(self)
+        proxy.stats.downstream_cx_active -= 1
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+        for stream in list(self.streams.values()):
+            stream.on_down_reset(ErrorCodes.CANCEL)
+        self.streams.clear()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        for stream in list(self.streams.values()):
+            stream.on_down_window()
+        self.flush()
+
+    # -- streams ------------------------------------------------------------------------------------
+
+    def _open(self, ev: RequestHeadersReceived) -> None:
+        sid = ev.stream_id
+        method = path = authority = service = host = timeout_raw = None
+        timeout_at: int | None = None
+        grpc = False
+        up: Headers = []
+        for name, value in ev.headers:
+            if name[:1] == b":":
+                if name == b":method":
+                    method = value
+                elif name == b":path":
+                    path = value
+                elif name == b":authority":
+                    authority = value
+                up.append((name, value))
+                continue
+            if name in HOP_BY_HOP:
+                if name == b"host":
+                    host = value
+                continue
+            if name == SERVICE_HEADER:
+                service = value  # the egress adds its own; the app behind the ingress needs none
+                continue
+            if name == b"content-type":
+                grpc = is_grpc_content_type(value)
+            elif name == b"grpc-timeout":
+                timeout_raw = value
+                timeout_at = len(up)
+            elif name == b"te" and value.strip().lower() != b"trailers":
+                continue
+            up.append((name, value))
+        authority = authority or host
+        if service is not None:
+            named = service.decode("latin-1")
+        else:
+            named = self.fixed_service or service_from_authority(authority)
+        stream = H2Stream(self, sid, up, grpc, ev.end_stream, named)
+        stream.timeout_at = timeout_at
+        self.streams[sid] = stream
+        if method == b"CONNECT":  # a tunnel (RFC 9113 §8.5), as HTTP/1.1's CONNECT: not proxied
+            self.proxy.stats.downstream_reject(reasons.NOT_IMPLEMENTED)
+            stream.fail(reasons.NOT_IMPLEMENTED, "CONNECT is not proxied")
+            return
+        timeout = self.proxy.request_timeout
+        if timeout_raw is not None:
+            try:
+                timeout = min(timeout, parse_grpc_timeout(timeout_raw))
+            except ProtocolError as exc:
+                self.proxy.stats.downstream_reject(exc.reason)
+                stream.fail(reasons.DOWNSTREAM_PROTOCOL_ERROR, f"bad grpc-timeout {timeout_raw!r}")
+                return
+        head = RequestHead(
+            method or b"",
+            path or b"",
+            "2",
+            up,
+            authority,
+            None,
+            False,
+            True,
+            False,
+            None,
+            service,
+        )
+        self.opened.append((stream, head, timeout))
+
+    def _route(self, stream: H2Stream, head: RequestHead, timeout: float) -> None:
+        route = self.router.resolve(head)
+        if isinstance(route, str):
+            waiter = self.router.unknown_hook(head)
+            if waiter is None:
+                stream.fail(route)
+                return
+            self.loop.create_task(self._await_route(stream, waiter, head, timeout))  # rare: a new service
+            return
+        self._routed(stream, route, head, timeout)
+
+    async def _await_route(
+        self, stream: H2Stream, waiter: Coroutine[Any, Any, Route | str], head: RequestHead, timeout: float
+    ) -> None:
+        try:
+            route = await waiter
+        except Exception:  # the root's hook failed: the service stays unknown
+            log.warning("on_unknown_service failed", exc_info=True)
+            route = reasons.UNKNOWN_SERVICE
+        if stream.done:
+            return
+        if isinstance(route, str):
+            stream.fail(route)
+        else:
+            remaining = timeout - (self.loop.time() - stream.started)
+            self._routed(stream, route, head, max(remaining, 0.001))
+        self.flush()
+
+    def _routed(self, stream: H2Stream, route: Route, head: RequestHead, timeout: float) -> None:
+        local = route.local
+        if local is not None and local.instance.protocol == "http":
+            stream.service = route.service
+            stream.route = route
+            stream.fail(reasons.NOT_IMPLEMENTED, NOT_IMPLEMENTED_H2_TO_HTTP1)
+            return
+        extra: dict[str, str] = {METHOD: head.method.decode("latin-1"), PATH: head.target.decode("latin-1")}
+        if head.host is not None:
+            extra[AUTHORITY] = head.host.decode("latin-1")
+        if stream.grpc:
+            try:
+                for name, value in grpc_route_headers(head.target):
+                    extra[name.decode()] = value.decode("latin-1")
+            except ProtocolError:
+                pass  # not /pkg.Service/Method: routed without :service / :rpc-method
+        stream.routed(route, lookup_from_pairs(head.headers, extra), timeout)
+
+    def stream_done(self, stream: H2Stream) -> None:
+        if self.streams.pop(stream.sid, None) is not None and not self.streams:
+            self.idle_since = self.loop.time()
+            if self.draining or self.codec.goaway_received:
+                self.close()
+
+    def reset_stream(self, sid: int, error_code: int) -> None:
+        if self.closed or self.codec.closed:
+            return
+        try:
+            self.codec.reset_stream(sid, error_code)
+        except h2x.StreamClosedError:
+            return  # both ends already closed it
+        self.want_flush()
+
+    # -- writing ------------------------------------------------------------------------------------
+
+    def want_flush(self) -> None:
+        if not self.dirty:
+            self.dirty = True
+            self.proxy.pool.schedule_flush(self.flush)
+
+    def flush(self) -> None:
+        self.dirty = False
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        codec = self.codec
+        data = codec.data_to_send()
+        if data:
+            transport.write(data)
+        if codec.must_close:  # the engine failed the connection while writing: its GOAWAY is out
+            codec.must_close = False
+            self.proxy.stats.downstream_reject(codec.close_reason)
+            transport.close()
+
+    # -- ends ---------------------------------------------------------------------------------------
+
+    def _terminated(self, ev: ConnectionTerminated) -> None:
+        if not ev.remote:
+            # The codec refused the connection (flood, bomb, bad frame): its GOAWAY is queued; send and close.
+            self.proxy.stats.downstream_reject(ev.reason or "h2_protocol_error")
+            self.flush()
+            self.close()
+            return
+        if not self.streams:  # the client is done with this connection
+            self.close()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.flush()
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.abort()
+
+    def drain(self) -> None:
+        """Stop taking new streams (GOAWAY); close once the streams in flight are done."""
+        self.draining = True
+        if self.closed or self.codec.closed:
+            return
+        self.codec.goaway()
+        self.flush()
+        if not self.streams:
+            self.close()
+
+    def _idle_check(self) -> None:
+        self.idle_timer = None
+        if self.closed:
+            return
+        timeout = self.proxy.idle_timeout
+        remaining = self.idle_since + timeout - self.loop.time()
+        if not self.streams and remaining <= 0:
+            self.drain()
+            return
+        self.idle_timer = self.loop.call_later(max(remaining, 1.0), self._idle_check)
