@@ -86,12 +86,17 @@ class Cluster:
         return sidecar
 
     def start_provider(self, name: str, service: str, mode: str, *, ledger: Path | None = None,
-                       grace: float = 1.0, sidecar: Child | None = None,
-                       wait: bool = True) -> ProviderInstance:
-        """A provider app, meshed (beside ``sidecar``, or a sidecar started for it) or direct."""
+                       grace: float = 1.0, sidecar: Child | None = None, grpc_service: str | None = None,
+                       bolt_service: str | None = None, wait: bool = True) -> ProviderInstance:
+        """A provider app, meshed (beside ``sidecar``, or a sidecar started for it) or direct; it serves
+        ``service`` over HTTP, and ``grpc_service`` / ``bolt_service`` over gRPC / Bolt when given."""
         sidecar = self._own_sidecar(name, mode, sidecar)
         argv = self._app_argv("plexus.demo.provider", mode, sidecar)
         argv += ["--service", service, "--name", name, "--grace", str(grace)]
+        if grpc_service is not None:
+            argv += ["--grpc-service", grpc_service]
+        if bolt_service is not None:
+            argv += ["--bolt-service", bolt_service]
         if ledger is not None:
             argv += ["--ledger", str(ledger)]
         instance = ProviderInstance(name, service, mode, Child(name, argv, self.workdir), sidecar)
@@ -102,12 +107,16 @@ class Cluster:
 
     def start_consumer(self, name: str, services: Sequence[str], mode: str, *, rate: float = 20.0,
                        wait_instances: int = 1, report_interval: float = 0.5, ledger: Path | None = None,
-                       sidecar: Child | None = None, wait: bool = True) -> Child:
-        """A consumer app; it waits for ``wait_instances`` of each service before it starts calling."""
+                       sidecar: Child | None = None, grpc_services: Sequence[str] = (),
+                       bolt_services: Sequence[str] = (), wait: bool = True) -> Child:
+        """A consumer app calling ``services`` over HTTP, ``grpc_services`` over gRPC and ``bolt_services``
+        over Bolt (mesh mode); it waits for ``wait_instances`` of each before it starts calling."""
         sidecar = self._own_sidecar(name, mode, sidecar)
         argv = self._app_argv("plexus.demo.consumer", mode, sidecar)
-        for service in services:
-            argv += ["--service", service]
+        for flag, names in (("--service", services), ("--grpc-service", grpc_services),
+                            ("--bolt-service", bolt_services)):
+            for service in names:
+                argv += [flag, service]
         argv += ["--name", name, "--rate", str(rate), "--wait-instances", str(wait_instances),
                  "--report-interval", str(report_interval)]
         if ledger is not None:

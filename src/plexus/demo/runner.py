@@ -1,5 +1,12 @@
-"""``plexus demo``: a registry, two providers of one service (one meshed, one direct), a meshed and a direct
-consumer calling it, and a live table of calls per path until Ctrl-C or ``--duration``.
+"""``plexus demo``: a registry, two providers (one meshed, one direct) of an HTTP, a gRPC and a Bolt
+service, a meshed and a direct consumer calling them, and a live table of calls per protocol and path until
+Ctrl-C or ``--duration``.
+
+Seven processes: the registry, the two providers and two consumers, and the sidecars of the meshed provider
+and the meshed consumer. Each app serves or calls all three services, so adding protocols adds no process:
+HTTP and gRPC are called by both consumers (``http_client`` and ``grpc_channel`` of the SDK); Bolt by the
+meshed consumer through its sidecar's egress port, which balances over both providers (the SDK has no Bolt
+client, so a direct app has no Bolt path).
 
 Exit status: 0 when every call succeeded, 1 when any failed (or no call was made, or a child stopped on its
 own), 2 when the mesh did not start.
@@ -21,8 +28,11 @@ from rich.text import Text
 
 from plexus.demo.cluster import Cluster
 from plexus.demo.processes import ChildError
+from plexus.demo.stats import split_path
 
 SERVICE: Final = "echo"
+GRPC_SERVICE: Final = "echo-grpc"
+BOLT_SERVICE: Final = "echo-bolt"
 REFRESH_SECONDS: Final = 0.5
 
 
@@ -95,11 +105,14 @@ def _start(cluster: Cluster, rate: float) -> None:
     p1_sidecar = cluster.start_sidecar("p1-sidecar", wait=False)
     c1_sidecar = cluster.start_sidecar("c1-sidecar", wait=False)
     children = [
-        cluster.start_provider("p2", SERVICE, "direct", wait=False).app,
-        cluster.start_consumer("c2", [SERVICE], "direct", rate=rate, wait_instances=2, wait=False),
-        cluster.start_provider("p1", SERVICE, "mesh", sidecar=p1_sidecar, wait=False).app,
+        cluster.start_provider("p2", SERVICE, "direct", wait=False, grpc_service=GRPC_SERVICE,
+                               bolt_service=BOLT_SERVICE).app,
+        cluster.start_consumer("c2", [SERVICE], "direct", rate=rate, wait_instances=2, wait=False,
+                               grpc_services=[GRPC_SERVICE]),
+        cluster.start_provider("p1", SERVICE, "mesh", sidecar=p1_sidecar, wait=False,
+                               grpc_service=GRPC_SERVICE, bolt_service=BOLT_SERVICE).app,
         cluster.start_consumer("c1", [SERVICE], "mesh", rate=rate, wait_instances=2, sidecar=c1_sidecar,
-                               wait=False),
+                               wait=False, grpc_services=[GRPC_SERVICE], bolt_services=[BOLT_SERVICE]),
     ]
     for child in children:
         child.wait_ready()
@@ -108,17 +121,18 @@ def _start(cluster: Cluster, rate: float) -> None:
 def _render(cluster: Cluster, started: float, duration: float) -> Group:
     elapsed = time.monotonic() - started
     limit = f" of {duration:.0f}s" if duration > 0 else " (Ctrl-C to stop)"
-    header = Text.assemble(("Plexus demo", "bold"), f"  service {SERVICE!r}: providers p1 (mesh), p2"
-                           f" (direct); consumers c1 (mesh), c2 (direct)  {elapsed:5.1f}s{limit}")
+    header = Text.assemble(("Plexus demo", "bold"), f"  services {SERVICE!r} (HTTP), {GRPC_SERVICE!r} (gRPC),"
+                           f" {BOLT_SERVICE!r} (Bolt): providers p1 (mesh), p2 (direct); consumers c1 (mesh),"
+                           f" c2 (direct)  {elapsed:5.1f}s{limit}")
     reports = [c.last_report for c in cluster.consumers]
     return Group(header, _table(reports, title="calls per path"))
 
 
 def _table(reports: list[dict[str, Any] | None], title: str) -> Table:
     table = Table(title=title, title_justify="left")
-    for column in ("path", "calls", "ok", "errors", "success", "p50 ms", "p99 ms", "providers"):
-        table.add_column(column, justify="left" if column in ("path", "providers") else "right",
-                         no_wrap=column == "path")
+    for column in ("protocol", "path", "calls", "ok", "errors", "success", "p50 ms", "p99 ms", "providers"):
+        table.add_column(column, justify="left" if column in ("protocol", "path", "providers") else "right",
+                         no_wrap=column in ("protocol", "path"))
     rows: dict[str, dict[str, Any]] = {}
     for report in reports:
         for path, stats in (report or {}).get("paths", {}).items():
@@ -132,18 +146,25 @@ def _table(reports: list[dict[str, Any] | None], title: str) -> Table:
                     row[key].append(stats[f"{key}_ms"])
             for name, count in stats.get("providers", {}).items():
                 row["providers"][name] = row["providers"].get(name, 0) + count
-    for path in sorted(rows):
+    for path in sorted(rows, key=_path_order):
         row = rows[path]
         success = 100.0 * row["ok"] / row["calls"] if row["calls"] else 0.0
         style = "green" if row["errors"] == 0 else "red"
         table.add_row(
-            path, str(row["calls"]), str(row["ok"]), str(row["errors"]), Text(f"{success:.1f}%", style=style),
+            *split_path(path), str(row["calls"]), str(row["ok"]), str(row["errors"]),
+            Text(f"{success:.1f}%", style=style),
             _ms(max(row["p50"], default=None)), _ms(max(row["p99"], default=None)),
             ", ".join(f"{n} {c}" for n, c in sorted(row["providers"].items())),
         )
     if not rows:
-        table.add_row("(waiting for the first calls)", "", "", "", "", "", "", "")
+        table.add_row("", "(waiting for the first calls)", "", "", "", "", "", "", "")
     return table
+
+
+def _path_order(path: str) -> tuple[int, str]:
+    protocol, rest = split_path(path)
+    order = ("http", "grpc", "bolt")
+    return (order.index(protocol) if protocol in order else len(order), rest)
 
 
 def _ms(value: float | None) -> str:

@@ -1,7 +1,8 @@
 """Per-path call statistics, shared by the consumer app (which counts) and the demo (which shows them).
 
-A path is ``"<consumer mode> → <provider mode>"``, e.g. ``"mesh → direct"``; a call that failed before any
-provider answered is counted on ``"<consumer mode> → ?"``.
+A path is ``"<consumer mode> → <provider mode>"`` for HTTP, e.g. ``"mesh → direct"``, and
+``"<protocol> <consumer mode> → <provider mode>"`` for the others, e.g. ``"grpc direct → mesh"``; a call that
+failed before any provider answered is counted on ``"... → ?"``.
 """
 
 from __future__ import annotations
@@ -14,8 +15,15 @@ ARROW: Final = "→"
 LATENCY_WINDOW: Final = 2000  # recent calls per path kept for percentiles; bounded memory for long demos
 
 
-def path_name(consumer_mode: str, provider_mode: str | None) -> str:
-    return f"{consumer_mode} {ARROW} {provider_mode or '?'}"
+def path_name(consumer_mode: str, provider_mode: str | None, protocol: str = "http") -> str:
+    path = f"{consumer_mode} {ARROW} {provider_mode or '?'}"
+    return path if protocol == "http" else f"{protocol} {path}"
+
+
+def split_path(path: str) -> tuple[str, str]:
+    """``(protocol, "<consumer> → <provider>")`` of a path name."""
+    first, _, rest = path.partition(" ")
+    return (first, rest) if rest.count(" ") == 2 else ("http", path)
 
 
 @dataclass(slots=True)

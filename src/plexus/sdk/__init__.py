@@ -6,6 +6,8 @@
     client.publish("orders", 8080)         # this app serves "orders" on port 8080
     http = client.http_client("payments")  # an httpx.Client; balanced in-process or through the sidecar
     http.get("/charge/7")
+    channel = client.grpc_channel("ledger")  # a grpc.Channel for stubs, balanced the same way
+    client.publish("quotes", 9090, protocol="grpc")  # http, grpc, bolt, dubbo or tcp
     client.close()                         # unpublish, a short grace, then stop
 
 Importing this package loads neither grpc nor httpx nor asyncio: each is imported when a call needs it.

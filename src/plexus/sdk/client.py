@@ -5,8 +5,8 @@ egress.
 Mode ``direct``: no sidecar; the SDK publishes to and subscribes from the registry itself and balances calls
 in-process. ``connect()`` picks the mode by probing the sidecar's ``/ready`` briefly.
 
-Heavy imports wait until they are needed: grpc (through the registry client) only in direct mode, httpx only
-when an HTTP client is asked for.
+Heavy imports wait until they are needed: grpc through the registry client in direct mode or when a gRPC
+channel is asked for, httpx only when an HTTP client is asked for.
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from plexus.core.errors import ValidationError
+from plexus.discovery.model import PROTOCOLS, validate_service_name
 from plexus.sdk import settings
 from plexus.sdk.errors import ClientClosedError, SdkError
 from plexus.sdk.settings import Mode
@@ -25,6 +27,7 @@ from plexus.sdk.sidecar_api import SidecarApi
 from plexus.sdk.subscription import Subscription
 
 if TYPE_CHECKING:
+    import grpc
     import httpx
 
 log = logging.getLogger("plexus.sdk")
@@ -46,7 +49,7 @@ class _Backend(Protocol):
                 metadata: Mapping[str, str]) -> Any: ...
     def unpublish(self, service: str) -> bool: ...
     def unpublish_all(self) -> list[str]: ...
-    def subscribe(self, service: str) -> Subscription: ...
+    def subscribe(self, service: str, protocol: str | None = None) -> Subscription: ...
     def close(self) -> None: ...
 
 
@@ -60,6 +63,7 @@ class Client:
         self._published_any = False
         self._balanced: dict[str, Subscription] = {}
         self._http_clients: list[Any] = []
+        self._grpc_channels: list[Any] = []
 
     @property
     def mode(self) -> Mode:
@@ -81,10 +85,13 @@ class Client:
                 metadata: Mapping[str, str] | None = None) -> None:
         """Publish this app's ``port`` as an instance of ``service`` (one instance per service per client).
 
-        Direct mode publishes ``PLEXUS_ADVERTISE_HOST:port``; mesh mode asks the sidecar, which publishes its
-        own ingress and forwards to ``127.0.0.1:port``. Publishing again replaces the earlier instance.
+        ``protocol``: what the app speaks on ``port``, one of ``http``, ``grpc``, ``bolt``, ``dubbo``,
+        ``tcp``. Direct mode publishes ``PLEXUS_ADVERTISE_HOST:port``; mesh mode asks the sidecar, which
+        publishes its own ingress and forwards to ``127.0.0.1:port``. Publishing again replaces the earlier
+        instance.
         """
         self._check_open("publish")
+        _check_protocol(protocol)
         self._backend.publish(service, port, protocol, version, dict(metadata or {}))
         self._published_any = True
 
@@ -94,10 +101,18 @@ class Client:
         return self._backend.unpublish(service)
 
     # consumers
-    def subscribe(self, service: str, *, wait: float = SUBSCRIBE_WAIT) -> Subscription:
-        """Follow ``service``'s instances. Waits up to ``wait`` seconds for the first set (0: do not wait)."""
+    def subscribe(self, service: str, *, protocol: str | None = None,
+                  wait: float = SUBSCRIBE_WAIT) -> Subscription:
+        """Follow ``service``'s instances. Waits up to ``wait`` seconds for the first set (0: do not wait).
+
+        ``protocol`` (``http``, ``grpc``, ``bolt``, ``dubbo``, ``tcp``) keeps only the instances that speak
+        it; None keeps all. In mesh mode the sidecar's egress for the service (``subscription.egress``)
+        carries any of them: it tells the protocol from the first bytes a caller sends.
+        """
         self._check_open("subscribe")
-        subscription = self._backend.subscribe(service)
+        if protocol is not None:
+            _check_protocol(protocol)
+        subscription = self._backend.subscribe(service, protocol)
         if wait > 0 and subscription.current is None:
             subscription.wait(wait)
         return subscription
@@ -139,6 +154,32 @@ class Client:
         transport = AsyncBalancingTransport(service, self._balanced_subscription(service))
         return httpx.AsyncClient(base_url=f"http://{_url_host(service)}", transport=transport, **kwargs)
 
+    def grpc_channel(self, service: str, *, options: Sequence[tuple[str, Any]] | None = None,
+                     compression: grpc.Compression | None = None) -> grpc.Channel:
+        """A ``grpc.Channel`` for ``service``: make stubs on it as on any channel.
+
+        Mesh mode: an insecure channel to the sidecar's egress for the service, which balances.
+        Direct mode: a channel that picks one of the service's gRPC instances per call (round robin),
+        follows the registry's pushes, and retries a call once elsewhere when it surely never left (no
+        connection could be made). Either way ``:authority`` is the service name (set
+        ``grpc.default_authority`` in ``options`` to override), so a meshed provider's sidecar routes the
+        call. ``options`` and ``compression`` are those of ``grpc.insecure_channel``. The client closes
+        the channel when it closes.
+        """
+        self._check_open("grpc_channel")
+        from plexus.sdk import grpc_channel as grpc_channels  # here: grpcio is heavy
+
+        validate_service_name(service)
+        channel: grpc.Channel
+        if self.mode == "mesh":
+            channel = grpc_channels.mesh_channel(service, self._egress(service), options, compression)
+        else:
+            channel = grpc_channels.BalancedChannel(service, self._balanced_subscription(service),
+                                                    options=options, compression=compression)
+        with self._lock:
+            self._grpc_channels.append(channel)
+        return channel
+
     def egress(self, service: str) -> str:
         """Mesh mode: the sidecar's local address carrying calls to ``service`` (for non-httpx callers)."""
         self._check_open("egress")
@@ -162,8 +203,11 @@ class Client:
             time.sleep(grace)
         with self._lock:
             clients, self._http_clients = self._http_clients, []
+            channels, self._grpc_channels = self._grpc_channels, []
         for client in clients:
             client.close()
+        for channel in channels:
+            channel.close()
         self._backend.close()
 
     def __enter__(self) -> Client:
@@ -184,7 +228,8 @@ class Client:
         from plexus.sdk.mesh import MeshBackend
 
         if not isinstance(self._backend, MeshBackend):
-            raise SdkError(f"egress({service!r}): direct mode has no sidecar egress; use http_client()")
+            raise SdkError(f"egress({service!r}): direct mode has no sidecar egress; use http_client() or "
+                           "grpc_channel()")
         return self._backend.egress_for(service)
 
     def _balanced_subscription(self, service: str) -> Subscription:
@@ -227,6 +272,11 @@ def connect(mode: str | None = None, *, sidecar_api: str | None = None, registry
     backend = DirectBackend(settings.registry(registry), host, registry_wait)
     log.info("plexus.sdk: direct mode with the registry at %s", backend.registry_address)
     return Client(backend)
+
+
+def _check_protocol(protocol: str) -> None:
+    if protocol not in PROTOCOLS:
+        raise ValidationError("protocol", f"{protocol!r} is not one of {', '.join(sorted(PROTOCOLS))}")
 
 
 def _url_host(service: str) -> str:

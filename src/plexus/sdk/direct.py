@@ -68,9 +68,9 @@ class DirectBackend:
     def publish_errors(self) -> list[tuple[int, str, str]]:
         return self._registry.publish_errors()
 
-    def subscribe(self, service: str) -> Subscription:
+    def subscribe(self, service: str, protocol: str | None = None) -> Subscription:
         validate_service_name(service)
-        subscription = Subscription(service, on_close=self._unsubscribe)
+        subscription = Subscription(service, protocol=protocol, on_close=self._unsubscribe)
         self._registry.watch(service, subscription._update)
         current = self._registry.current(service)
         if current is not None:

@@ -75,9 +75,9 @@ class MeshBackend:
             self._egress[service] = address
         return address
 
-    def subscribe(self, service: str) -> Subscription:
+    def subscribe(self, service: str, protocol: str | None = None) -> Subscription:
         egress = self.egress_for(service)
-        subscription = Subscription(service, egress=egress, on_close=self._unsubscribe)
+        subscription = Subscription(service, egress=egress, protocol=protocol, on_close=self._unsubscribe)
         self._refresh(subscription)
         with self._lock:
             self._subscriptions.append(subscription)

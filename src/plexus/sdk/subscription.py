@@ -6,6 +6,7 @@ the client's poller feeds it what the sidecar knows. Callbacks run on that feedi
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable
@@ -18,11 +19,12 @@ ChangeCallback = Callable[[ServiceSet], None]
 
 
 class Subscription:
-    def __init__(self, service: str, *, egress: str | None = None,
+    def __init__(self, service: str, *, egress: str | None = None, protocol: str | None = None,
                  on_close: Callable[[Subscription], None] | None = None) -> None:
         self.service = service
         # Mesh mode: the sidecar's egress address for this service (what the app calls); None in direct mode.
         self.egress = egress
+        self.protocol = protocol  # keep only the instances that speak it; None keeps all
         self._set: ServiceSet | None = None
         self._callbacks: list[ChangeCallback] = []
         self._cond = threading.Condition()
@@ -93,6 +95,10 @@ class Subscription:
 
     # fed by the client
     def _update(self, new: ServiceSet) -> None:
+        if self.protocol is not None:
+            kept = tuple(i for i in new.instances if i.protocol == self.protocol)
+            if len(kept) != len(new.instances):
+                new = dataclasses.replace(new, instances=kept)
         with self._cond:
             old = self._set
             if old is not None:
