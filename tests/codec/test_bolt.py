@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from codec.test_rpc_contract import comparable, cut, every_split, run
 from plexus.codec import bolt, rpc
 from plexus.codec.bolt import BoltDecoder, BoltStatus
-from plexus.codec.rpc import FrameKind, RpcFrame, RpcLimits
+from plexus.codec.rpc import FrameKind, RpcFrame, RpcLimits, RpcProtocolError
 
 CORPUS = Path(__file__).resolve().parent.parent / "corpus" / "bolt"
 
@@ -234,6 +234,21 @@ def test_header_map_limit() -> None:
     limits = RpcLimits(max_header_bytes=1024)
     assert _reason(_with_header(header)[:22], limits) == rpc.HEADERS_TOO_LARGE
     assert _reason(_with_header(header)) is None
+
+
+def test_lazy_response_checks_framing_now_and_the_header_map_when_read() -> None:
+    bad_map = struct.pack(">i", 50) + b"short"
+    # v1 response: proto type cmdcode ver2 id codec status classLen headerLen contentLen
+    response = struct.pack(">BBHBIBHHHI", 1, 0, 2, 1, 7, 1, 0, 0, len(bad_map), 0) + bad_map
+    assert _reason(response) == rpc.BAD_HEADER_MAP  # the eager decoder refuses it at once
+    frame = BoltDecoder(lazy_responses=True).feed(response)[0]
+    assert (frame.kind, frame.request_id, frame.status, frame.raw) == (FrameKind.RESPONSE, 7, 0, response)
+    with pytest.raises(RpcProtocolError) as caught:
+        _ = frame.headers  # nothing on the proxy's path reads it; a filter that did would get the error
+    assert caught.value.reason == rpc.BAD_HEADER_MAP
+    too_big = struct.pack(">BBHBIBHHHI", 1, 0, 2, 1, 8, 1, 0, 0, 0, 2**30)
+    frames, reason = run(BoltDecoder(lazy_responses=True), [too_big])
+    assert (frames, reason) == ([], rpc.FRAME_TOO_LARGE)  # limits are still checked from the fixed header
 
 
 def test_class_name_must_be_utf8() -> None:

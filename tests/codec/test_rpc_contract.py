@@ -132,6 +132,68 @@ def test_request_id_rewrite_patches_only_the_id(codec: RpcCodec) -> None:
     assert diff and max(diff) < 16 and max(diff) - min(diff) < 8  # only the id field moved
 
 
+def _sliced_reid(codec: RpcCodec, frame: RpcFrame, request_id: int) -> bytes:
+    """What the proxy writes: the frame's bytes appended to a buffer, the id packed over the old one."""
+    at = codec.id_offset(frame.raw)
+    if at < 0:
+        return codec.with_request_id(frame, request_id)
+    out = bytearray(b"before")
+    out += frame.raw
+    codec.id_struct.pack_into(out, len(b"before") + at, request_id)
+    assert out[:6] == b"before"
+    return bytes(out[6:])
+
+
+@pytest.mark.parametrize("request_id", [0, 1, 0x12345678, 2**31 - 1, 2**32 - 1])
+def test_sliced_reid_equals_with_request_id(codec: RpcCodec, request_id: int) -> None:
+    body = bytes(range(256))
+    frames = [
+        codec.encode_request(5, "svc.A", "m", "2", body=body),
+        codec.encode_request(6, "svc.A", "m", oneway=True),
+        codec.heartbeat(7),
+    ]
+    request = _one(codec, frames[0])
+    frames.append(codec.error_reply(request, LocalError.TIMEOUT, "late"))
+    for data in frames:
+        frame = _one(codec, data)
+        assert _sliced_reid(codec, frame, request_id) == codec.with_request_id(frame, request_id)
+
+
+def test_bolt_v2_crc_frames_are_not_resliced() -> None:
+    codec = BoltCodec(PROTO_V2)
+    with_crc = bolt.encode_request(3, {"service": "a:1"}, b"x", proto=PROTO_V2, ver1=2, switch=1)
+    without = bolt.encode_request(3, {"service": "a:1"}, b"x", proto=PROTO_V2, ver1=2, switch=0)
+    assert codec.id_offset(with_crc) == -1  # the CRC covers the id: with_request_id recomputes it
+    assert codec.id_offset(without) == 6
+    frame = _one(codec, with_crc)
+    assert _one(codec, _sliced_reid(codec, frame, 99)).request_id == 99  # and the CRC still checks
+
+
+def test_lazy_responses_decode_the_same_frames(codec: RpcCodec) -> None:
+    request = _one(codec, codec.encode_request(41, "svc.A", "m"))
+    stream = b"".join(
+        [
+            codec.error_reply(request, LocalError.UNAVAILABLE, "gone"),
+            codec.heartbeat_reply(_one(codec, codec.heartbeat(3))),
+            codec.encode_request(8, "svc.B", "n", "1"),
+            codec.heartbeat(4),
+        ]
+    )
+    for pieces in every_split(stream):
+        lazy, reason = run(codec.decoder(lazy_responses=True), pieces)
+        eager, eager_reason = run(codec.decoder(), pieces)
+        assert reason is None and eager_reason is None
+        assert comparable(lazy) == comparable(eager)
+        assert lazy == eager
+
+
+def test_frame_equality_and_repr() -> None:
+    a = RpcFrame("bolt", FrameKind.RESPONSE, 1, {}, b"x", status=0)
+    assert a == RpcFrame("bolt", FrameKind.RESPONSE, 1, {}, b"x", 0, None, {})
+    assert a != RpcFrame("bolt", FrameKind.RESPONSE, 2, {}, b"x", status=0)
+    assert "request_id=1" in repr(a) and a.meta == {} and a.headers == {}
+
+
 def test_request_id_out_of_range_is_refused(codec: RpcCodec) -> None:
     frame = _one(codec, codec.encode_request(5, "svc.A", "m"))
     with pytest.raises(ValueError, match=rpc.BAD_REQUEST_ID):

@@ -311,6 +311,31 @@ def test_malformed_frame_closes_only_that_connection(mesh: Mesh, peers: Peers, p
     assert f'plexus_downstream_rejects_total{{reason="{reason}"}} 1' in text
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_local_replies_keep_order_and_precede_a_rejection_close(mesh: Mesh, protocol: str) -> None:
+    # Replies to one read are written together after it: they must keep the frames' order, and the replies
+    # to the whole frames before a malformed one must go out before the connection closes.
+    ghost = mesh.lt.run(mesh.plane.listen_service_egress("ghost", "127.0.0.1", 0))
+    beat = bolt.encode_heartbeat if protocol == "bolt" else dubbo.encode_heartbeat
+    bad = request(protocol, 9)
+    bad = bad[:9] + b"\x02" + bad[10:] if protocol == "bolt" else bad[:2] + b"\xc3" + bad[3:]  # java codec
+    with socket.create_connection(ghost, timeout=5) as s:
+        s.sendall(beat(1) + request(protocol, 2) + beat(3) + request(protocol, 4) + bad)
+        frames = read_frames(s, protocol, 4)
+        assert [(f.request_id, f.kind) for f in frames] == [
+            (1, FrameKind.HEARTBEAT_REPLY),
+            (2, FrameKind.RESPONSE),
+            (3, FrameKind.HEARTBEAT_REPLY),
+            (4, FrameKind.RESPONSE),
+        ]
+        assert {frames[1].status, frames[3].status} == {NO_UPSTREAM[protocol]}
+        s.settimeout(3)
+        with _closed():
+            assert s.recv(1024) == b""
+    reason = "bolt_codec_not_allowed" if protocol == "bolt" else "dubbo_serialization_not_allowed"
+    assert f'plexus_downstream_rejects_total{{reason="{reason}"}} 1' in mesh.lt.call(mesh.plane.metrics_text)
+
+
 class _closed:
     """The peer closed: recv returns b"" (clean close) or raises a reset, both fine."""
 

@@ -107,6 +107,48 @@ def sidecar(
     ready_file: Annotated[
         str | None, _opt("write the bound addresses here as JSON once listening", "PLEXUS_READY_FILE", "PATH")
     ] = None,
+    routes: Annotated[
+        str | None,
+        _opt(
+            "YAML file of VirtualService/DestinationRule routing; reread on SIGHUP", "PLEXUS_ROUTES", "FILE"
+        ),
+    ] = None,
+    rpc_heartbeat_interval: Annotated[
+        float | None,
+        _opt(
+            "heartbeat idle Bolt/Dubbo upstream connections after this long, 0 = never (default 15.0)",
+            "PLEXUS_RPC_HEARTBEAT_INTERVAL",
+            "SECONDS",
+        ),
+    ] = None,
+    rpc_heartbeat_timeout: Annotated[
+        float | None,
+        _opt(
+            "close an upstream connection whose heartbeat is not answered in this long (default 5.0)",
+            "PLEXUS_RPC_HEARTBEAT_TIMEOUT",
+            "SECONDS",
+        ),
+    ] = None,
+    mosn_compat: Annotated[
+        bool | None,
+        typer.Option(
+            "--mosn-compat/--no-mosn-compat",
+            help="serve MOSN's app API and a shared Bolt egress for SOFA apps [env: PLEXUS_MOSN_COMPAT]",
+            show_default=False,
+        ),
+    ] = None,
+    mosn_api: Annotated[
+        str | None,
+        _opt("MOSN app API address (default 127.0.0.1:13330)", "PLEXUS_MOSN_API", "HOST:PORT"),
+    ] = None,
+    bolt_egress: Annotated[
+        str | None,
+        _opt(
+            "shared Bolt egress routed by sofa_head_target_service (default 127.0.0.1:12220)",
+            "PLEXUS_BOLT_EGRESS",
+            "HOST:PORT",
+        ),
+    ] = None,
 ) -> None:
     """Run a sidecar beside one app: ingress for callers, egress for the app, publish and subscribe for it."""
     from plexus.config.bootstrap import BootstrapError, resolve_bootstrap
@@ -131,6 +173,12 @@ def sidecar(
         "drain_time": drain_time,
         "health_interval": health_interval,
         "ready_file": ready_file,
+        "routes": routes,
+        "rpc_heartbeat_interval": rpc_heartbeat_interval,
+        "rpc_heartbeat_timeout": rpc_heartbeat_timeout,
+        "mosn_compat": mosn_compat,
+        "mosn_api": mosn_api,
+        "bolt_egress": bolt_egress,
     }
     config_path = config if config is not None else _env_path("PLEXUS_CONFIG")
     file_text: str | None = None

@@ -150,42 +150,102 @@ def matches(prefix: bytes) -> bool | None:
     return False
 
 
+class BoltFrame(RpcFrame):
+    """A Bolt frame whose ``meta`` (and, when the decoder was lazy, a response's ``headers``) is read from
+    ``raw`` when first asked for: the fixed header holds every field, so nothing is kept twice."""
+
+    __slots__ = ()
+
+    def _layout(self) -> tuple[struct.Struct, int]:
+        raw = self.raw
+        if raw[0] == PROTO_V1:
+            return (_V1_RESPONSE if raw[1] == TYPE_RESPONSE else _V1_REQUEST), 1
+        return (_V2_RESPONSE if raw[2] == TYPE_RESPONSE else _V2_REQUEST), 2
+
+    def _decode_meta(self) -> dict[str, int | str]:
+        layout, proto = self._layout()
+        fields = layout.unpack_from(self.raw, 0)
+        if proto == PROTO_V1:
+            ver1, switch = 1, 0
+            _, _, cmdcode, ver2, _, codec, _, class_len, _, _ = fields
+        else:
+            _, ver1, _, cmdcode, ver2, _, codec, switch, _, class_len, _, _ = fields
+        at = layout.size
+        try:
+            class_name = self.raw[at : at + class_len].decode("utf-8")
+        except UnicodeDecodeError:  # only a lazily decoded response can get here unchecked
+            raise rpc_error(rpc.BOLT_BAD_CLASS, "bolt class name is not UTF-8") from None
+        return {
+            "proto": proto,
+            "ver1": ver1,
+            "switch": switch,
+            "codec": codec,
+            "cmdcode": cmdcode,
+            "ver2": ver2,
+            "class": class_name,
+        }
+
+    def _decode_headers(self) -> dict[str, str]:
+        # Only a response from a lazy decoder gets here (every other frame's map is decoded up front). The
+        # map's size was checked against the decoder's limits; its entry count is checked against the
+        # defaults, since nothing on the proxy's path reads a response's headers.
+        layout, _ = self._layout()
+        class_len, header_len = struct.unpack_from(">HH", self.raw, layout.size - 8)
+        at = layout.size + class_len
+        return _decode_header_map(self.raw, at, at + header_len, rpc.DEFAULT_LIMITS)
+
+
 class BoltDecoder(rpc.FramedDecoder):
-    """Decodes Bolt v1 and v2 frames (either on the same connection, chosen per frame by the proto byte)."""
+    """Decodes Bolt v1 and v2 frames (either on the same connection, chosen per frame by the proto byte).
+
+    ``lazy_responses``: a response's class name and header map are decoded only when its ``meta`` or
+    ``headers`` is read (a proxy's upstream side needs only the id, the status and the bytes). Framing,
+    the allowed codecs, every length limit and the v2 CRC are still checked up front."""
 
     def __init__(
-        self, limits: RpcLimits = rpc.DEFAULT_LIMITS, allowed_codecs: frozenset[int] = DEFAULT_CODECS
+        self,
+        limits: RpcLimits = rpc.DEFAULT_LIMITS,
+        allowed_codecs: frozenset[int] = DEFAULT_CODECS,
+        *,
+        lazy_responses: bool = False,
     ) -> None:
         super().__init__(limits)
         self._codecs = allowed_codecs
+        self._lazy_responses = lazy_responses
 
     def _parse(self, buf: bytes | bytearray, pos: int) -> tuple[RpcFrame | None, int]:
         avail = len(buf) - pos
         proto = buf[pos]
-        if proto not in (PROTO_V1, PROTO_V2):
+        if proto == PROTO_V1:
+            if avail < 2:
+                return None, pos
+            kind_type = buf[pos + 1]
+        elif proto == PROTO_V2:
+            if avail >= 2 and buf[pos + 1] not in (1, 2):
+                raise rpc_error(rpc.BOLT_UNKNOWN_VERSION, f"bolt v2 ver1 {buf[pos + 1]} is neither 1 nor 2")
+            if avail < 3:
+                return None, pos
+            kind_type = buf[pos + 2]
+        else:
             raise rpc_error(rpc.BOLT_UNKNOWN_PROTOCOL, f"bolt proto byte 0x{proto:02x} is neither 1 nor 2")
-        type_at = 1 if proto == PROTO_V1 else 2
-        if proto == PROTO_V2 and avail >= 2 and buf[pos + 1] not in (1, 2):
-            raise rpc_error(rpc.BOLT_UNKNOWN_VERSION, f"bolt v2 ver1 {buf[pos + 1]} is neither 1 nor 2")
-        if avail <= type_at:
-            return None, pos
-        kind_type = buf[pos + type_at]
         if kind_type == TYPE_RESPONSE:
             layout = _V1_RESPONSE if proto == PROTO_V1 else _V2_RESPONSE
         elif kind_type in (TYPE_REQUEST, TYPE_ONEWAY):
             layout = _V1_REQUEST if proto == PROTO_V1 else _V2_REQUEST
         else:
             raise rpc_error(rpc.BOLT_UNKNOWN_TYPE, f"bolt type {kind_type} is not response/request/oneway")
-        if avail < layout.size:
+        fixed = layout.size
+        if avail < fixed:
             return None, pos
-        fields = layout.unpack_from(buf, pos)
         if proto == PROTO_V1:
-            ver1, switch = 1, 0
-            _, _, cmdcode, ver2, request_id, codec, word, class_len, header_len, content_len = fields
+            fields = layout.unpack_from(buf, pos)
+            _, _, cmdcode, _, request_id, codec, word, class_len, header_len, content_len = fields
+            crc = False
         else:
-            _, ver1, _, cmdcode, ver2, request_id, codec, switch, word, class_len, header_len, content_len = (
-                fields
+            _, ver1, _, cmdcode, _, request_id, codec, switch, word, class_len, header_len, content_len = (
+                layout.unpack_from(buf, pos)
             )
+            crc = ver1 == 2 and bool(switch & CRC_SWITCH)  # _has_crc, inlined: this runs per frame
         kind = _KINDS.get((kind_type, cmdcode))
         if kind is None:
             raise rpc_error(rpc.BOLT_UNKNOWN_CMDCODE, f"bolt cmdcode {cmdcode} with type {kind_type}")
@@ -197,77 +257,69 @@ class BoltDecoder(rpc.FramedDecoder):
             raise rpc_error(rpc.BOLT_CLASS_TOO_LONG, f"bolt class name of {class_len} bytes")
         if header_len > limits.max_header_bytes:
             raise rpc_error(rpc.HEADERS_TOO_LARGE, f"bolt header map of {header_len} bytes")
-        crc = _has_crc(proto, ver1, switch)
-        size = layout.size + class_len + header_len + content_len + (_CRC_BYTES if crc else 0)
+        size = fixed + class_len + header_len + content_len + (_CRC_BYTES if crc else 0)
         if size > limits.max_frame_bytes:
             raise rpc_error(rpc.FRAME_TOO_LARGE, f"bolt frame of {size} bytes over {limits.max_frame_bytes}")
         if avail < size:
             return None, pos
         end = pos + size
-        raw = bytes(buf[pos:end])
+        raw = bytes(buf[pos:end])  # no copy when buf is bytes and holds exactly this frame
         if crc:
             (expected,) = _ID.unpack_from(raw, size - _CRC_BYTES)
             if zlib.crc32(memoryview(raw)[: size - _CRC_BYTES]) != expected:
                 raise rpc_error(rpc.BOLT_BAD_CRC, "bolt v2 frame fails its CRC32")
-        at = layout.size
-        try:
-            class_name = raw[at : at + class_len].decode("utf-8")
-        except UnicodeDecodeError:
-            raise rpc_error(rpc.BOLT_BAD_CLASS, "bolt class name is not UTF-8") from None
-        at += class_len
-        headers = _decode_header_map(raw, at, at + header_len, limits)
-        is_request = kind_type != TYPE_RESPONSE
-        if is_request and not heartbeat:
+        if kind_type == TYPE_RESPONSE:
+            if self._lazy_responses:
+                return BoltFrame(PROTOCOL, kind, request_id, None, raw, word), end
+            status: int | None = word
+            timeout_ms: int | None = None
+        else:
+            status, timeout_ms = None, word
+        if class_len:
+            try:
+                raw[fixed : fixed + class_len].decode("utf-8")  # checked here; ``meta`` decodes it again
+            except UnicodeDecodeError:
+                raise rpc_error(rpc.BOLT_BAD_CLASS, "bolt class name is not UTF-8") from None
+        at = fixed + class_len
+        headers = _decode_header_map(raw, at, at + header_len, limits) if header_len else {}
+        if status is None and not heartbeat:
             _add_pseudo_headers(headers)
-        meta: dict[str, int | str] = {
-            "proto": proto,
-            "ver1": ver1,
-            "switch": switch,
-            "codec": codec,
-            "cmdcode": cmdcode,
-            "ver2": ver2,
-            "class": class_name,
-        }
-        frame = RpcFrame(
-            protocol=PROTOCOL,
-            kind=kind,
-            request_id=request_id,
-            headers=headers,
-            raw=raw,
-            status=None if is_request else word,
-            timeout_ms=word if is_request else None,
-            meta=meta,
-        )
-        return frame, end
+        return BoltFrame(PROTOCOL, kind, request_id, headers, raw, status, timeout_ms), end
 
 
 def _decode_header_map(raw: bytes, at: int, end: int, limits: RpcLimits) -> dict[str, str]:
-    # One flat loop (no call per string): this runs for every request on the hot path.
+    # One flat loop, key and value unrolled (no call, list or inner loop per string): this runs for every
+    # request on the hot path.
     headers: dict[str, str] = {}
     count = 0
+    max_headers = limits.max_headers
     unpack = _LEN.unpack_from
     try:
         while at < end:
             count += 1
-            if count > limits.max_headers:
-                raise rpc_error(
-                    rpc.TOO_MANY_HEADERS, f"bolt header map has over {limits.max_headers} entries"
-                )
-            pair: list[str | None] = []
-            for _ in (0, 1):
-                if at + 4 > end:
-                    raise rpc_error(rpc.BAD_HEADER_MAP, "bolt header map ends inside a length")
-                (length,) = unpack(raw, at)
-                at += 4
-                if length == -1:
-                    pair.append(None)  # SimpleMapSerializer writes null as -1 and drops such entries
-                    continue
+            if count > max_headers:
+                raise rpc_error(rpc.TOO_MANY_HEADERS, f"bolt header map has over {max_headers} entries")
+            if at + 4 > end:
+                raise rpc_error(rpc.BAD_HEADER_MAP, "bolt header map ends inside a length")
+            (length,) = unpack(raw, at)
+            at += 4
+            key: str | None = None  # SimpleMapSerializer writes null as -1; such entries are dropped
+            if length != -1:
                 if length < 0 or at + length > end:
                     raise rpc_error(rpc.BAD_HEADER_MAP, f"bolt header length {length} overruns the map")
-                pair.append(raw[at : at + length].decode("utf-8"))
+                key = raw[at : at + length].decode("utf-8")
                 at += length
-            key, value = pair
-            if key is None or value is None:
+            if at + 4 > end:
+                raise rpc_error(rpc.BAD_HEADER_MAP, "bolt header map ends inside a length")
+            (length,) = unpack(raw, at)
+            at += 4
+            if length == -1:
+                continue
+            if length < 0 or at + length > end:
+                raise rpc_error(rpc.BAD_HEADER_MAP, f"bolt header length {length} overruns the map")
+            value = raw[at : at + length].decode("utf-8")
+            at += length
+            if key is None:
                 continue
             if key[:1] == ":":
                 raise rpc_error(
@@ -466,8 +518,8 @@ class BoltCodec:
         self.proto = proto
         self.allowed_codecs = allowed_codecs
 
-    def decoder(self, limits: RpcLimits = rpc.DEFAULT_LIMITS) -> BoltDecoder:
-        return BoltDecoder(limits, self.allowed_codecs)
+    def decoder(self, limits: RpcLimits = rpc.DEFAULT_LIMITS, *, lazy_responses: bool = False) -> BoltDecoder:
+        return BoltDecoder(limits, self.allowed_codecs, lazy_responses=lazy_responses)
 
     def encode_request(
         self,
@@ -497,3 +549,11 @@ class BoltCodec:
 
     def with_request_id(self, frame: RpcFrame, request_id: int) -> bytes:
         return rewrite_request_id(frame.raw, request_id)
+
+    id_struct: struct.Struct = _ID
+
+    def id_offset(self, raw: bytes) -> int:
+        """Where ``raw``'s request id starts, or -1 for a v2 frame with a CRC (``with_request_id`` then)."""
+        if raw[0] == PROTO_V1:
+            return _ID_OFFSET[PROTO_V1]
+        return -1 if raw[1] == 2 and raw[11] & CRC_SWITCH else _ID_OFFSET[PROTO_V2]

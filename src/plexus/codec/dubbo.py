@@ -100,11 +100,26 @@ def matches(prefix: bytes) -> bool | None:
     return None if len(prefix) < 2 else prefix[1] == _MAGIC_LOW
 
 
+class DubboFrame(RpcFrame):
+    """A Dubbo frame whose ``meta`` (flags, serialization id) is read from ``raw`` when first asked for."""
+
+    __slots__ = ()
+
+    def _decode_meta(self) -> dict[str, int | str]:
+        flags = self.raw[2]
+        return {"flags": flags, "serialization": flags & SERIALIZATION_MASK}
+
+
 class DubboDecoder(rpc.FramedDecoder):
+    """Decodes Dubbo frames. ``lazy_responses`` is accepted for the ``RpcCodec`` seam: a Dubbo response
+    is never decoded past its 16-byte header anyway."""
+
     def __init__(
         self,
         limits: RpcLimits = rpc.DEFAULT_LIMITS,
         allowed_serializations: frozenset[int] = DEFAULT_SERIALIZATIONS,
+        *,
+        lazy_responses: bool = False,
     ) -> None:
         super().__init__(limits)
         self._serializations = allowed_serializations
@@ -135,16 +150,13 @@ class DubboDecoder(rpc.FramedDecoder):
         if avail < size:
             return None, pos
         end = pos + size
-        raw = bytes(buf[pos:end])
-        serialization = flags & SERIALIZATION_MASK
-        meta: dict[str, int | str] = {"flags": flags, "serialization": serialization}
-        event = bool(flags & FLAG_EVENT)
-        headers: dict[str, str] = {}
+        raw = bytes(buf[pos:end])  # no copy when buf is bytes and holds exactly this frame
+        event = flags & FLAG_EVENT
         if not flags & FLAG_REQUEST:
             kind = FrameKind.HEARTBEAT_REPLY if event else FrameKind.RESPONSE
-            frame = RpcFrame(PROTOCOL, kind, request_id, headers, raw, status=status, meta=meta)
-            return frame, end
-        two_way = bool(flags & FLAG_TWOWAY)
+            return DubboFrame(PROTOCOL, kind, request_id, {}, raw, status), end
+        headers: dict[str, str] = {}
+        two_way = flags & FLAG_TWOWAY
         if event:
             body = raw[HEADER_LENGTH:]
             heartbeat = two_way and body in (_NULL_BODY, b"")
@@ -152,7 +164,7 @@ class DubboDecoder(rpc.FramedDecoder):
         else:
             kind = FrameKind.REQUEST if two_way else FrameKind.ONEWAY
             _read_routing(raw, headers, self._limits)
-        return RpcFrame(PROTOCOL, kind, request_id, headers, raw, meta=meta), end
+        return DubboFrame(PROTOCOL, kind, request_id, headers, raw), end
 
 
 def _read_routing(raw: bytes, headers: dict[str, str], limits: RpcLimits) -> None:
@@ -268,8 +280,10 @@ class DubboCodec:
     def __init__(self, allowed_serializations: frozenset[int] = DEFAULT_SERIALIZATIONS) -> None:
         self.allowed_serializations = allowed_serializations
 
-    def decoder(self, limits: RpcLimits = rpc.DEFAULT_LIMITS) -> DubboDecoder:
-        return DubboDecoder(limits, self.allowed_serializations)
+    def decoder(
+        self, limits: RpcLimits = rpc.DEFAULT_LIMITS, *, lazy_responses: bool = False
+    ) -> DubboDecoder:
+        return DubboDecoder(limits, self.allowed_serializations, lazy_responses=lazy_responses)
 
     def encode_request(
         self,
@@ -297,3 +311,9 @@ class DubboCodec:
 
     def with_request_id(self, frame: RpcFrame, request_id: int) -> bytes:
         return rewrite_request_id(frame.raw, request_id)
+
+    id_struct: struct.Struct = _ID
+
+    def id_offset(self, raw: bytes) -> int:
+        """Where ``raw``'s request id starts: patching those bytes alone re-ids any Dubbo frame."""
+        return _ID_OFFSET

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import enum
 import re
+import struct
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final, Protocol
 
 from plexus.core.errors import ProtocolError
@@ -119,23 +120,87 @@ class FrameKind(enum.Enum):
         return self is FrameKind.RESPONSE or self is FrameKind.HEARTBEAT_REPLY
 
 
-@dataclass(frozen=True, slots=True)
 class RpcFrame:
     """One whole frame. ``raw`` is exactly the bytes received; everything else is read from it.
 
     ``headers`` is flat: for requests the pseudo-headers (``:service``, ``:rpc-method``, ``:rpc-version``,
     empty when the frame does not say) beside the protocol's own headers. ``meta`` holds the protocol's
     fixed-header fields that routing does not use (Bolt codec byte and class name, Dubbo serialization id...).
+
+    Immutable by convention. A plain slotted class rather than a frozen dataclass: one is built per frame on
+    the hot path, and the dataclass ``__init__`` (each field set through ``object.__setattr__``) cost more
+    than the rest of a response's decoding. A codec's subclass may leave ``headers`` and ``meta`` as None
+    and build them from ``raw`` when first read (``_decode_headers`` / ``_decode_meta``): the proxy never
+    reads them on responses.
     """
 
-    protocol: str  # "bolt" or "dubbo"
-    kind: FrameKind
-    request_id: int
-    headers: Mapping[str, str]
-    raw: bytes
-    status: int | None = None  # responses only, in the protocol's own codes
-    timeout_ms: int | None = None  # requests that carry one (Bolt)
-    meta: Mapping[str, int | str] = field(default_factory=dict)
+    __slots__ = ("_headers", "_meta", "kind", "protocol", "raw", "request_id", "status", "timeout_ms")
+
+    def __init__(
+        self,
+        protocol: str,  # "bolt" or "dubbo"
+        kind: FrameKind,
+        request_id: int,
+        headers: Mapping[str, str] | None,
+        raw: bytes,
+        status: int | None = None,  # responses only, in the protocol's own codes
+        timeout_ms: int | None = None,  # requests that carry one (Bolt)
+        meta: Mapping[str, int | str] | None = None,
+    ) -> None:
+        self.protocol = protocol
+        self.kind = kind
+        self.request_id = request_id
+        self._headers = headers
+        self.raw = raw
+        self.status = status
+        self.timeout_ms = timeout_ms
+        self._meta = meta
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = self._decode_headers()
+        return headers
+
+    @property
+    def meta(self) -> Mapping[str, int | str]:
+        meta = self._meta
+        if meta is None:
+            meta = self._meta = self._decode_meta()
+        return meta
+
+    def _decode_headers(self) -> Mapping[str, str]:
+        return {}
+
+    def _decode_meta(self) -> Mapping[str, int | str]:
+        return {}
+
+    def _fields(self) -> tuple[object, ...]:
+        return (
+            self.protocol,
+            self.kind,
+            self.request_id,
+            self.headers,
+            self.raw,
+            self.status,
+            self.timeout_ms,
+            self.meta,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RpcFrame):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]  # equal by value; the header map is not hashable anyway
+
+    def __repr__(self) -> str:
+        return (
+            f"RpcFrame(protocol={self.protocol!r}, kind={self.kind}, request_id={self.request_id}, "
+            f"headers={self.headers!r}, raw={self.raw!r}, status={self.status}, "
+            f"timeout_ms={self.timeout_ms}, meta={self.meta!r})"
+        )
 
 
 class LocalError(enum.Enum):
@@ -210,7 +275,10 @@ class RpcCodec(Protocol):
     name: str
     max_request_id: int
 
-    def decoder(self, limits: RpcLimits = DEFAULT_LIMITS) -> RpcDecoder: ...
+    def decoder(self, limits: RpcLimits = DEFAULT_LIMITS, *, lazy_responses: bool = False) -> RpcDecoder:
+        """``lazy_responses``: responses' headers and meta are decoded only when read (a proxy's upstream
+        side); framing and every limit are still checked as the bytes come."""
+        ...
 
     def encode_request(
         self,
@@ -231,6 +299,14 @@ class RpcCodec(Protocol):
     def error_reply(self, frame: RpcFrame, error: LocalError, message: str) -> bytes: ...
 
     def with_request_id(self, frame: RpcFrame, request_id: int) -> bytes: ...
+
+    # Re-id without copying the frame twice: a proxy appends ``raw`` to its connection's out buffer and
+    # packs the new id over the old with ``id_struct.pack_into`` (unchecked: only for ids known to be in
+    # range). ``id_offset`` is where the id starts, or -1 when more than the id must change (a Bolt v2 CRC)
+    # and ``with_request_id`` is needed.
+    id_struct: struct.Struct
+
+    def id_offset(self, raw: bytes) -> int: ...
 
 
 def check_request_id(request_id: int, maximum: int) -> None:

@@ -116,6 +116,14 @@ class SidecarBootstrap(BaseModel):
     drain_time: float = Field(default=1.0, ge=0, le=3600)
     health_interval: float = Field(default=1.0, gt=0, le=3600)
     ready_file: str | None = None
+    # Bolt/Dubbo upstream keepalive: heartbeat after this idle time (0: never), close if unanswered.
+    rpc_heartbeat_interval: float = Field(default=15.0, ge=0, le=3600)
+    rpc_heartbeat_timeout: float = Field(default=5.0, gt=0, le=600)
+    # MOSN's app-facing API (anthunder, SOFA mesh clients) and its shared Bolt egress, at MOSN's ports.
+    mosn_compat: bool = False
+    mosn_api: HostPortText = "127.0.0.1:13330"
+    bolt_egress: HostPortText = "127.0.0.1:12220"
+    routes: str | None = None  # YAML of VirtualService/DestinationRule, read by the sidecar; reread on SIGHUP
 
     @model_validator(mode="after")
     def _check_advertise(self) -> SidecarBootstrap:

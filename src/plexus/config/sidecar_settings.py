@@ -55,6 +55,12 @@ class SidecarSettings:
     drain_time: float = 1.0
     health_interval: float = 1.0
     ready_file: str | None = None
+    rpc_heartbeat_interval: float = 15.0
+    rpc_heartbeat_timeout: float = 5.0
+    mosn_compat: bool = False
+    mosn_api: str = "127.0.0.1:13330"
+    bolt_egress: str = "127.0.0.1:12220"
+    routes: str | None = None
 
     # Parsed views of the text fields, for the composition root.
     @property
@@ -111,11 +117,22 @@ SETTINGS_FIELDS: Final = tuple(f.name for f in dataclasses.fields(SidecarSetting
 _STR: Final = (str,)
 _OPT_STR: Final = (str, type(None))
 _NUMBER: Final = (int, float)
+_BOOL: Final = (bool,)
+_NUMBER_FIELDS: Final = (
+    "connect_timeout",
+    "request_timeout",
+    "drain_time",
+    "health_interval",
+    "rpc_heartbeat_interval",
+    "rpc_heartbeat_timeout",
+)
 _TYPES: Final[dict[str, tuple[type, ...]]] = {
     name: _NUMBER
-    if name in ("connect_timeout", "request_timeout", "drain_time", "health_interval")
+    if name in _NUMBER_FIELDS
+    else _BOOL
+    if name in ("mosn_compat",)
     else _OPT_STR
-    if name in ("advertise", "egress_ports", "hash_header", "ready_file")
+    if name in ("advertise", "egress_ports", "hash_header", "ready_file", "routes")
     else _STR
     for name in SETTINGS_FIELDS
 }
@@ -123,7 +140,7 @@ _TYPES: Final[dict[str, tuple[type, ...]]] = {
 
 def _check_type(name: str, value: object) -> None:
     expected = _TYPES[name]
-    if not isinstance(value, expected) or isinstance(value, bool):
+    if not isinstance(value, expected) or (isinstance(value, bool) and expected is not _BOOL):
         raise SettingsDecodeError(f"{name}: {value!r} has the wrong type")
 
 

@@ -24,6 +24,7 @@ DOWNSTREAM_PROTOCOL_ERROR: Final = "downstream_protocol_error"
 REQUEST_HEADERS_TOO_LARGE: Final = "request_headers_too_large"
 REQUEST_BODY_TOO_LARGE: Final = "request_body_too_large"
 NOT_IMPLEMENTED: Final = "not_implemented"
+NO_ROUTE: Final = "no_route"  # the service has a route table (VirtualService) and no rule of it matched
 
 # Failures that happen before any byte of the request reached an app: safe to retry on another endpoint.
 # A provider sidecar answering unknown_service has just withdrawn that service (the app unpublished first):

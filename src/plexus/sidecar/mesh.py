@@ -32,13 +32,16 @@ from plexus.transport.dataplane import DataPlane
 UNKNOWN_SERVICE_WAIT: Final = (
     1.0  # how long a shared-egress request waits for a first set before unknown_service
 )
-# Provider protocols that get a dedicated ingress port piped raw to the app (the shared ingress speaks HTTP
-# only). Bolt and Dubbo providers are piped too: the consumer's sidecar multiplexes and balances per request,
-# and the app on this side speaks the same protocol.
+# Provider protocols that get a dedicated ingress port (the one published). TCP is piped raw to the app;
+# Bolt and Dubbo are decoded there, heartbeats answered by the sidecar, and requests multiplexed to the app
+# over one id-rewriting connection (``DataPlane.listen_rpc_ingress``).
 RAW_INGRESS_PROTOCOLS: Final = frozenset({"tcp", "bolt", "dubbo"})
+RPC_INGRESS_PROTOCOLS: Final = frozenset({"bolt", "dubbo"})
 MAX_ON_DEMAND: Final = 1024  # Host headers come from the app; cap the subscriptions they can create
 
-Reason = Literal["consumer", "shared"]
+# Why a service is watched: a per-service egress port, the shared egress on demand, or a subscription made
+# through the MOSN-compatible API (routed by the shared Bolt egress, no port of its own).
+Reason = Literal["consumer", "shared", "subscribed", "routes"]
 
 
 class MeshError(Exception):
@@ -106,7 +109,8 @@ class LocalMesh:
         self._lock = asyncio.Lock()  # serialises registrations; the control path is not hot
         self.providers: dict[str, Provider] = {}
         self.consumers: dict[str, HostPort] = {}
-        self._tcp_listeners: dict[str, tuple[HostPort, HostPort]] = {}  # service -> (listener, app)
+        # service -> (listener, app, protocol)
+        self._tcp_listeners: dict[str, tuple[HostPort, HostPort, str]] = {}
         self._reasons: dict[str, set[Reason]] = {}
         self._callbacks: dict[str, Callable[[ServiceSet], None]] = {}
         self._sets: dict[str, ServiceSet] = {}  # last set applied to the data plane, per service
@@ -127,8 +131,12 @@ class LocalMesh:
             old = self.providers.get(service)
             tcp_ingress: HostPort | None = None
             listener = self._tcp_listeners.get(service)
-            if spec.protocol in RAW_INGRESS_PROTOCOLS and listener is not None and listener[1] == app:
-                tcp_ingress = listener[0]  # same app port: keep the port callers already know
+            if (
+                spec.protocol in RAW_INGRESS_PROTOCOLS
+                and listener is not None
+                and listener[1:] == (app, spec.protocol)
+            ):
+                tcp_ingress = listener[0]  # same app port and protocol: keep the port callers already know
             # A new TCP ingress port is known only once it listens; validate with the shared one meanwhile.
             port = tcp_ingress.port if tcp_ingress is not None else self._advertised.port
             instance = Instance(
@@ -151,14 +159,20 @@ class LocalMesh:
                 await old.checker.stop()
                 if old.tcp_ingress is None and spec.protocol in RAW_INGRESS_PROTOCOLS:
                     self._dp.remove_local_service(service)  # the old HTTP mapping goes
+                if old.tcp_ingress is not None and spec.protocol not in RAW_INGRESS_PROTOCOLS:
+                    await self._close_tcp_ingress(service)  # the old dedicated port goes
             try:
                 if spec.protocol in RAW_INGRESS_PROTOCOLS:
                     if tcp_ingress is None:
                         await self._close_tcp_ingress(service)
-                        tcp_ingress = await self._dp.listen_tcp_ingress(
-                            service, self._config.ingress_address.host, 0, app
-                        )
-                        self._tcp_listeners[service] = (tcp_ingress, app)
+                        host = self._config.ingress_address.host
+                        if spec.protocol in RPC_INGRESS_PROTOCOLS:
+                            tcp_ingress = await self._dp.listen_rpc_ingress(
+                                service, spec.protocol, host, 0, app
+                            )
+                        else:
+                            tcp_ingress = await self._dp.listen_tcp_ingress(service, host, 0, app)
+                        self._tcp_listeners[service] = (tcp_ingress, app, spec.protocol)
                     instance = dataclasses.replace(
                         instance, address=str(HostPort(self._advertised.host, tcp_ingress.port))
                     )
@@ -202,7 +216,7 @@ class LocalMesh:
             del self._route_removals[provider.service]
             if provider.tcp_ingress is not None:
                 await self._close_tcp_ingress(provider.service)
-            else:
+            if provider.tcp_ingress is None or provider.spec.protocol in RPC_INGRESS_PROTOCOLS:
                 self._dp.remove_local_service(provider.service)
 
     def _cancel_route_removal(self, service: str) -> None:
@@ -271,6 +285,35 @@ class LocalMesh:
             self._unsubscribe(service, "consumer")
             return True
 
+    async def subscribe_service(self, service: str, wait: float = UNKNOWN_SERVICE_WAIT) -> ServiceSet | None:
+        """Watch ``service`` without an egress port of its own (the shared RPC egress routes to it by the
+        name in each frame); wait up to ``wait`` seconds for a first set with instances, and return it."""
+        self._check_name(service)
+        async with self._lock:
+            self._subscribe(service, "subscribed")
+        known = self._sets.get(service)
+        if known is not None or wait <= 0:
+            return known
+        waiter: asyncio.Future[ServiceSet] = self._loop.create_future()
+        self._waiters.setdefault(service, []).append(waiter)
+        try:
+            found = await asyncio.wait_for(waiter, wait)
+        except TimeoutError:
+            return None
+        finally:
+            waiters = self._waiters.get(service)
+            if waiters is not None and waiter in waiters:
+                waiters.remove(waiter)
+        return found if set_exists(found) else self._sets.get(service)
+
+    async def unsubscribe_service(self, service: str) -> bool:
+        """Undo ``subscribe_service``; False when it was not subscribed that way."""
+        async with self._lock:
+            if "subscribed" not in self._reasons.get(service, set()):
+                return False
+            self._unsubscribe(service, "subscribed")
+            return True
+
     async def _open_egress(self, service: str) -> HostPort:
         host = parse_host_port(self._config.egress).host
         port_range = self._config.egress_port_range
@@ -285,6 +328,13 @@ class LocalMesh:
         raise MeshError(503, f"no free port left in --egress-ports {self._config.egress_ports}")
 
     # ----------------------------------------------------------------- subscriptions
+    def watch_route_destinations(self, services: frozenset[str]) -> None:
+        """Keep exactly ``services`` watched for the routes file (destinations no app consumes itself)."""
+        for service in [s for s, why in self._reasons.items() if "routes" in why and s not in services]:
+            self._unsubscribe(service, "routes")
+        for service in services:
+            self._subscribe(service, "routes")
+
     def _subscribe(self, service: str, reason: Reason) -> None:
         reasons = self._reasons.setdefault(service, set())
         reasons.add(reason)

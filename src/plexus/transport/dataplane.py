@@ -15,14 +15,24 @@ from typing import Any, Final
 
 from plexus.codec.http1 import Http1Limits, RequestHead
 from plexus.codec.http1.limits import MAX_REQUEST_LINE
+from plexus.config.route_config import RoutingConfig
 from plexus.core import reasons
 from plexus.core.address import HostPort
 from plexus.discovery.model import Instance
-from plexus.proxy import Cluster, ClusterManager, DataPlaneStats, Endpoint, IngressRoutes, service_from_host
+from plexus.proxy import ClusterManager, DataPlaneStats, Endpoint, IngressRoutes, service_from_host
+from plexus.proxy.route_table import compile_routing
 from plexus.transport.context import DataPlaneContext
+from plexus.transport.h2_downstream import Http2Downstream, Http2Proxy
 from plexus.transport.http_downstream import HttpDownstream
 from plexus.transport.routes import Route
-from plexus.transport.rpc_proxy import CODECS, RpcDownstream, RpcStats, RpcUpstreamPool
+from plexus.transport.rpc_proxy import (
+    CODECS,
+    FixedRouter,
+    NamedRouter,
+    RpcDownstream,
+    RpcStats,
+    RpcUpstreamPool,
+)
 from plexus.transport.sniffing import SniffingProtocol
 from plexus.transport.tcp_proxy import TcpPipe
 from plexus.transport.upstream import UpstreamPool
@@ -44,6 +54,18 @@ class DataPlaneSettings:
     max_headers: int = 100
     max_body_bytes: int | None = None  # None: stream any size
     sniff_timeout: float = 0.2  # per-service egress: bytes that decide nothing within this go TCP
+    # Bolt/Dubbo upstream connections: a heartbeat after this long with nothing read (MOSN's keepalive
+    # default is 15 s; 0 turns it off), and the connection closed when nothing answers within the timeout.
+    rpc_heartbeat_interval: float = 15.0
+    rpc_heartbeat_timeout: float = 5.0
+    # HTTP/2 upstream connections: a PING after this long with nothing read, the connection failed (its
+    # streams with it) when no ACK comes within the timeout; closed after being idle (no stream) this long.
+    h2_ping_interval: float = 30.0
+    h2_ping_timeout: float = 10.0
+    h2_upstream_idle_timeout: float = 60.0
+    # HTTP/2 engine of the h2c proxy: "h2" (pure Python, the codec of plexus.codec.http2) or "ngh2"
+    # (libnghttp2 through the optional ngh2 package: ~30x less codec CPU, nghttp2's own attack limits).
+    h2_engine: str = "h2"
 
 
 class _SharedEgressRouter:
@@ -100,7 +122,7 @@ class _IngressRouter:
 
     def resolve(self, head: RequestHead) -> Route | str:
         local = self.plane.local.resolve(head.service, head.host)
-        if local is None:
+        if local is None or local.protocol in CODECS:  # a Bolt/Dubbo app is never sent HTTP
             return reasons.UNKNOWN_SERVICE
         return self.plane.ingress_route(local.service)
 
@@ -125,10 +147,13 @@ class DataPlane:
         self.ctx = DataPlaneContext(loop, settings, self.stats, limits, UpstreamPool(self.stats, limits))
         self.rpc_stats = RpcStats()
         self.rpc_pool = RpcUpstreamPool(self.ctx, self.rpc_stats)
+        self.h2 = Http2Proxy(self.ctx)
         self.local = IngressRoutes()
         self._egress_routes: dict[str, Route] = {}
+        self.routing = compile_routing(RoutingConfig())  # route tables, subsets, policies: none until set
         self._ingress_routes: dict[str, Route] = {}
         self._shared_router = _SharedEgressRouter(self)
+        self._rpc_routers: dict[str, NamedRouter] = {}
         self._ingress_router = _IngressRouter(self)
         self._servers: dict[str, asyncio.Server] = {}  # listener name → server
         self._listeners: dict[str, dict[str, Any]] = {}  # listener name → description for config_dump
@@ -146,6 +171,20 @@ class DataPlane:
         self, service: str, lb_policy: str | None = None, hash_header: str | None = None
     ) -> None:
         self.clusters.configure(service, lb_policy, hash_header)
+        self._drop_egress_routes()  # a Route holds its cluster's balancer (Route.fast)
+
+    def set_routing(self, config: RoutingConfig) -> None:
+        """Install route tables, subsets and load-balancer policies at once (raises ConfigError, changing
+        nothing, for a policy the balancers refuse); requests routed after this use them."""
+        routing = compile_routing(config)
+        self.clusters.set_routing(routing.subsets, routing.policies)
+        self.routing = routing
+        self._drop_egress_routes()
+
+    def _drop_egress_routes(self) -> None:
+        """Cached egress Routes hold a table and a balancer: the next request builds fresh ones."""
+        self._egress_routes.clear()
+        self._shared_router.cache.clear()
 
     def egress_route(self, service: str | None) -> Route | None:
         if service is None:
@@ -156,7 +195,13 @@ class DataPlane:
         cluster = self.clusters.get(service) or self.clusters.get(service.lower())
         if cluster is None:
             return None
-        route = Route(cluster.service, self.stats.service(cluster.service, "egress"), cluster=cluster)
+        route = Route(
+            cluster.service,
+            self.stats.service(cluster.service, "egress"),
+            cluster=cluster,
+            table=self.routing.tables.get(cluster.service),
+            clusters=self.clusters,
+        )
         self._egress_routes[service] = route
         return route
 
@@ -185,14 +230,44 @@ class DataPlane:
         if old is not None and old.local is not None:
             old.local.removed = True
             self.ctx.pool.drop_endpoint(old.local.key)
+            self.rpc_pool.drop_endpoint(old.local.key)
 
     # -- protocol seams between listeners and the RPC proxy ---------------------------------------
 
     def rpc_factory(self, direction: str) -> Callable[[str], asyncio.Protocol] | None:
         """For a sniffing ``ingress`` or shared ``egress`` listener: a maker of the RPC (Bolt, Dubbo)
         protocol for a connection whose first bytes named ``protocol``; None while the listener serves no RPC
-        (the connection is then closed)."""
-        return None
+        (the connection is then closed).
+
+        Ingress: a frame goes to the local service it names; egress: to the cluster it names (see
+        ``rpc_proxy.service_names``); an unknown name gets NO_UPSTREAM (``unknown_service``) in protocol
+        terms."""
+        if direction not in ("ingress", "egress"):
+            return None
+        router = self._rpc_routers.get(direction)
+        if router is None:
+            find = self._find_rpc_ingress if direction == "ingress" else self._find_rpc_egress
+            router = self._rpc_routers[direction] = NamedRouter(find)
+        fallback = self.stats.service("unknown", direction)
+        pool, named = self.rpc_pool, router
+
+        def make(protocol: str) -> asyncio.Protocol:
+            return RpcDownstream(pool, CODECS[protocol], "", named, fallback)
+
+        return make
+
+    def _find_rpc_egress(self, name: str, protocol: str) -> Route | None:
+        route = self.egress_route(name)
+        if route is None or (route.cluster is not None and route.cluster.protocol != protocol):
+            return None
+        return route
+
+    def _find_rpc_ingress(self, name: str, protocol: str) -> Route | None:
+        local = self.local.services.get(name)
+        if local is None or local.protocol != protocol:
+            return None
+        route = self.ingress_route(name)
+        return route if isinstance(route, Route) else None
 
     # -- listeners ----------------------------------------------------------------------------------
 
@@ -213,15 +288,45 @@ class DataPlane:
         self._listeners[name] = {"address": str(address), **info}
         return address
 
+    def _sniffing(self, direction: str, router: Any) -> Callable[[], asyncio.Protocol]:
+        """A shared listener's factory: HTTP/1, h2c and (once served) Bolt/Dubbo, sniffed per connection."""
+        ctx, h2, stats, loop = self.ctx, self.h2, self.stats, self._loop()
+        timeout = self.settings.sniff_timeout
+
+        def make_http() -> asyncio.Protocol:
+            return HttpDownstream(ctx, router, direction)
+
+        def make_h2() -> asyncio.Protocol:
+            return Http2Downstream(h2, router, direction)
+
+        def make_rpc(protocol: str) -> asyncio.Protocol | None:
+            make = self.rpc_factory(direction)
+            return make(protocol) if make is not None else None
+
+        def factory() -> asyncio.Protocol:
+            return SniffingProtocol(loop, timeout, make_http, None, make_rpc, make_h2, stats)
+
+        return factory
+
     async def listen_shared_egress(self, host: str, port: int) -> HostPort:
-        ctx, router = self.ctx, self._shared_router
         return await self._serve(
             "egress",
-            lambda: HttpDownstream(ctx, router, "egress"),
+            self._sniffing("egress", self._shared_router),
             host,
             port,
             kind="shared_egress",
-            protocol="http",
+            protocol="sniffed",
+        )
+
+    async def listen_rpc_egress(self, protocol: str, host: str, port: int) -> HostPort:
+        """A shared egress for one RPC protocol (MOSN's Bolt egress, 12220): each request goes to the
+        cluster its frame names (``sofa_head_target_service`` for Bolt), multiplexed like a service port."""
+        make = self.rpc_factory("egress")
+        assert make is not None
+        if protocol not in CODECS:
+            raise ValueError(f"{protocol!r} is not an RPC protocol ({', '.join(sorted(CODECS))})")
+        return await self._serve(
+            f"egress:{protocol}", lambda: make(protocol), host, port, kind="rpc_egress", protocol=protocol
         )
 
     async def listen_service_egress(self, service: str, host: str, port: int) -> HostPort:
@@ -239,12 +344,11 @@ class DataPlane:
 
             return TcpPipe(ctx, self.stats.tcp_service(service, "egress"), pick, retry=True, initial=initial)
 
-        def current_cluster() -> Cluster | None:
-            return self.clusters.get(service)
+        rpc_router = FixedRouter(lambda: self.egress_route(service), reasons.NO_HEALTHY_UPSTREAM)
 
         def make_rpc(protocol: str) -> asyncio.Protocol:
             stats = self.stats.service(service, "egress")
-            return RpcDownstream(self.rpc_pool, CODECS[protocol], service, current_cluster, stats)
+            return RpcDownstream(self.rpc_pool, CODECS[protocol], service, rpc_router, stats)
 
         def factory() -> asyncio.Protocol:
             cluster = self.clusters.get(service)
@@ -255,11 +359,21 @@ class DataPlane:
                 protocol = cluster.protocol if cluster.endpoints or cluster.protocol in CODECS else None
             if protocol == "http":
                 return make_http()
+            if protocol == "grpc":
+                return Http2Downstream(self.h2, router, "egress")
             if protocol is not None and protocol in CODECS:
                 return make_rpc(protocol)
             if protocol is not None:
                 return make_tcp()
-            return SniffingProtocol(loop, self.settings.sniff_timeout, make_http, make_tcp, make_rpc)
+            return SniffingProtocol(
+                loop,
+                self.settings.sniff_timeout,
+                make_http,
+                make_tcp,
+                make_rpc,
+                lambda: Http2Downstream(self.h2, router, "egress"),
+                self.stats,
+            )
 
         return await self._serve(
             f"egress:{service}", factory, host, port, kind="service_egress", service=service
@@ -273,14 +387,13 @@ class DataPlane:
             server.close()
 
     async def listen_ingress(self, host: str, port: int) -> HostPort:
-        ctx, router = self.ctx, self._ingress_router
         return await self._serve(
             "ingress",
-            lambda: HttpDownstream(ctx, router, "ingress"),
+            self._sniffing("ingress", self._ingress_router),
             host,
             port,
             kind="ingress",
-            protocol="http",
+            protocol="sniffed",
         )
 
     async def listen_tcp_ingress(self, service: str, host: str, port: int, app: HostPort) -> HostPort:
@@ -293,6 +406,32 @@ class DataPlane:
 
         return await self._serve(
             f"ingress:{service}", factory, host, port, kind="tcp_ingress", service=service, app=str(app)
+        )
+
+    async def listen_rpc_ingress(
+        self, service: str, protocol: str, host: str, port: int, app: HostPort
+    ) -> HostPort:
+        """A dedicated ingress port for a Bolt/Dubbo provider: frames are decoded, heartbeats answered here,
+        requests multiplexed to the local app over the shared RPC pool (the service's ingress route). Also
+        maps the service on the shared ingress. Closed by ``close_tcp_ingress`` + ``remove_local_service``."""
+        codec = CODECS[protocol]
+        self.set_local_service(service, protocol, app)
+        router = FixedRouter(lambda: self.ingress_route(service), reasons.UNKNOWN_SERVICE)
+        stats = self.stats.service(service, "ingress")
+        pool = self.rpc_pool
+
+        def factory() -> asyncio.Protocol:
+            return RpcDownstream(pool, codec, service, router, stats)
+
+        return await self._serve(
+            f"ingress:{service}",
+            factory,
+            host,
+            port,
+            kind="rpc_ingress",
+            service=service,
+            protocol=protocol,
+            app=str(app),
         )
 
     async def close_tcp_ingress(self, service: str) -> None:
@@ -320,6 +459,7 @@ class DataPlane:
             ],
             "settings": asdict(self.settings),
             "clusters": sorted(self.clusters.clusters),
+            "routing": self.routing.view(),
         }
 
     # -- shutdown -----------------------------------------------------------------------------------
@@ -335,12 +475,14 @@ class DataPlane:
         ctx = self.ctx
         for conn in list(ctx.connections):
             conn.drain()
+        self.h2.drain()
         if drain_seconds > 0 and ctx.loop is not None:
             deadline = ctx.loop.time() + drain_seconds
-            while ctx.connections and ctx.loop.time() < deadline:
+            while (ctx.connections or self.h2.connections) and ctx.loop.time() < deadline:
                 await asyncio.sleep(0.02)
         for conn in list(ctx.connections):
             conn.abort()
+        self.h2.close()
         for pipe in list(ctx.tcp_connections):
             assert isinstance(pipe, TcpPipe)
             pipe.close()

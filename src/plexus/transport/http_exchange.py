@@ -49,6 +49,7 @@ _STATUS_FOR: Final = {
     reasons.UPSTREAM_REQUEST_TIMEOUT: 504,
     reasons.UPSTREAM_RESET: 502,
     reasons.UPSTREAM_PROTOCOL_ERROR: 502,
+    reasons.NO_ROUTE: 404,  # as Envoy: no route of the service's table matched (response flag NR)
 }
 
 
@@ -158,13 +159,20 @@ class Exchange:
         assert route is not None
         endpoint = route.local
         if endpoint is None:
-            cluster = route.cluster
-            assert cluster is not None
-            # Route.pick(), inlined for the common case of a balancer that hashes nothing.
-            if cluster.hash_header is None:
-                endpoint = cluster.balancer.pick(exclude, None)
+            fast = route.fast
+            # Route.pick(), inlined for the common case: no route table and a balancer that hashes nothing.
+            if fast is not None:
+                endpoint = fast.pick(exclude, None)
             else:
-                endpoint = route.pick(self.head, exclude)
+                picked = route.pick(self.head, exclude)
+                if isinstance(picked, str):
+                    self.fail(picked)
+                    return
+                endpoint = picked
+                if endpoint is not None and self.attempts == 0 and route.table is not None:
+                    extra = route.extra_for(endpoint)
+                    if extra is not route.extra:  # a rule sent it to another service: name that one
+                        self.out[0] = encode_request_head(self.head, extra)
         if endpoint is None:
             self.fail(reasons.NO_HEALTHY_UPSTREAM)
             return
