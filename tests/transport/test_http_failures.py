@@ -170,3 +170,32 @@ def test_idle_pooled_connections_to_a_removed_endpoint_are_closed(mesh: Mesh) ->
     mesh.lt.run(asyncio.sleep(0.1))
     assert a.closed == 1
     assert b.closed == 0  # the remaining endpoint keeps its pool
+
+
+def test_upstream_reset_of_an_idempotent_request_is_retried_elsewhere(mesh: Mesh) -> None:
+    """A crashed app: GET (idempotent, RFC 9110 §9.2.2) is replayed once on another endpoint; POST is not."""
+    resets: list[int] = []
+
+    class Resetter(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            resets.append(len(data))
+            self.transport.abort()  # type: ignore[attr-defined]
+
+    async def start() -> int:
+        server = await asyncio.get_running_loop().create_server(Resetter, "127.0.0.1", 0)
+        return int(server.sockets[0].getsockname()[1])
+
+    port = mesh.lt.run(start())
+    good = mesh.http_upstreams("svc", 1)[0]
+    mesh.set_instances("svc", [f"127.0.0.1:{port}", f"127.0.0.1:{good.port}"])
+    assert [_get(mesh, f"/get-{i}")[0] for i in range(6)] == [200] * 6
+    assert resets  # round robin sent some of them to the resetting endpoint first
+    posts: Counter[int] = Counter()
+    for _ in range(6):
+        with socket.create_connection(mesh.egress, timeout=5) as s:
+            s.sendall(b"POST /echo HTTP/1.1\r\nHost: svc\r\nContent-Length: 2\r\n\r\nok")
+            posts[read_response(s)[0]] += 1
+    assert posts[502] >= 1 and posts[200] >= 1, posts  # a POST that reached the resetter is not replayed

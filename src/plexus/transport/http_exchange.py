@@ -4,7 +4,9 @@ Writes to the upstream are batched: while the downstream connection is inside ``
 exchange collects bytes and the connection flushes them once, so a request's head and body usually leave in
 one ``write``; responses are batched the same way per upstream read. An exchange keeps a copy of what it
 sent (up to RETRY_BUFFER_BYTES) so it can be replayed once on another endpoint when the first one was never
-reached (connect failure, or a provider sidecar's 503 with a reason in RETRIABLE_BEFORE_SEND).
+reached (connect failure, or a provider sidecar's 503 with a reason in RETRIABLE_BEFORE_SEND), and an
+idempotent request whose upstream reset before any byte of an answer (directly, or as a provider sidecar's
+upstream_reset).
 """
 
 from __future__ import annotations
@@ -305,9 +307,11 @@ class Exchange:
                 line = _STATUS_BARE.get(status) or status_line(status)[:-2]
                 self.resp_out += (line, head.raw, _END_OF_HEAD)
             return
-        if status == 503 and head.error_reason is not None and self._may_retry():
+        if status >= 502 and head.error_reason is not None and self._may_retry():
             reason = reasons.parse_error_header(head.error_reason.decode("latin-1"))
-            if reason in reasons.RETRIABLE_BEFORE_SEND:
+            if reason in reasons.RETRIABLE_BEFORE_SEND or (
+                reason == reasons.UPSTREAM_RESET and self.head.method in IDEMPOTENT
+            ):
                 self.swallow = True
                 return
         self.status = status
@@ -417,18 +421,26 @@ class Exchange:
             return
         if self.done:
             return
+        route = self.route
         if (
-            conn.reused
-            and not conn.received
+            not conn.received
             and self.request_done
             and self.attempts < 2
             and self.retained is not None
             and self.head.method in IDEMPOTENT
+            and (conn.reused or (route is not None and route.retry))
         ):
-            # A keep-alive connection the upstream closed while idle: replay once on a fresh connection.
+            # No byte of an answer came back, and the method is idempotent (RFC 9110 §9.2.2), so replaying it
+            # once is safe: a keep-alive connection the upstream closed while idle is replayed on a fresh
+            # connection; an upstream that died with the request in flight (a crashed app) is retried on
+            # another endpoint, as the provider sidecar's upstream_reset answer is (on_response_head).
+            failed = None if conn.reused else self.endpoint
+            if failed is not None:
+                failed.failures += 1
+                self.down.ctx.stats.upstream_rq_retry += 1
             self._end_attempt()
             self.out, self.retained = [bytes(self.retained)] if self.retained else [], b""
-            self.dispatch(None)
+            self.dispatch(failed)
             if self.conn is not None and self.out:
                 self.flush()
             return
