@@ -164,8 +164,7 @@ def test_client_ping_and_settings_seen() -> None:
 def test_connection_window_opened_for_a_stalled_stream() -> None:
     """With set_connection_window, one stream's unacknowledged 64 KiB does not stall a second stream."""
     client: Any = Ngh2ClientCodec()
-    server: Any = Ngh2ServerCodec()
-    server.set_connection_window(1 << 20)
+    server: Any = Ngh2ServerCodec(connection_window=1 << 20)
     pump(client, server)
     stalled = client.send_request(request(b"/stalled", b"POST"))
     assert client.send_data(stalled, b"s" * 65_535) == 65_535  # never acknowledged by the server
@@ -188,3 +187,25 @@ def test_without_it_the_connection_window_is_shared() -> None:
     pump(client, server)
     other = client.send_request(request(b"/other", b"POST"))
     assert client.send_window(other) == 0
+
+
+def test_request_held_by_the_peers_stream_limit_still_takes_its_body() -> None:
+    """nghttp2 holds HEADERS beyond the server's SETTINGS_MAX_CONCURRENT_STREAMS; the body waits with them."""
+    client: Any = Ngh2ClientCodec()
+    server: Any = Ngh2ServerCodec(Http2Limits(max_concurrent_streams=1))
+    pump(client, server)
+    first = client.send_request(request(b"/1"), end_stream=True)
+    pump(client, server)
+    assert not client.can_open_stream()
+    held = client.send_request(request(b"/2", b"POST"))  # over the limit: nghttp2 keeps it back
+    client.data_to_send()
+    assert client.send_data(held, b"body", end_stream=True) == 4
+    _, sev = pump(client, server)
+    assert not any(isinstance(e, RequestHeadersReceived) and e.stream_id == held for e in sev)
+    server.send_headers(first, [(b":status", b"204")], end_stream=True)
+    _, sev = pump(client, server)
+    _, more = pump(client, server)
+    sev += more
+    assert any(isinstance(e, RequestHeadersReceived) and e.stream_id == held for e in sev)
+    assert b"".join(e.data for e in sev if isinstance(e, DataReceived)) == b"body"
+    assert not server.rejects
