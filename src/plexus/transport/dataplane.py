@@ -63,9 +63,10 @@ class DataPlaneSettings:
     h2_ping_interval: float = 30.0
     h2_ping_timeout: float = 10.0
     h2_upstream_idle_timeout: float = 60.0
-    # HTTP/2 engine of the h2c proxy: "h2" (pure Python, the codec of plexus.codec.http2) or "ngh2"
-    # (libnghttp2 through the optional ngh2 package: ~30x less codec CPU, nghttp2's own attack limits).
-    h2_engine: str = "h2"
+    # HTTP/2 engine of the h2c proxy: "ngh2" (libnghttp2 through the ngh2 binding: ~30x less codec CPU than
+    # pure Python, nghttp2's own attack limits; bench/profiles/h2-NOTES.md) or "h2" (pure Python, the codec
+    # of plexus.codec.http2, kept as the reference the tests run both engines against).
+    h2_engine: str = "ngh2"
 
 
 class _SharedEgressRouter:

@@ -449,7 +449,11 @@ class _Ngh2Codec:
             try:
                 window = conn.stream_remote_window_size(stream_id)
             except ngh2.NGH2Error:
-                return 0  # the stream is gone
+                if stream_id not in self._open:
+                    return 0  # the stream is gone
+                # Still open but without state: nghttp2 holds its HEADERS until the peer's stream limit
+                # allows them out; its body may be queued against the initial window meanwhile.
+                window = self._peer_initial_window
         stream = window - conn.queued_body_size(stream_id)
         return max(0, min(int(stream), int(conn.remote_window_size - conn.queued_body_size())))
 
@@ -515,18 +519,32 @@ class Ngh2ServerCodec(_Ngh2Codec):
     """The server end of one connection (downstream side of the proxy). Expects the client preface first."""
 
     def __init__(
-        self, limits: Http2Limits | None = None, clock: Callable[[], float] = time.monotonic
+        self,
+        limits: Http2Limits | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        connection_window: int | None = None,
     ) -> None:
+        """``connection_window``: see ``set_connection_window`` (None keeps RFC 9113's 65,535)."""
         super().__init__(False, limits or Http2Limits(), clock)
+        if connection_window is not None:
+            self.set_connection_window(connection_window)
 
 
 class Ngh2ClientCodec(_Ngh2Codec):
     """The client end of one connection (upstream side of the proxy): h2c prior knowledge or ALPN ``h2``."""
 
     def __init__(
-        self, limits: Http2Limits | None = None, clock: Callable[[], float] = time.monotonic
+        self,
+        limits: Http2Limits | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        connection_window: int | None = None,
     ) -> None:
+        """``connection_window``: see ``set_connection_window`` (None keeps RFC 9113's 65,535)."""
         super().__init__(True, limits or Http2Limits(), clock)
+        if connection_window is not None:
+            self.set_connection_window(connection_window)
 
     def can_open_stream(self) -> bool:
         """False while the server's SETTINGS_MAX_CONCURRENT_STREAMS are all in use: queue the request."""
