@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -20,15 +21,8 @@ from h2.errors import ErrorCodes
 from plexus.codec.http1 import RequestHead
 from plexus.codec.http2 import (
     ConnectionTerminated,
-    DataReceived,
-    Event,
     Headers,
     Http2Limits,
-    RequestHeadersReceived,
-    StreamEnded,
-    StreamReset,
-    TrailersReceived,
-    WindowUpdated,
     grpc_route_headers,
     is_grpc_content_type,
     parse_grpc_timeout,
@@ -48,6 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("plexus.dataplane")
 
+_TIMER_SLACK: Final = 0.001  # libuv timers have millisecond resolution
 NOT_IMPLEMENTED_H2_TO_HTTP1: Final = (
     "HTTP/2 to an HTTP/1.1 app is not supported (no h2 to HTTP/1.1 translation): call it over HTTP/1.1"
 )
@@ -117,6 +112,10 @@ class Http2Downstream(asyncio.Protocol):
         self.dirty = False
         self.idle_since = 0.0
         self.idle_timer: asyncio.TimerHandle | None = None
+        # Streams' deadlines are swept by one timer per connection, due at the earliest one it was armed
+        # for: a TimerHandle per stream (create, cancel) cost ~4 % of the proxy's CPU per call.
+        self.deadline_timer: asyncio.TimerHandle | None = None
+        self.deadline_due = math.inf
         self.opened: list[tuple[H2Stream, RequestHead, float]] = []  # opened in this read, not yet routed
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------
@@ -133,14 +132,7 @@ class Http2Downstream(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         opened = self.opened
-        for ev in self.codec.receive_data(data):
-            try:
-                self._event(ev)
-            except Exception:  # a bug must cost one stream, not the connection and its other streams
-                log.exception("h2 downstream event %r failed", type(ev).__name__)
-                stream = self.streams.get(getattr(ev, "stream_id", 0))
-                if stream is not None:
-                    stream.reset_downstream(ErrorCodes.INTERNAL_ERROR)
+        self.codec.receive_into(data, self)
         if opened:
             # Streams go upstream only once the whole read is seen: one reset in the same read (a rapid
             # reset, CVE-2023-44487) then costs the app nothing.
@@ -152,42 +144,57 @@ class Http2Downstream(asyncio.Protocol):
                     except Exception:
                         log.exception("h2 stream %d failed to start", stream.sid)
                         stream.reset_downstream(ErrorCodes.INTERNAL_ERROR)
-        self.flush()
+        if not self.dirty:  # else the batched flush at the end of this loop turn writes it all at once
+            self.flush()
 
-    def _event(self, ev: Event) -> None:
+    # -- codec events (EventSink) -------------------------------------------------------------------
+
+    def h2_data(self, stream_id: int, data: bytes, flow_controlled_length: int, end_stream: bool) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream.on_down_data(data, flow_controlled_length, end_stream)
+        else:
+            self.codec.acknowledge(stream_id, flow_controlled_length)
+
+    def h2_headers(self, stream_id: int, headers: Headers, end_stream: bool) -> None:
+        self._open(stream_id, headers, end_stream)
+
+    def h2_end(self, stream_id: int) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream.on_down_end()
+
+    def h2_trailers(self, stream_id: int, headers: Headers) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream.on_down_trailers(headers)
+
+    def h2_reset(self, stream_id: int, error_code: int, remote: bool, reason: str) -> None:
+        if not remote:
+            self.proxy.stats.downstream_reject(reason)
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream.on_down_reset(error_code)
+
+    def h2_window(self, stream_id: int) -> None:
         streams = self.streams
-        if isinstance(ev, DataReceived):
-            stream = streams.get(ev.stream_id)
-            if stream is not None:
-                stream.on_down_data(ev.data, ev.flow_controlled_length, ev.end_stream)
-            else:
-                self.codec.acknowledge(ev.stream_id, ev.flow_controlled_length)
-        elif isinstance(ev, RequestHeadersReceived):
-            self._open(ev)
-        elif isinstance(ev, StreamEnded):
-            stream = streams.get(ev.stream_id)
-            if stream is not None:
-                stream.on_down_end()
-        elif isinstance(ev, TrailersReceived):
-            stream = streams.get(ev.stream_id)
-            if stream is not None:
-                stream.on_down_trailers(ev.headers)
-        elif isinstance(ev, StreamReset):
-            if not ev.remote:
-                self.proxy.stats.downstream_reject(ev.reason)
-            stream = streams.get(ev.stream_id)
-            if stream is not None:
-                stream.on_down_reset(ev.error_code)
-        elif isinstance(ev, WindowUpdated):
-            if ev.stream_id == 0:
-                for stream in list(streams.values()):
-                    stream.on_down_window()
-            else:
-                stream = streams.get(ev.stream_id)
-                if stream is not None:
-                    stream.on_down_window()
-        elif isinstance(ev, ConnectionTerminated):
-            self._terminated(ev)
+        if stream_id == 0:
+            for stream in list(streams.values()):
+                stream.on_down_window()
+        else:
+            one = streams.get(stream_id)
+            if one is not None:
+                one.on_down_window()
+
+    def h2_terminated(self, ev: ConnectionTerminated) -> None:
+        self._terminated(ev)
+
+    def h2_failed(self, stream_id: int, what: str) -> None:
+        # A bug must cost one stream, not the connection and its other streams.
+        log.exception("h2 downstream event %r failed", what)
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream.reset_downstream(ErrorCodes.INTERNAL_ERROR)
 
     def eof_received(self) -> bool | None:
         return None  # a half-closed HTTP/2 connection cannot go on: close it (connection_lost resets streams)
@@ -200,6 +207,9 @@ class Http2Downstream(asyncio.Protocol):
         if self.idle_timer is not None:
             self.idle_timer.cancel()
             self.idle_timer = None
+        if self.deadline_timer is not None:
+            self.deadline_timer.cancel()
+            self.deadline_timer = None
         for stream in list(self.streams.values()):
             stream.on_down_reset(ErrorCodes.CANCEL)
         self.streams.clear()
@@ -215,13 +225,12 @@ class Http2Downstream(asyncio.Protocol):
 
     # -- streams ------------------------------------------------------------------------------------
 
-    def _open(self, ev: RequestHeadersReceived) -> None:
-        sid = ev.stream_id
+    def _open(self, sid: int, headers: Headers, end_stream: bool) -> None:
         method = path = authority = service = host = timeout_raw = None
         timeout_at: int | None = None
         grpc = False
         up: Headers = []
-        for name, value in ev.headers:
+        for name, value in headers:
             if name[:1] == b":":
                 if name == b":method":
                     method = value
@@ -251,7 +260,7 @@ class Http2Downstream(asyncio.Protocol):
             named = service.decode("latin-1")
         else:
             named = self.fixed_service or service_from_authority(authority)
-        stream = H2Stream(self, sid, up, grpc, ev.end_stream, named)
+        stream = H2Stream(self, sid, up, grpc, end_stream, named)
         stream.timeout_at = timeout_at
         self.streams[sid] = stream
         if method == b"CONNECT":  # a tunnel (RFC 9113 §8.5), as HTTP/1.1's CONNECT: not proxied
@@ -327,6 +336,34 @@ class Http2Downstream(asyncio.Protocol):
                 pass  # not /pkg.Service/Method: routed without :service / :rpc-method
         stream.routed(route, lookup_from_pairs(head.headers, extra), timeout)
 
+    def watch_deadline(self, deadline: float) -> None:
+        """A stream's deadline: make sure the sweep runs by then."""
+        if deadline < self.deadline_due and not self.closed:
+            if self.deadline_timer is not None:
+                self.deadline_timer.cancel()
+            self.deadline_due = deadline
+            self.deadline_timer = self.loop.call_at(deadline, self._sweep_deadlines)
+
+    def _sweep_deadlines(self) -> None:
+        self.deadline_timer = None
+        self.deadline_due = math.inf
+        if self.closed:
+            return
+        # Timers may fire up to a clock tick early: a deadline within it counts as reached.
+        now = self.loop.time() + _TIMER_SLACK
+        due = math.inf
+        for stream in list(self.streams.values()):
+            deadline = stream.deadline
+            if not deadline or stream.done:
+                continue  # not routed yet (no deadline) or over
+            if deadline <= now:
+                stream.on_deadline()
+            elif deadline < due:
+                due = deadline
+        if due != math.inf:
+            self.watch_deadline(due)
+        self.flush()
+
     def stream_done(self, stream: H2Stream) -> None:
         if self.streams.pop(stream.sid, None) is not None and not self.streams:
             self.idle_since = self.loop.time()
@@ -347,7 +384,7 @@ class Http2Downstream(asyncio.Protocol):
     def want_flush(self) -> None:
         if not self.dirty:
             self.dirty = True
-            self.proxy.pool.schedule_flush(self.flush)
+            self.proxy.pool.schedule_flush(self)
 
     def flush(self) -> None:
         self.dirty = False

@@ -23,7 +23,6 @@ is still held (up to RETRY_BUFFER_BYTES) and no response byte went to the caller
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import deque
 from http import HTTPStatus
@@ -120,7 +119,6 @@ class H2Stream:
         "started",
         "status",
         "timeout_at",
-        "timer",
         "up_headers",
         "up_sid",
     )
@@ -158,7 +156,6 @@ class H2Stream:
         self.started = down.loop.time()
         self.deadline = 0.0
         self.timeout_at: int | None = None  # index of grpc-timeout in up_headers
-        self.timer: asyncio.TimerHandle | None = None
 
     # -- routing ------------------------------------------------------------------------------------
 
@@ -169,7 +166,7 @@ class H2Stream:
         if route.cluster is not None:
             self.up_headers.append((SERVICE_HEADER, route.service.encode()))
         self.deadline = self.started + timeout
-        self.timer = self.down.loop.call_at(self.deadline, self.on_deadline)
+        self.down.watch_deadline(self.deadline)  # one sweep timer per connection, not a timer per stream
         self.dispatch(None, False)
 
     def dispatch(self, exclude: Endpoint | None, same_ok: bool) -> None:
@@ -339,7 +336,6 @@ class H2Stream:
         if self.done:
             return
         self.done = True
-        self._cancel_timer()
         self._drop_upstream(ErrorCodes.CANCEL)
         self._record()
 
@@ -483,12 +479,6 @@ class H2Stream:
             self.down.proxy.pool.withdraw(self.endpoint, self)  # still waiting for a connection
         self._end_attempt()
 
-    def _cancel_timer(self) -> None:
-        timer = self.timer
-        if timer is not None:
-            self.timer = None
-            timer.cancel()
-
     def _release_credits(self) -> None:
         """Credit back the bytes an ending stream still holds: unacknowledged, they would shrink both
         connections' windows for good."""
@@ -524,7 +514,6 @@ class H2Stream:
         if self.done:
             return
         self.done = True
-        self._cancel_timer()
         conn, up_sid = self.conn, self.up_sid
         if conn is not None and up_sid is not None:
             self.conn = self.up_sid = None
@@ -541,13 +530,11 @@ class H2Stream:
         if self.done:
             return
         self.done = True
-        self._cancel_timer()
         self._drop_upstream(ErrorCodes.CANCEL)
         self.down.reset_stream(self.sid, error_code)
         self._record()
 
     def on_deadline(self) -> None:
-        self.timer = None
         if self.done:
             return
         # A deadline the caller chose says nothing about the endpoint's health: no failure is counted. A
@@ -577,7 +564,6 @@ class H2Stream:
             self.reset_downstream(ErrorCodes.INTERNAL_ERROR)
             return
         self.done = True
-        self._cancel_timer()
         status = STATUS_FOR.get(reason, 503)
         self.status = status
         error = reasons.error_header_value(reason, service or None).encode()

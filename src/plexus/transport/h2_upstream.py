@@ -24,22 +24,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, Protocol, cast
 
 from h2.errors import ErrorCodes
 
 from plexus.codec.http2 import (
     ConnectionTerminated,
-    DataReceived,
-    Event,
     Headers,
     Http2Limits,
-    ResponseHeadersReceived,
-    StreamEnded,
-    StreamReset,
-    TrailersReceived,
-    WindowUpdated,
 )
 from plexus.transport.h2_codecs import ASSUMED_MAX_STREAMS, client_codec
 
@@ -73,6 +65,14 @@ class UpstreamStream(Protocol):
 
     def on_upstream_lost(self, unprocessed: bool, reason: str) -> None:
         """The connection failed (or never opened, ``unprocessed`` True); the stream is gone."""
+
+
+class Flushable(Protocol):
+    """A connection whose queued frames are written once per loop turn (``schedule_flush``)."""
+
+    dirty: bool
+
+    def flush(self) -> None: ...
 
 
 class _Group:
@@ -122,60 +122,65 @@ class Http2UpstreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.last_received = self.pool.loop.time()
         codec = self.codec
-        for ev in codec.receive_data(data):
-            try:
-                self._event(ev)
-            except Exception:  # a bug must cost one stream, not the connection and its other streams
-                log.exception("h2 upstream event %r failed", type(ev).__name__)
-                sid = getattr(ev, "stream_id", 0)
-                stream = self.streams.get(sid)
-                if stream is not None:
-                    self.reset(sid)
-                    stream.on_upstream_reset(ErrorCodes.INTERNAL_ERROR, False)
+        codec.receive_into(data, self)
         if codec.pings_acked != self.pings_seen:
             self.pings_seen = codec.pings_acked
             self.ping_sent_at = None
-        self.flush()
+        if not self.dirty:  # else the batched flush at the end of this loop turn writes it all at once
+            self.flush()
         if self.group.waiting and not self.closed and codec.settings_received:
             self.pool.hand_out(self.group)
 
-    def _event(self, ev: Event) -> None:
-        codec = self.codec
-        if isinstance(ev, DataReceived):
-            stream = self.streams.get(ev.stream_id)
-            if stream is not None:
-                stream.on_upstream_data(ev.data, ev.flow_controlled_length, ev.end_stream)
-            else:
-                codec.acknowledge(ev.stream_id, ev.flow_controlled_length)
-        elif isinstance(ev, ResponseHeadersReceived):
-            stream = self.streams.get(ev.stream_id)
-            if stream is not None:
-                stream.on_upstream_headers(ev.headers, ev.end_stream)
-        elif isinstance(ev, TrailersReceived):
-            stream = self.streams.get(ev.stream_id)
-            if stream is not None:
-                stream.on_upstream_trailers(ev.headers)
-        elif isinstance(ev, StreamEnded):
-            stream = self.streams.pop(ev.stream_id, None)
-            if stream is not None:
-                stream.on_upstream_end()
-                self._stream_gone()
-        elif isinstance(ev, StreamReset):
-            stream = self.streams.pop(ev.stream_id, None)
-            if stream is not None:
-                refused = ev.error_code == ErrorCodes.REFUSED_STREAM
-                stream.on_upstream_reset(ev.error_code, refused)
-                self._stream_gone()
-        elif isinstance(ev, WindowUpdated):
-            if ev.stream_id == 0:
-                for stream in list(self.streams.values()):
-                    stream.on_upstream_window()
-            else:
-                stream = self.streams.get(ev.stream_id)
-                if stream is not None:
-                    stream.on_upstream_window()
-        elif isinstance(ev, ConnectionTerminated):
-            self._terminated(ev)
+    # -- codec events (EventSink) -------------------------------------------------------------------
+
+    def h2_data(self, stream_id: int, data: bytes, flow_controlled_length: int, end_stream: bool) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream.on_upstream_data(data, flow_controlled_length, end_stream)
+        else:
+            self.codec.acknowledge(stream_id, flow_controlled_length)
+
+    def h2_headers(self, stream_id: int, headers: Headers, end_stream: bool) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream.on_upstream_headers(headers, end_stream)
+
+    def h2_trailers(self, stream_id: int, headers: Headers) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream.on_upstream_trailers(headers)
+
+    def h2_end(self, stream_id: int) -> None:
+        stream = self.streams.pop(stream_id, None)
+        if stream is not None:
+            stream.on_upstream_end()
+            self._stream_gone()
+
+    def h2_reset(self, stream_id: int, error_code: int, remote: bool, reason: str) -> None:
+        stream = self.streams.pop(stream_id, None)
+        if stream is not None:
+            stream.on_upstream_reset(error_code, error_code == ErrorCodes.REFUSED_STREAM)
+            self._stream_gone()
+
+    def h2_window(self, stream_id: int) -> None:
+        if stream_id == 0:
+            for stream in list(self.streams.values()):
+                stream.on_upstream_window()
+        else:
+            one = self.streams.get(stream_id)
+            if one is not None:
+                one.on_upstream_window()
+
+    def h2_terminated(self, ev: ConnectionTerminated) -> None:
+        self._terminated(ev)
+
+    def h2_failed(self, stream_id: int, what: str) -> None:
+        # A bug must cost one stream, not the connection and its other streams.
+        log.exception("h2 upstream event %r failed", what)
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            self.reset(stream_id)
+            stream.on_upstream_reset(ErrorCodes.INTERNAL_ERROR, False)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.ready:
@@ -375,7 +380,7 @@ class Http2UpstreamPool:
         self.ping_failures = 0
         self._groups: dict[str, _Group] = {}
         self._connecting: dict[str, int] = {}  # endpoint key → connects under way
-        self._dirty: list[Http2UpstreamConnection | Callable[[], None]] = []
+        self._dirty: list[Flushable] = []
         self._all: set[Http2UpstreamConnection] = set()
         self._flush_scheduled = False
 
@@ -488,8 +493,8 @@ class Http2UpstreamPool:
 
     # -- batched writes -----------------------------------------------------------------------------
 
-    def schedule_flush(self, conn: Http2UpstreamConnection | Callable[[], None]) -> None:
-        """Write ``conn``'s frames (or call a downstream's flush) once, at the end of this loop turn."""
+    def schedule_flush(self, conn: Flushable) -> None:
+        """Write ``conn``'s frames (upstream or downstream) once, at the end of this loop turn."""
         self._dirty.append(conn)
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -499,11 +504,8 @@ class Http2UpstreamPool:
         self._flush_scheduled = False
         dirty, self._dirty = self._dirty, []
         for item in dirty:
-            if isinstance(item, Http2UpstreamConnection):
-                if item.dirty:
-                    item.flush()
-            else:
-                item()
+            if item.dirty:
+                item.flush()
 
     # -- views and shutdown -------------------------------------------------------------------------
 
