@@ -49,6 +49,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("plexus.dataplane")
 
 RETRY_BUFFER_BYTES: Final = 64 * 1024  # request bytes kept for one replay; a longer body is not retried
+# The local app refused a stream (REFUSED_STREAM: never processed, RFC 9113 §8.7). grpcio servers refuse
+# streams below their advertised limit while slots of finished streams are still being freed, so the
+# ingress tries its app again a few times after short, growing pauses before passing the refusal on.
+LOCAL_REFUSAL_RETRIES: Final = 3
+LOCAL_REFUSAL_PAUSE: Final = 0.01  # seconds before the first retry; doubled for each next one
 # RFC 9113 §8.2.2: connection-specific fields must not be forwarded (h2 refuses most of them on input;
 # stripped again here so nothing an app or a peer sends can smuggle them to the other side).
 HOP_BY_HOP: Final = frozenset(
@@ -103,6 +108,7 @@ class H2Stream:
         "endpoint",
         "grpc",
         "lookup",
+        "refusals",
         "req_end_sent",
         "req_ended",
         "req_q",
@@ -141,6 +147,7 @@ class H2Stream:
         self.credit_conn: Http2UpstreamConnection | None = None
         self.credit_sid = 0
         self.attempts = 0
+        self.refusals = 0  # REFUSED_STREAM answers of the local app, retried (LOCAL_REFUSAL_RETRIES)
         self.req_q: deque[list[bytes | int]] = deque()  # [data, downstream credit owed once sent]
         self.req_ended = ended
         self.req_end_sent = False
@@ -273,6 +280,11 @@ class H2Stream:
             return
         if unprocessed and self._may_retry():
             self._retry(failed, True)
+            return
+        if unprocessed and error_code == ErrorCodes.REFUSED_STREAM and self._may_retry_local_refusal():
+            self.refusals += 1
+            pause = LOCAL_REFUSAL_PAUSE * (2 ** (self.refusals - 1))
+            self.down.loop.call_later(pause, self._retry_local, failed)
             return
         if failed is not None and error_code != ErrorCodes.CANCEL:
             failed.failures += 1
@@ -454,6 +466,20 @@ class H2Stream:
             and self.sent_copy is not None
             and not self.resp_started
         )
+
+    def _may_retry_local_refusal(self) -> bool:
+        route = self.route
+        return (
+            route is not None
+            and route.local is not None
+            and self.refusals < LOCAL_REFUSAL_RETRIES
+            and self.sent_copy is not None
+            and not self.resp_started
+        )
+
+    def _retry_local(self, failed: Endpoint | None) -> None:
+        if not self.done:
+            self._retry(failed, True)
 
     def _retry(self, failed: Endpoint | None, same_ok: bool) -> None:
         self.down.proxy.stats.upstream_rq_retry += 1
