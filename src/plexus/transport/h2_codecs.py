@@ -11,8 +11,7 @@ import contextlib
 import functools
 import struct
 import time
-from collections import Counter, deque
-from collections.abc import Callable
+from collections import Counter
 from typing import Any, Final, Protocol
 
 import h2.events as h2e
@@ -187,27 +186,6 @@ class ProxyClientCodec(Http2ClientCodec):
 # mapped from its GOAWAY codes, coarser than the h2 codec's.
 
 
-class RateWindow:
-    """Sliding-window counter (as the h2 codec's); memory bounded by ``limit + 1`` timestamps."""
-
-    __slots__ = ("_clock", "_hits", "_limit", "_window")
-
-    def __init__(self, limit: int, window: float, clock: Callable[[], float]) -> None:
-        self._limit = limit
-        self._window = window
-        self._clock = clock
-        self._hits: deque[float] = deque(maxlen=limit + 1)
-
-    def hit(self) -> bool:
-        """Record one occurrence; True when the window now holds more than the limit."""
-        now = self._clock()
-        hits = self._hits
-        hits.append(now)
-        while hits and hits[0] <= now - self._window:
-            hits.popleft()
-        return len(hits) > self._limit
-
-
 _GOAWAY_HEAD: Final = b"\x00\x00\x08\x07\x00\x00\x00\x00\x00"  # length 8, type GOAWAY, stream 0
 
 
@@ -238,16 +216,16 @@ class _NgCodec:
         self.must_close = False  # set by data_to_send: write what it returned, then close the transport
         self.close_reason = ""
         clock = time.monotonic
-        self._resets = RateWindow(limits.max_resets_per_window, limits.window_seconds, clock)
-        self._settings = RateWindow(limits.max_settings_per_window, limits.window_seconds, clock)
-        self._pings = RateWindow(limits.max_pings_per_window, limits.window_seconds, clock)
+        self._resets = lim.RateWindow(limits.max_resets_per_window, limits.window_seconds, clock)
+        self._settings = lim.RateWindow(limits.max_settings_per_window, limits.window_seconds, clock)
+        self._pings = lim.RateWindow(limits.max_pings_per_window, limits.window_seconds, clock)
         resets = max(1, int(limits.max_resets_per_window / max(limits.window_seconds, 0.001)))
         config = ng.Configuration(
             auto_window_update=False,
             peer_max_concurrent_streams=ASSUMED_MAX_STREAMS,
             max_settings=32,
             max_outbound_ack=limits.max_settings_per_window + limits.max_pings_per_window,
-            # Twice our own limit: ours (RateWindow, with its reason code) trips first.
+            # Twice our own limit: ours (lim.RateWindow, with its reason code) trips first.
             stream_reset_rate_limit=(2 * limits.max_resets_per_window, 2 * resets),
             max_continuations=64,
             max_inbound_header_list_size=limits.max_header_list_bytes,

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -83,27 +83,6 @@ class _Refused(h2e.Event):
 
     def __init__(self, stream_id: int) -> None:
         self.stream_id = stream_id
-
-
-class _RateWindow:
-    """Sliding-window counter; memory bounded by ``limit + 1`` timestamps."""
-
-    __slots__ = ("_clock", "_hits", "_limit", "_window")
-
-    def __init__(self, limit: int, window: float, clock: Callable[[], float]) -> None:
-        self._limit = limit
-        self._window = window
-        self._clock = clock
-        self._hits: deque[float] = deque(maxlen=limit + 1)
-
-    def hit(self) -> bool:
-        """Record one occurrence; True when the window now holds more than the limit."""
-        now = self._clock()
-        hits = self._hits
-        hits.append(now)
-        while hits and hits[0] <= now - self._window:
-            hits.popleft()
-        return len(hits) > self._limit
 
 
 class _FrameLengthGuard:
@@ -163,9 +142,9 @@ class _GuardedConnection(H2Connection):
     ) -> None:
         super().__init__(config)
         self._rejects = rejects
-        self._resets = _RateWindow(limits.max_resets_per_window, limits.window_seconds, clock)
-        self._settings_seen = _RateWindow(limits.max_settings_per_window, limits.window_seconds, clock)
-        self._pings = _RateWindow(limits.max_pings_per_window, limits.window_seconds, clock)
+        self._resets = lim.RateWindow(limits.max_resets_per_window, limits.window_seconds, clock)
+        self._settings_seen = lim.RateWindow(limits.max_settings_per_window, limits.window_seconds, clock)
+        self._pings = lim.RateWindow(limits.max_pings_per_window, limits.window_seconds, clock)
 
     def _receive_frame(self, frame: Frame) -> list[h2e.Event]:
         events = super()._receive_frame(frame)

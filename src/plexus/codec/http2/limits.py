@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -42,3 +44,24 @@ class Http2Limits:
     max_pings_per_window: int = 50
     # Bytes queued for the peer that it has not read; above this the peer is flooding us.
     max_outbound_bytes: int = 4 * 1024 * 1024
+
+
+class RateWindow:
+    """Sliding-window counter for the flood limits; memory bounded by ``limit + 1`` timestamps."""
+
+    __slots__ = ("_clock", "_hits", "_limit", "_window")
+
+    def __init__(self, limit: int, window: float, clock: Callable[[], float]) -> None:
+        self._limit = limit
+        self._window = window
+        self._clock = clock
+        self._hits: deque[float] = deque(maxlen=limit + 1)
+
+    def hit(self) -> bool:
+        """Record one occurrence; True when the window now holds more than the limit."""
+        now = self._clock()
+        hits = self._hits
+        hits.append(now)
+        while hits and hits[0] <= now - self._window:
+            hits.popleft()
+        return len(hits) > self._limit
