@@ -21,7 +21,11 @@ class App:
             wbufsize = -1  # one write per response: two small writes meet Nagle and a delayed ACK (40 ms)
 
             def do_GET(self) -> None:
-                app.requests.append({k.lower(): v for k, v in self.headers.items()} | {":path": self.path})
+                length = int(self.headers.get("content-length") or 0)
+                if length:
+                    self.rfile.read(length)
+                app.requests.append({k.lower(): v for k, v in self.headers.items()}
+                                    | {":path": self.path, ":method": self.command})
                 body = json.dumps({"app": app.name, "path": self.path}).encode()
                 self.send_response(status)
                 for key, value in (headers or {}).items():
@@ -29,6 +33,8 @@ class App:
                 self.send_header("content-length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            do_POST = do_GET
 
             def log_message(self, *args: Any) -> None:
                 pass

@@ -94,6 +94,25 @@ def test_a_sidecar_local_reply_before_send_is_retried(registry: str, clients: li
     assert statuses == {200: 3, 503: 3}
 
 
+def test_a_provider_sidecars_upstream_reset_is_retried_for_idempotent_methods_only(
+        registry: str, clients: list[Client], make_app: Callable[..., App]) -> None:
+    # A meshed provider whose app died with the request in flight answers 502 upstream_reset: a GET may go to
+    # another endpoint (as the consumer sidecar does), a POST may have been acted on and is not replayed.
+    reset = make_app("reset", 502, {"x-plexus-error": "upstream_reset; service=reset"})
+    alive = make_app("alive")
+    for app in (reset, alive):
+        _publish(registry, clients, "reset", app.port)
+    http = _http(registry, clients, "reset", 2)
+    assert [http.get("/x").status_code for _ in range(4)] == [200] * 4
+    assert len(alive.requests) == 4
+
+    for app in (reset, alive):  # a service of its own: the GETs above ejected the resetting endpoint
+        _publish(registry, clients, "reset-post", app.port)
+    http = _http(registry, clients, "reset-post", 2)
+    posts = Counter(http.post("/x", content=b"once").status_code for _ in range(4))
+    assert posts == {200: 2, 502: 2}
+
+
 def test_async_client_balances_too(registry: str, clients: list[Client],
                                    make_app: Callable[..., App]) -> None:
     apps = [make_app("one"), make_app("two")]

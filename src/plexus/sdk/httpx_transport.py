@@ -4,8 +4,9 @@ Per request: pick an endpoint from the subscription (round robin), point the URL
 meant (``Host`` and ``x-plexus-service``, so a meshed provider's sidecar routes it), and send it through an
 ordinary pooled httpx transport. A failure that happened before any byte reached an app is retried once on
 another endpoint: a refused or timed-out connect, or a sidecar's local reply whose reason says so
-(``x-plexus-error: local_app_unavailable`` ...). A dropped keep-alive connection is retried only for
-idempotent methods, since the request may have been read.
+(``x-plexus-error: local_app_unavailable`` ...). A dropped keep-alive connection, or a provider sidecar's
+``502 upstream_reset`` (its app died with the request in flight), is retried only for idempotent methods,
+since the request may have been read; the consumer sidecar does the same.
 
 Imported only by ``Client.http_client`` (httpx is heavy).
 """
@@ -17,7 +18,13 @@ from typing import Final
 
 import httpx
 
-from plexus.core.reasons import ERROR_HEADER, RETRIABLE_BEFORE_SEND, UNKNOWN_SERVICE, parse_error_header
+from plexus.core.reasons import (
+    ERROR_HEADER,
+    RETRIABLE_BEFORE_SEND,
+    UNKNOWN_SERVICE,
+    UPSTREAM_RESET,
+    parse_error_header,
+)
 from plexus.sdk.balancing import RoundRobin
 from plexus.sdk.subscription import Subscription
 
@@ -63,11 +70,12 @@ class _Picker:
         return isinstance(request.stream, httpx.ByteStream)
 
     @staticmethod
-    def retriable_reply(response: httpx.Response) -> bool:
+    def retriable_reply(request: httpx.Request, response: httpx.Response) -> bool:
         value = response.headers.get(ERROR_HEADER)
-        if response.status_code != 503 or value is None:
+        if response.status_code < 502 or value is None:
             return False
-        return parse_error_header(value) in RETRIABLE_REASONS
+        reason = parse_error_header(value)
+        return reason in RETRIABLE_REASONS or (reason == UPSTREAM_RESET and request.method in IDEMPOTENT)
 
 
 class BalancingTransport(httpx.BaseTransport):
@@ -97,7 +105,7 @@ class BalancingTransport(httpx.BaseTransport):
                 if can_retry and request.method in IDEMPOTENT:
                     continue
                 raise
-            if can_retry and picker.retriable_reply(response):
+            if can_retry and picker.retriable_reply(request, response):
                 picker.balancer.eject(address)
                 response.close()
                 continue
@@ -137,7 +145,7 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
                 if can_retry and request.method in IDEMPOTENT:
                     continue
                 raise
-            if can_retry and picker.retriable_reply(response):
+            if can_retry and picker.retriable_reply(request, response):
                 picker.balancer.eject(address)
                 await response.aclose()
                 continue
