@@ -41,7 +41,7 @@ bench: $(VENV)/.installed-bench
 # Regenerate the gRPC stubs after changing proto/ (the generated files are committed).
 proto: $(VENV)/.installed-dev
 	cd proto && ../$(PY) -m grpc_tools.protoc -I. --python_out=../src --grpc_python_out=../src \
-		--pyi_out=../src plexus/proto/registry.proto
+		--pyi_out=../src plexus/proto/registry.proto plexus/proto/control.proto
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info

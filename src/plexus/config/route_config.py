@@ -140,12 +140,53 @@ class RouteDestination:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpRetry:
+    """Istio's ``retries``: up to ``attempts`` retries (not counting the first try), each try bounded by
+    ``per_try_timeout`` seconds, on the conditions of ``retry_on`` (Envoy's names: ``5xx``, ``gateway-error``,
+    ``connect-failure``, ``refused-stream``, ``reset``, ``retriable-4xx``, ``retriable-status-codes``, gRPC's
+    ``cancelled``, ``deadline-exceeded``, ``internal``, ``resource-exhausted``, ``unavailable``, and bare HTTP
+    status codes such as ``"503"``). ``attempts`` 0 turns retries off for the route."""
+
+    attempts: int
+    per_try_timeout: float | None = None
+    retry_on: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HttpFault:
+    """Istio's ``fault``: delay ``delay`` seconds for ``delay_percent`` % of requests, and/or answer
+    ``abort_status`` (HTTP) or ``abort_grpc_status`` (a gRPC status name such as ``UNAVAILABLE``) for
+    ``abort_percent`` % of them, without calling any upstream."""
+
+    delay: float | None = None
+    delay_percent: float = 100.0
+    abort_status: int | None = None
+    abort_grpc_status: str | None = None
+    abort_percent: float = 100.0
+
+
+@dataclass(frozen=True, slots=True)
+class Mirror:
+    """Istio's ``mirror`` (+ ``mirrorPercentage``): a copy of ``percent`` % of requests goes to ``host`` (and
+    ``subset``); its answer is dropped and never delays or fails the original."""
+
+    host: str
+    subset: str | None = None
+    percent: float = 100.0
+
+
+@dataclass(frozen=True, slots=True)
 class HttpRoute:
-    """One ``http[]`` rule: the first rule whose ``match`` holds (any entry; none = always) routes."""
+    """One ``http[]`` rule: the first rule whose ``match`` holds (any entry; none = always) routes.
+    ``timeout`` (seconds) bounds the whole request, retries included; None: no timeout (Istio's default)."""
 
     name: str | None
     match: tuple[HttpMatch, ...]
     route: tuple[RouteDestination, ...]
+    timeout: float | None = None
+    retries: HttpRetry | None = None
+    fault: HttpFault | None = None
+    mirror: Mirror | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +219,47 @@ class LoadBalancerSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ConnectionPool:
+    """Istio's ``connectionPool`` (circuit breaking), per sidecar and destination service. None: no limit.
+    ``max_connections`` (tcp.maxConnections), ``connect_timeout`` (tcp.connectTimeout, seconds),
+    ``max_pending`` (http.http1MaxPendingRequests: requests waiting for a connection), ``max_requests``
+    (http.http2MaxRequests: requests in flight), ``max_retries`` (http.maxRetries: retries in flight),
+    ``max_requests_per_connection`` (http.maxRequestsPerConnection). Over a limit: an immediate 503
+    ``upstream_overflow``."""
+
+    max_connections: int | None = None
+    connect_timeout: float | None = None
+    max_pending: int | None = None
+    max_requests: int | None = None
+    max_retries: int | None = None
+    max_requests_per_connection: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierDetection:
+    """Istio's ``outlierDetection``: an endpoint with ``consecutive_errors`` 5xx (or connect failures, resets,
+    timeouts) in a row, or ``consecutive_gateway_errors`` 502/503/504 in a row, is ejected for
+    ``base_ejection_time`` times the number of times it was ejected; sweeps run every ``interval`` seconds;
+    never more than ``max_ejection_percent`` % of the endpoints are ejected at once. Istio's defaults."""
+
+    consecutive_errors: int | None = 5
+    consecutive_gateway_errors: int | None = None
+    interval: float = 10.0
+    base_ejection_time: float = 30.0
+    max_ejection_percent: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class RetryBudget:
+    """Retries in flight may be at most ``percent`` % of the requests in flight to the service (but at least
+    ``min_retry_concurrency``), so a failing upstream sees about 20% extra load, not (attempts + 1) times.
+    Envoy's defaults; Istio's ``trafficPolicy.retryBudget``."""
+
+    percent: float = 20.0
+    min_retry_concurrency: int = 3
+
+
+@dataclass(frozen=True, slots=True)
 class DestinationRule:
     name: str
     namespace: str
@@ -185,6 +267,9 @@ class DestinationRule:
     subsets: tuple[Subset, ...] = ()
     load_balancer: LoadBalancerSettings | None = None
     source: str = ""
+    connection_pool: ConnectionPool | None = None
+    outlier_detection: OutlierDetection | None = None
+    retry_budget: RetryBudget | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,14 @@ REQUEST_HEADERS_TOO_LARGE: Final = "request_headers_too_large"
 REQUEST_BODY_TOO_LARGE: Final = "request_body_too_large"
 NOT_IMPLEMENTED: Final = "not_implemented"
 NO_ROUTE: Final = "no_route"  # the service has a route table (VirtualService) and no rule of it matched
+# Policy (control plane): each also names Envoy's response flag it matches.
+UPSTREAM_OVERFLOW: Final = "upstream_overflow"  # UO: a connectionPool limit (circuit breaker) is full: 503
+UPSTREAM_PER_TRY_TIMEOUT: Final = "upstream_per_try_timeout"  # UT: one try exceeded retries.perTryTimeout
+FAULT_INJECTED: Final = "fault_injected"  # FI: a VirtualService fault abort answered instead of an upstream
+RATE_LIMITED: Final = "rate_limited"  # RL: a local or global RateLimitPolicy bucket was empty: 429
+LOAD_SHED: Final = "load_shed"  # an adaptive RateLimitPolicy shed the request under load: 503
+RETRY_BUDGET_EXHAUSTED: Final = "retry_budget_exhausted"  # a retry was due, the budget was spent (log)
+UNIT_DRAINED: Final = "unit_drained"  # UnitRouting drained every unit that has endpoints: 503
 
 # Failures that happen before any byte of the request reached an app: safe to retry on another endpoint.
 # A provider sidecar answering unknown_service has just withdrawn that service (the app unpublished first):

@@ -78,7 +78,7 @@ class _Match:
 class Rule:
     """One ``http[]`` rule: its matches and its weighted destinations."""
 
-    __slots__ = ("_random", "cumulative", "destinations", "matches", "name", "total")
+    __slots__ = ("_random", "cumulative", "destinations", "matches", "name", "policy", "total")
 
     def __init__(
         self,
@@ -93,6 +93,9 @@ class Rule:
         self.cumulative = list(accumulate(w for _, w in weighted))
         self.total = self.cumulative[-1] if self.cumulative else 0
         self._random = rng.random
+        # The rule's request policy (timeout, retries, fault, mirror): a plexus.proxy.resilience.RulePolicy
+        # compiled from the HttpRoute, or None when the rule sets none of them.
+        self.policy: Any = None
 
     def holds(self, lookup: HeaderLookup) -> bool:
         matches = self.matches

@@ -15,6 +15,7 @@ from typing import Any, Final
 
 from plexus.codec.http1 import Http1Limits, RequestHead
 from plexus.codec.http1.limits import MAX_REQUEST_LINE
+from plexus.config.resources import PolicySet
 from plexus.config.route_config import RoutingConfig
 from plexus.core import reasons
 from plexus.core.address import HostPort
@@ -152,6 +153,7 @@ class DataPlane:
         self.local = IngressRoutes()
         self._egress_routes: dict[str, Route] = {}
         self.routing = compile_routing(RoutingConfig())  # route tables, subsets, policies: none until set
+        self.policy = PolicySet()  # the whole policy installed by set_policy
         self._ingress_routes: dict[str, Route] = {}
         self._shared_router = _SharedEgressRouter(self)
         self._rpc_routers: dict[str, NamedRouter] = {}
@@ -181,6 +183,22 @@ class DataPlane:
         self.clusters.set_routing(routing.subsets, routing.policies)
         self.routing = routing
         self._drop_egress_routes()
+
+    def set_policy(self, policy: PolicySet) -> None:
+        """Install a whole policy set (the control plane's snapshot, or a local policy file) at once: routing
+        and resilience (VirtualService, DestinationRule), rate limits, unit routing and traffic shifts. Each
+        part is compiled before anything changes, so a ConfigError leaves the last policy serving (the
+        sidecar then NACKs). Parts are added below in this order; each part's owner edits only its lines."""
+        routing = policy.routing()
+        # -- compile (may raise ConfigError) --
+        compiled = compile_routing(routing)
+        # -- install (must not raise) --
+        self.clusters.set_routing(compiled.subsets, compiled.policies)
+        self.routing = compiled
+        self.policy = policy
+        self._drop_egress_routes()
+        # Ingress Routes stay (each holds its app's endpoint and idle connections); a part that changes
+        # ingress behaviour updates the existing Route objects in place (and ingress_route, new ones).
 
     def _drop_egress_routes(self) -> None:
         """Cached egress Routes hold a table and a balancer: the next request builds fresh ones."""

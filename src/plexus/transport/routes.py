@@ -35,7 +35,9 @@ class Route:
         "connect_fail_reason",
         "extra",
         "fast",
+        "gate",
         "local",
+        "policy",
         "retry",
         "service",
         "stats",
@@ -66,6 +68,14 @@ class Route:
         self.connect_fail_reason = (
             reasons.UPSTREAM_CONNECT_FAILED if cluster is not None else reasons.LOCAL_APP_UNAVAILABLE
         )
+        # The request policy (timeout, retries, fault, mirror) when no rule of a route table gives one: a
+        # plexus.proxy.resilience.RulePolicy, or None for the built-in behaviour (one retry elsewhere for a
+        # failure before send, no timeout). A matched Rule's own ``policy`` wins.
+        self.policy: Any = None
+        # Admission (rate limits, adaptive shedding) for an ingress route: a plexus.proxy.ratelimit.Gate or
+        # None. ``gate.admit(lookup)`` answers None (go on, then ``gate.done(started)`` once answered) or a
+        # reason code for a local reply (reasons.RATE_LIMITED → 429, reasons.LOAD_SHED → 503).
+        self.gate: Any = None
 
     def pick(self, head: RequestHead, exclude: Endpoint | None) -> Endpoint | str | None:
         """HTTP/1.1's pick (see ``pick_stream`` for the answers)."""
@@ -88,17 +98,40 @@ class Route:
         """The endpoint for one request of any protocol, routed on its stream headers (see proxy.stream).
 
         None: no healthy endpoint. A ``str``: a reason code from ``plexus.core.reasons`` for a local reply
-        (e.g. no route of the service's route table matched)."""
+        (e.g. no route of the service's route table matched). Same as ``pick_in(match_rule(lookup), ...)``."""
+        if self.local is not None:
+            return self.local
+        if self.table is None:
+            return self.pick_in(None, lookup, exclude)
+        rule = self.table.match(lookup)
+        if rule is None:
+            return reasons.NO_ROUTE
+        return self.pick_in(rule, lookup, exclude)
+
+    def match_rule(self, lookup: HeaderLookup) -> Rule | str | None:
+        """The route-table rule for a request, once per request (its ``policy`` applies to every try):
+        None when the route has no table (or is an ingress route), ``reasons.NO_ROUTE`` when none matched."""
+        table = self.table
+        if table is None or self.local is not None:
+            return None
+        rule = table.match(lookup)
+        return reasons.NO_ROUTE if rule is None else rule
+
+    def policy_of(self, rule: Rule | None) -> Any:
+        """The request policy for a request that matched ``rule`` (a RulePolicy, or None: built-in)."""
+        if rule is not None and rule.policy is not None:
+            return rule.policy
+        return self.policy
+
+    def pick_in(self, rule: Rule | None, lookup: HeaderLookup, exclude: Endpoint | None) -> Endpoint | None:
+        """An endpoint for one try of a request that matched ``rule`` (None: no table): a retry passes the
+        endpoint it moves away from as ``exclude``. None: no healthy endpoint."""
         if self.local is not None:
             return self.local
         cluster = self.cluster
         assert cluster is not None
-        table = self.table
         subset = None
-        if table is not None:
-            rule = table.match(lookup)
-            if rule is None:
-                return reasons.NO_ROUTE
+        if rule is not None:
             destination = rule.draw() if exclude is None else self._retry_destination(rule, exclude)
             subset = destination.subset
             if destination.service != self.service:
