@@ -70,6 +70,9 @@ class Sidecar:
                 hop_name=self.config.workload or "sidecar",
                 rpc_heartbeat_interval=self.config.rpc_heartbeat_interval,
                 rpc_heartbeat_timeout=self.config.rpc_heartbeat_timeout,
+                workload=self.config.workload,
+                zone=self.config.zone,
+                unit=self.config.unit,
             ),
             on_unknown_service=self._on_unknown_service,
         )

@@ -68,6 +68,11 @@ class DataPlaneSettings:
     # pure Python, nghttp2's own attack limits; bench/profiles/h2-NOTES.md) or "h2" (pure Python, the codec
     # of plexus.codec.http2, kept as the reference the tests run both engines against).
     h2_engine: str = "ngh2"
+    # Who this sidecar is: the workload (sent to providers as x-plexus-caller, for per-caller limits) and
+    # where it runs (UnitRouting keeps its traffic in its own unit or zone).
+    workload: str = ""
+    zone: str = ""
+    unit: str = ""
 
 
 class _SharedEgressRouter:
