@@ -3,6 +3,12 @@
     python bench/http1.py [--duration 10] [--rounds 3] [--connections 1,50] [--layouts split,single]
                           [--modes direct,plexus1,plexus2,envoy1,envoy2] [--out FILE.json]
 
+Policy overhead (issue 4: routing, resilience and local rate-limit filters under 10% of requests per core):
+``--modes plexus2,plexus2p`` runs the two-sidecar path without and with policy side by side (``plexus1p``:
+the one-sidecar path with the consumer's routing and resilience only). The policy (POLICY below, installed
+with each sidecar's --routes file) is checked to be in force before measuring. ``direct`` must be among the
+modes (the report pairs every mode with it).
+
 One nginx upstream and every topology are started once and kept up; then, per layout and round, wrk runs
 against each mode in turn (A B C A B C ..., the order rotated each round) at each fixed connection count. For
 every run we record wrk's counts and latency percentiles and the CPU time (utime + stime from /proc/PID/stat)
@@ -48,10 +54,13 @@ from lib.results import (
     LATENCY_HEADERS,
     RSS_HEADERS,
     Run,
+    Summary,
+    Verdict,
     cpu_rows,
     latency_rows,
     mark,
     markdown,
+    paired_ratio,
     rss_rows,
     summarize,
     verdicts,
@@ -59,7 +68,7 @@ from lib.results import (
 from lib.topology import Endpoint, Placement, Workspace
 
 MODES = ("direct", "plexus1", "plexus2", "envoy1", "envoy2")
-EXTRA_MODES = ("nginx1",)  # calibration: nginx as a one-hop proxy, run only when asked for
+EXTRA_MODES = ("nginx1", "plexus1p", "plexus2p")  # run only when asked for: calibration, policy overhead
 LAYOUTS = ("split", "single")
 PROXY_CPU, LOAD_CPU = 1, 0  # TESTING.md §J: the proxy under test on CPU 1, wrk + upstream on CPU 0
 WARMUP_S = 2.0  # first connections, lazy imports, allocator growth: not part of any measured run
@@ -76,6 +85,101 @@ def _direct(ws: Workspace, mode: str, port: int) -> Iterator[Endpoint]:
     yield Endpoint(mode=mode, url=f"http://127.0.0.1:{port}/")
 
 
+# What a user would install on a service (the common Istio shape): a route table with one rule carrying a
+# timeout, retries and a per-try timeout (routing, request policy), connection-pool limits and outlier
+# detection (resilience), and a local rate limit on the provider's ingress. Limits are far above the load, so
+# nothing is refused while measuring. Before measuring, each sidecar's /config_dump and metrics must show
+# the policy installed and applied (so the run cannot silently measure the plain path).
+POLICY = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: bench}
+spec:
+  hosts: [bench]
+  http:
+  - name: default
+    route: [{destination: {host: bench}}]
+    timeout: 10s
+    retries: {attempts: 2, perTryTimeout: 5s, retryOn: "connect-failure,reset,503"}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: bench}
+spec:
+  host: bench
+  trafficPolicy:
+    connectionPool:
+      tcp: {maxConnections: 10000, connectTimeout: 1s}
+      http: {http1MaxPendingRequests: 10000, http2MaxRequests: 10000, maxRetries: 100}
+    outlierDetection: {consecutive5xxErrors: 5, interval: 10s, baseEjectionTime: 30s, maxEjectionPercent: 50}
+---
+apiVersion: plexus.io/v1
+kind: RateLimitPolicy
+metadata: {name: bench}
+spec:
+  host: bench
+  local:
+  - {name: all, tokens: 100000000, fillPerSecond: 100000000}
+"""
+
+
+def _get_json(url: str) -> Any:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def _check_policy(ws: Workspace, mode: str, endpoint: Endpoint, sidecars: int) -> None:
+    """The consumer routes ``bench`` by the rule with its policy and limits the cluster; the provider has
+    admitted requests through its rate limit (checked after a few requests went through)."""
+    import urllib.request
+
+    for _ in range(5):
+        with urllib.request.urlopen(endpoint.url, timeout=5) as resp:
+            resp.read()
+    admin = {
+        hop: json.loads((ws.dir(f"{mode}-{hop}") / "ready.json").read_text())["admin"]
+        for hop in (("consumer", "provider") if sidecars == 2 else ("consumer",))
+    }
+    dump = _get_json(f"http://{admin['consumer']}/config_dump")
+    rules = dump["data_plane"]["routing"]["services"].get("bench", {}).get("rules", [])
+    if not rules or not rules[0].get("policy"):
+        raise RuntimeError(f"{mode}: the consumer has no route policy for bench: {rules}")
+    (bench,) = [c for c in _get_json(f"http://{admin['consumer']}/clusters") if c["service"] == "bench"]
+    if bench["circuit_breaker"]["max_requests"] != 10000 or bench["outlier_detection"] is None:
+        raise RuntimeError(f"{mode}: the consumer's cluster has no limits: {bench}")
+    if sidecars == 2:
+        with urllib.request.urlopen(f"http://{admin['provider']}/stats/prometheus", timeout=5) as resp:
+            metrics = resp.read().decode()
+        admitted = [
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith('plexus_ratelimit_admitted_total{service="bench"}')
+        ]
+        if not admitted or admitted[0] < 5:
+            raise RuntimeError(f"{mode}: the provider's rate limit admitted nothing: {admitted}")
+
+
+@contextlib.contextmanager
+def _with_policy(ws: Workspace, mode: str, port: int, sidecars: int) -> Iterator[Endpoint]:
+    """A Plexus topology whose sidecars all load POLICY (--routes, through PLEXUS_ROUTES while they start)."""
+    path = ws.dir(mode) / "policy.yaml"
+    path.write_text(POLICY)
+    old = os.environ.get("PLEXUS_ROUTES")
+    with contextlib.ExitStack() as stack:
+        os.environ["PLEXUS_ROUTES"] = str(path)
+        try:
+            endpoint = stack.enter_context(plexus_topo.topology(ws, mode, port, sidecars=sidecars))
+        finally:
+            if old is None:
+                os.environ.pop("PLEXUS_ROUTES", None)
+            else:
+                os.environ["PLEXUS_ROUTES"] = old
+        _check_policy(ws, mode, endpoint, sidecars)
+        yield endpoint
+
+
 BUILDERS: dict[str, Builder] = {
     "direct": _direct,
     "plexus1": lambda ws, mode, port: plexus_topo.topology(ws, mode, port, sidecars=1),
@@ -83,6 +187,8 @@ BUILDERS: dict[str, Builder] = {
     "envoy1": lambda ws, mode, port: envoy.chain(ws, mode, port, hops=1),
     "envoy2": lambda ws, mode, port: envoy.chain(ws, mode, port, hops=2),
     "nginx1": upstream.nginx_proxy,
+    "plexus1p": lambda ws, mode, port: _with_policy(ws, mode, port, sidecars=1),
+    "plexus2p": lambda ws, mode, port: _with_policy(ws, mode, port, sidecars=2),
 }
 
 
@@ -447,6 +553,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+POLICY_OVERHEAD_LIMIT = 0.10  # issue 4: the policy filters cost under 10 % of requests per core
+
+
+def policy_verdicts(summaries: Sequence[Summary], runs: Sequence[Run]) -> list[Verdict]:
+    """Requests per proxy core with POLICY against the same path without it (plexusNp against plexusN)."""
+    out: list[Verdict] = []
+    for s in summaries:
+        if s.mode not in ("plexus1p", "plexus2p") or not s.rps_per_proxy_core:
+            continue
+        plain_mode = s.mode[:-1]
+        key = (s.layout, s.connections, plain_mode)
+        plain = next((p for p in summaries if (p.layout, p.connections, p.mode) == key), None)
+        target = (
+            f"policy overhead, {s.mode} vs {plain_mode}, {s.layout} {s.connections} conn: "
+            "< 10 % of req/s per core"
+        )
+        if plain is None or not plain.rps_per_proxy_core:
+            out.append(Verdict(target, f"not measured (needs {plain_mode} beside {s.mode})", None))
+            continue
+        overhead = 1.0 - s.rps_per_proxy_core / plain.rps_per_proxy_core
+        measured = f"{s.rps_per_proxy_core:,.0f} vs {plain.rps_per_proxy_core:,.0f}: {overhead:+.1%}"
+        paired = paired_ratio(runs, s.layout, s.connections, s.mode, plain_mode)
+        if paired is not None:
+            measured += f" (paired per round: median {1.0 - paired:+.1%})"
+        out.append(Verdict(target, measured, overhead < POLICY_OVERHEAD_LIMIT))
+    return out
+
+
 def report(
     console: Console,
     args: argparse.Namespace,
@@ -459,6 +593,7 @@ def report(
     verdict_list = verdicts(
         summaries, {m: {h: v["idle"] for h, v in hops.items()} for m, hops in memory.items()}, runs
     )
+    verdict_list += policy_verdicts(summaries, runs)
     for title, columns, body in (
         ("throughput and CPU (medians over rounds)", CPU_HEADERS, cpu_rows(summaries)),
         (

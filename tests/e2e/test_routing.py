@@ -53,7 +53,7 @@ ALL_TO_V1 = (
     .replace('exact: "1"', 'exact: "never"')
 )
 BROKEN = ROUTES.replace("weight: 20", "weight: 30").replace(
-    "  - name: split\n", "  - name: split\n    retries: {attempts: 3}\n"
+    "  - name: split\n", "  - name: split\n    rewrite: {uri: /v2}\n"
 )
 SIDECAR_ARGS = (
     "--ingress",
@@ -222,7 +222,7 @@ def test_sighup_with_a_broken_file_keeps_the_last_good_routes(mesh: Mesh) -> Non
     )
     errors = _routes_status(mesh)["last_error"]
     assert any(f"{mesh.routes}:" in e and "weights sum to 110" in e for e in errors), errors
-    assert any("retries: not supported by Plexus" in e for e in errors), errors
+    assert any("rewrite: not supported by Plexus" in e for e in errors), errors
     assert mesh.consumer.alive()
     assert "routes not reloaded" in mesh.consumer.log()
     assert _who(mesh, 20, {"x-canary": "1"}) == Counter({"app-v2": 20})  # the old table still serves
@@ -257,5 +257,5 @@ def test_an_invalid_routes_file_at_start_exits_2_naming_file_and_line(tmp_path: 
         timeout=60,
     )
     assert result.returncode == 2, result.stderr
-    assert f"{bad}:14: VirtualService hello: spec.http[2].retries: not supported by Plexus" in result.stderr
+    assert f"{bad}:14: VirtualService hello: spec.http[2].rewrite: not supported by Plexus" in result.stderr
     assert f"{bad}:16: VirtualService hello: spec.http[2].route: weights sum to 110, not 100" in result.stderr

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from plexus.cli import demo_cmd, registry_cmd, sidecar_cmd
+from plexus.cli import control_cmd, demo_cmd, policy_cmd, registry_cmd, sidecar_cmd, stress_cmd
 
 app = typer.Typer(
     name="plexus",
@@ -18,8 +18,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for module in (registry_cmd, sidecar_cmd, demo_cmd):
+for module in (registry_cmd, sidecar_cmd, demo_cmd, policy_cmd, control_cmd):
     module.register(app)
+stress_cmd.register(app)
 
 
 @app.command()

@@ -113,6 +113,15 @@ def sidecar(
             "YAML file of VirtualService/DestinationRule routing; reread on SIGHUP", "PLEXUS_ROUTES", "FILE"
         ),
     ] = None,
+    control: Annotated[
+        str | None,
+        _opt(
+            "control plane HOST:PORT (plexus control); follow its policy pushes; also the registry unless "
+            "--registry is given; excludes --routes",
+            "PLEXUS_CONTROL",
+            "HOST:PORT",
+        ),
+    ] = None,
     rpc_heartbeat_interval: Annotated[
         float | None,
         _opt(
@@ -174,6 +183,7 @@ def sidecar(
         "health_interval": health_interval,
         "ready_file": ready_file,
         "routes": routes,
+        "control": control,
         "rpc_heartbeat_interval": rpc_heartbeat_interval,
         "rpc_heartbeat_timeout": rpc_heartbeat_timeout,
         "mosn_compat": mosn_compat,

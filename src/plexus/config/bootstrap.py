@@ -124,6 +124,20 @@ class SidecarBootstrap(BaseModel):
     mosn_api: HostPortText = "127.0.0.1:13330"
     bolt_egress: HostPortText = "127.0.0.1:12220"
     routes: str | None = None  # YAML of VirtualService/DestinationRule, read by the sidecar; reread on SIGHUP
+    control: HostPortText | None = None  # the control plane (plexus control); also the registry unless given
+
+    @model_validator(mode="before")
+    @classmethod
+    def _registry_from_control(cls, data: Any) -> Any:
+        # `plexus control` embeds the registry: --control alone names both. An invalid --control is reported
+        # once, as itself, not again as the registry.
+        if isinstance(data, dict) and data.get("control") is not None and data.get("registry") is None:
+            try:
+                _host_port(str(data["control"]))
+            except ValueError:
+                return data
+            return {**data, "registry": data["control"]}
+        return data
 
     @model_validator(mode="after")
     def _check_advertise(self) -> SidecarBootstrap:
@@ -133,6 +147,11 @@ class SidecarBootstrap(BaseModel):
             raise ValueError(
                 f"ingress {self.ingress} listens on every interface; name the address callers should use "
                 "with --advertise HOST[:PORT] (PLEXUS_ADVERTISE)"
+            )
+        if self.control is not None and self.routes is not None:
+            raise ValueError(
+                "routes: --routes and --control exclude each other: the control plane pushes the policy "
+                "(load the file into it with `plexus apply -f FILE`)"
             )
         if self.advertise is not None and views.advertise_host in WILDCARD_HOSTS:
             raise ValueError(f"advertise {self.advertise!r}: publish a routable host, not a wildcard")
@@ -261,7 +280,7 @@ def resolve_bootstrap(
             loc = error["loc"]
             message = str(error["msg"]).removeprefix("Value error, ")
             if not loc:  # a check across fields: name the field it is about
-                field = "advertise" if message.startswith("advertise") else "ingress"
+                field = next((f for f in ("advertise", "routes") if message.startswith(f)), "ingress")
                 problems.append((where(field), message))
                 continue
             field = str(loc[0])
@@ -270,4 +289,6 @@ def resolve_bootstrap(
             problems.append((where(field), message))
         raise BootstrapError(problems) from None
     all_sources = {field: sources.get(field, SOURCE_DEFAULT) for field in FIELDS}
+    if "registry" not in sources and "control" in sources:
+        all_sources["registry"] = sources["control"]  # the registry came with --control (it embeds one)
     return ResolvedBootstrap(config, all_sources, file_name)

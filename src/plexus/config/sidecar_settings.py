@@ -61,6 +61,7 @@ class SidecarSettings:
     mosn_api: str = "127.0.0.1:13330"
     bolt_egress: str = "127.0.0.1:12220"
     routes: str | None = None
+    control: str | None = None  # control plane HOST:PORT (plexus control); it serves the registry too
 
     # Parsed views of the text fields, for the composition root.
     @property
@@ -132,7 +133,7 @@ _TYPES: Final[dict[str, tuple[type, ...]]] = {
     else _BOOL
     if name in ("mosn_compat",)
     else _OPT_STR
-    if name in ("advertise", "egress_ports", "hash_header", "ready_file", "routes")
+    if name in ("advertise", "egress_ports", "hash_header", "ready_file", "routes", "control")
     else _STR
     for name in SETTINGS_FIELDS
 }

@@ -1,8 +1,10 @@
-"""A whole mesh on one machine, as child processes: a registry, sidecars, provider and consumer apps.
+"""A whole mesh on one machine, as child processes: a control plane (which embeds the registry), sidecars,
+provider and consumer apps.
 
 Used by ``plexus demo`` and by the end-to-end tests. Every port is bound as 0 and learned from ready files;
 every child is stopped by its PID, in order: consumers (they print their final report), providers
-(unpublish, grace), sidecars (withdraw, drain), the registry.
+(unpublish, grace), sidecars (withdraw, drain), the control plane. Sidecars follow the control plane
+(``--control``, which names the registry too); direct apps use the same address as their registry.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ SIDECAR_DRAIN: Final = 0.5  # seconds a stopping sidecar keeps serving after wit
 # A fresh registry has nothing restored to protect, so it needs no warm-up; a short lease grace lets a crashed
 # direct provider leave the set soon (callers skip it meanwhile, after one refused connect).
 LEASE_GRACE: Final = 1.0
+# Policy pushes debounced this long: an apply reaches the sidecars quickly (the product default is 100 ms).
+CONTROL_DEBOUNCE_MS: Final = 20.0
 HEALTH_INTERVAL: Final = 0.5  # a provider sidecar notices a crashed app within about this long
 
 
@@ -37,30 +41,47 @@ class Cluster:
     def __init__(self, workdir: Path, python: str = sys.executable) -> None:
         self.workdir = workdir
         self.python = python
-        self.registry: Child | None = None
+        self.registry: Child | None = None  # the control plane, serving the registry on the same port
         self.sidecars: list[Child] = []
         self.providers: list[ProviderInstance] = []
         self.consumers: list[Child] = []
 
     # starting
-    def start_registry(self) -> Child:
-        self.registry = Child("registry", [self.python, "-m", "plexus", "registry", "--listen", "127.0.0.1:0",
-                                           "--admin", "127.0.0.1:0", "--warmup", "0",
-                                           "--lease-grace", str(LEASE_GRACE)], self.workdir)
+    def start_control(self, *extra: str) -> Child:
+        """``plexus control`` with the registry embedded; ``extra`` flags are appended (e.g. --config-dir)."""
+        self.registry = Child("control", [self.python, "-m", "plexus", "control", "--listen", "127.0.0.1:0",
+                                          "--admin", "127.0.0.1:0", "--warmup", "0",
+                                          "--lease-grace", str(LEASE_GRACE),
+                                          "--debounce-ms", str(CONTROL_DEBOUNCE_MS), *extra], self.workdir)
         self.registry.wait_ready()
         return self.registry
 
+    def start_registry(self) -> Child:
+        """The registry of the mesh: the control plane, which serves it (kept for the tests that call it)."""
+        return self.start_control()
+
     @property
-    def registry_address(self) -> str:
-        assert self.registry is not None, "start_registry() first"
+    def control(self) -> Child | None:
+        return self.registry
+
+    @property
+    def control_address(self) -> str:
+        """What sidecars get as --control and the CLI as --control."""
+        assert self.registry is not None, "start_control() first"
         return self.registry.address("listen")
 
-    def start_sidecar(self, name: str, *, wait: bool = True) -> Child:
+    @property
+    def registry_address(self) -> str:
+        """What direct apps get as --registry: the control plane's address (it embeds the registry)."""
+        return self.control_address
+
+    def start_sidecar(self, name: str, *, wait: bool = True, extra: Sequence[str] = ()) -> Child:
+        """A sidecar following the control plane; ``extra`` flags are appended (e.g. --unit u1)."""
         child = Child(name, [
-            self.python, "-m", "plexus", "sidecar", "--registry", self.registry_address,
+            self.python, "-m", "plexus", "sidecar", "--control", self.control_address,
             "--app-address", "127.0.0.1", "--ingress", "127.0.0.1:0", "--api", "127.0.0.1:0",
             "--admin", "127.0.0.1:0", "--egress", "127.0.0.1:0", "--drain-time", str(SIDECAR_DRAIN),
-            "--health-interval", str(HEALTH_INTERVAL),
+            "--health-interval", str(HEALTH_INTERVAL), *extra,
         ], self.workdir)
         self.sidecars.append(child)
         if wait:

@@ -1,12 +1,13 @@
-"""``plexus demo``: a registry, two providers (one meshed, one direct) of an HTTP, a gRPC and a Bolt
-service, a meshed and a direct consumer calling them, and a live table of calls per protocol and path until
-Ctrl-C or ``--duration``.
+"""``plexus demo``: a control plane (serving the registry too), two providers (one meshed, one direct) of an
+HTTP, a gRPC and a Bolt service, a meshed and a direct consumer calling them, and a live table of calls per
+protocol and path until Ctrl-C or ``--duration``.
 
-Seven processes: the registry, the two providers and two consumers, and the sidecars of the meshed provider
-and the meshed consumer. Each app serves or calls all three services, so adding protocols adds no process:
-HTTP and gRPC are called by both consumers (``http_client`` and ``grpc_channel`` of the SDK); Bolt by the
-meshed consumer through its sidecar's egress port, which balances over both providers (the SDK has no Bolt
-client, so a direct app has no Bolt path).
+Seven processes: the control plane, the two providers and two consumers, and the sidecars of the meshed
+provider and the meshed consumer (they follow the control plane: ``plexus apply`` reaches them). Each app
+serves or calls all three services, so adding protocols adds no process: HTTP and gRPC are called by both
+consumers (``http_client`` and ``grpc_channel`` of the SDK); Bolt by the meshed consumer through its
+sidecar's egress port, which balances over both providers (the SDK has no Bolt client, so a direct app has
+no Bolt path).
 
 Exit status: 0 when every call succeeded, 1 when any failed (or no call was made, or a child stopped on its
 own), 2 when the mesh did not start.
@@ -55,7 +56,7 @@ def run_demo(duration: float = 0.0, rate: float = 20.0, console: Console | None 
     interrupted = crashed = False
     try:
         try:
-            with console.status("starting the mesh: registry, sidecars, providers, consumers ..."):
+            with console.status("starting the mesh: control plane, sidecars, providers, consumers ..."):
                 _start(cluster, rate)
         except ChildError as exc:
             console.print(f"[red]the demo mesh did not start:[/red] {exc}")
@@ -81,7 +82,7 @@ def run_demo(duration: float = 0.0, rate: float = 20.0, console: Console | None 
         # A second Ctrl-C must not cut the cleanup short and leave children behind; each stop is bounded.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        with console.status("stopping: consumers, providers, sidecars, registry ..."):
+        with console.status("stopping: consumers, providers, sidecars, control plane ..."):
             cluster.stop_all()
         signal.signal(signal.SIGTERM, previous)
         signal.signal(signal.SIGINT, previous_int)
@@ -99,7 +100,7 @@ def run_demo(duration: float = 0.0, rate: float = 20.0, console: Console | None 
 
 
 def _start(cluster: Cluster, rate: float) -> None:
-    cluster.start_registry()
+    cluster.start_control()
     # Start-ups overlap: both sidecars and both direct apps start at once; consumers wait for both providers
     # to be published before they call, so they need not wait for them here.
     p1_sidecar = cluster.start_sidecar("p1-sidecar", wait=False)
@@ -125,7 +126,10 @@ def _render(cluster: Cluster, started: float, duration: float) -> Group:
                            f" {BOLT_SERVICE!r} (Bolt): providers p1 (mesh), p2 (direct); consumers c1 (mesh),"
                            f" c2 (direct)  {elapsed:5.1f}s{limit}")
     reports = [c.last_report for c in cluster.consumers]
-    return Group(header, _table(reports, title="calls per path"))
+    hint = Text(f"control plane {cluster.control_address}: try `plexus proxy-status --control "
+                f"{cluster.control_address}` or `plexus apply -f FILE --control {cluster.control_address}`",
+                style="dim")
+    return Group(header, hint, _table(reports, title="calls per path"))
 
 
 def _table(reports: list[dict[str, Any] | None], title: str) -> Table:

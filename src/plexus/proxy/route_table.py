@@ -15,11 +15,21 @@ from __future__ import annotations
 import bisect
 import random
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from itertools import accumulate
 from typing import Any
 
-from plexus.config.route_config import HttpMatch, RoutingConfig, StringMatch, VirtualService
+from plexus.config.route_config import (
+    ConnectionPool,
+    HttpMatch,
+    OutlierDetection,
+    RetryBudget,
+    RoutingConfig,
+    StringMatch,
+    VirtualService,
+)
+from plexus.core.errors import ConfigError
+from plexus.proxy.resilience import RulePolicy, compile_rule_policy
 from plexus.proxy.stream import METHOD, PATH, HeaderLookup
 
 Predicate = Callable[[str], bool]
@@ -93,9 +103,9 @@ class Rule:
         self.cumulative = list(accumulate(w for _, w in weighted))
         self.total = self.cumulative[-1] if self.cumulative else 0
         self._random = rng.random
-        # The rule's request policy (timeout, retries, fault, mirror): a plexus.proxy.resilience.RulePolicy
-        # compiled from the HttpRoute, or None when the rule sets none of them.
-        self.policy: Any = None
+        # The rule's request policy (timeout, retries, fault, mirror) compiled from the HttpRoute, or None
+        # when the rule sets none of them (the transports then keep their built-in behaviour).
+        self.policy: RulePolicy | None = None
 
     def holds(self, lookup: HeaderLookup) -> bool:
         matches = self.matches
@@ -135,25 +145,35 @@ class RouteTable:
 def compile_table(service: str, vs: VirtualService, rng: random.Random | None = None) -> RouteTable:
     rng = rng or random.Random()
     rules = []
-    for http in vs.http:
+    for index, http in enumerate(vs.http):
         weights_given = any(d.weight is not None for d in http.route)
         weighted = [
             (Destination(d.host, d.subset), (d.weight or 0) if weights_given else 1) for d in http.route
         ]
         if weights_given and len(weighted) == 1 and weighted[0][1] == 0:
             weighted = [(weighted[0][0], 1)]  # one destination takes all traffic whatever its weight says
-        rules.append(Rule(http.name, tuple(_Match(m) for m in http.match), weighted, rng))
+        rule = Rule(http.name, tuple(_Match(m) for m in http.match), weighted, rng)
+        try:
+            rule.policy = compile_rule_policy(http, rng)
+        except ConfigError as exc:  # say which resource and rule, as the parser's problems do
+            where = f"{vs.source + ': ' if vs.source else ''}VirtualService {vs.name}: spec.http[{index}]"
+            raise ConfigError(f"{where}.{exc.where}", exc.message) from None
+        rules.append(rule)
     return RouteTable(service, tuple(rules), vs.source)
 
 
 @dataclass(frozen=True, slots=True)
 class CompiledRouting:
-    """What a sidecar installs at once: route tables, subsets and load-balancer policies, by service."""
+    """What a sidecar installs at once: route tables, subsets, load-balancer policies and the resilience
+    parts of DestinationRules (connection pool limits, outlier detection, retry budget), by service."""
 
     tables: Mapping[str, RouteTable]
     subsets: Mapping[str, Mapping[str, Mapping[str, str]]]  # service → subset name → labels
     policies: Mapping[str, tuple[str, str | None]]  # service → (lb policy, hash header)
     config: RoutingConfig
+    pools: Mapping[str, ConnectionPool] = field(default_factory=dict)
+    outliers: Mapping[str, OutlierDetection] = field(default_factory=dict)
+    budgets: Mapping[str, RetryBudget] = field(default_factory=dict)
 
     def view(self) -> dict[str, Any]:
         """For /config_dump: the resources as installed and what they compiled to."""
@@ -165,6 +185,7 @@ class CompiledRouting:
                         {
                             "name": rule.name,
                             "matches": len(rule.matches),
+                            "policy": rule.policy.view() if rule.policy is not None else None,
                             "destinations": [
                                 {"host": d.service, "subset": d.subset, "weight_bound": bound}
                                 for d, bound in zip(rule.destinations, rule.cumulative, strict=True)
@@ -177,6 +198,9 @@ class CompiledRouting:
             },
             "subsets": {s: {n: dict(labels) for n, labels in v.items()} for s, v in self.subsets.items()},
             "policies": {s: {"lb": p, "hash_header": h} for s, (p, h) in self.policies.items()},
+            "connection_pools": {s: asdict(p) for s, p in self.pools.items()},
+            "outlier_detection": {s: asdict(o) for s, o in self.outliers.items()},
+            "retry_budgets": {s: asdict(b) for s, b in self.budgets.items()},
             "resources": self.config.to_dict(),
         }
 
@@ -192,8 +216,17 @@ def compile_routing(config: RoutingConfig, rng: random.Random | None = None) -> 
             tables[host] = compile_table(host, vs, rng)
     subsets: dict[str, dict[str, Mapping[str, str]]] = {}
     policies: dict[str, tuple[str, str | None]] = {}
+    pools: dict[str, ConnectionPool] = {}
+    outliers: dict[str, OutlierDetection] = {}
+    budgets: dict[str, RetryBudget] = {}
     for dr in config.destination_rules:
         subsets[dr.host] = {s.name: dict(s.labels) for s in dr.subsets}
         if dr.load_balancer is not None:
             policies[dr.host] = (dr.load_balancer.lb_policy, dr.load_balancer.hash_header)
-    return CompiledRouting(tables, subsets, policies, config)
+        if dr.connection_pool is not None:
+            pools[dr.host] = dr.connection_pool
+        if dr.outlier_detection is not None:
+            outliers[dr.host] = dr.outlier_detection
+        if dr.retry_budget is not None:
+            budgets[dr.host] = dr.retry_budget
+    return CompiledRouting(tables, subsets, policies, config, pools, outliers, budgets)

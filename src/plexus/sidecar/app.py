@@ -20,16 +20,20 @@ import sys
 from collections.abc import Iterator
 from typing import Any, Final
 
+from plexus.clients.control_async import AsyncControlClient
+from plexus.clients.ratelimit_async import AsyncQuotaClient
 from plexus.clients.registry_async import AsyncRegistryClient
-from plexus.config.route_config import RoutingConfig
+from plexus.config.resources import PolicySet
 from plexus.config.sidecar_settings import ResolvedSettings
 from plexus.core.address import HostPort, parse_host_port
 from plexus.core.errors import ConfigError, PlexusError
 from plexus.core.ready_file import write_ready_file
 from plexus.sidecar.admin import build_admin_api
+from plexus.sidecar.load_sampler import LoadSampler
 from plexus.sidecar.local_api import build_local_api
 from plexus.sidecar.mesh import LocalMesh
 from plexus.sidecar.mosn_api import MosnAppInfo, build_mosn_api
+from plexus.sidecar.policy import PolicyAgent, default_node_id, policy_destinations
 from plexus.sidecar.stats import SidecarStats
 from plexus.transport.control_http import bound_port, serve_control_http
 from plexus.transport.dataplane import DataPlane, DataPlaneSettings
@@ -78,6 +82,10 @@ class Sidecar:
         )
         self.client: AsyncRegistryClient | None = None
         self.mesh: LocalMesh | None = None
+        self.control: AsyncControlClient | None = None  # --control: policy pushed by the control plane
+        self.policy: PolicyAgent | None = None
+        self.quota: AsyncQuotaClient | None = None  # global rate-limit tokens (--control), asked lazily
+        self.load_sampler = LoadSampler(self.dp.load)  # samples only while an adaptive rule reads the load
         self.route_destinations: frozenset[str] = frozenset()  # watched for the routes file (--routes)
         self.mosn_app = MosnAppInfo()  # what a MOSN-API client said of itself (--mosn-compat)
         self.addresses: dict[str, str] = {}
@@ -99,11 +107,11 @@ class Sidecar:
         config, problems = await _parse_routes_file(path)
         if config is not None:
             try:
-                self.dp.set_routing(config)
+                self.dp.set_policy(config)
             except ConfigError as exc:
                 problems = [f"{path}: {exc}"]
             else:
-                self.route_destinations = config.foreign_destinations()
+                self.route_destinations = policy_destinations(config)
                 if self.mesh is not None:
                     self.mesh.watch_route_destinations(self.route_destinations)
         status = self.routes_status
@@ -151,6 +159,21 @@ class Sidecar:
         self.client = AsyncRegistryClient(config.registry, publisher_id=f"sidecar-{advertised}-{os.getpid()}")
         self.mesh = LocalMesh(config, self.dp, self.client, advertised, self.stats)
         self.mesh.watch_route_destinations(self.route_destinations)
+        if config.control is not None:
+            self.policy = PolicyAgent(
+                self.dp,
+                self.mesh,
+                node_id=default_node_id(advertised),
+                workload=config.workload,
+                zone=config.zone,
+                unit=config.unit,
+                advertised=advertised,
+            )
+            self.control = AsyncControlClient(
+                config.control, self.policy.node, self.policy.install, self.policy.traffic
+            )
+            self.mesh.on_change = self.control.node_changed
+            self.quota = self.dp.quota = AsyncQuotaClient(config.control, default_node_id(advertised))
         api_host, api_port = parse_host_port(config.api)
         admin_host, admin_port = parse_host_port(config.admin)
         with _listening("--api", config.api):
@@ -179,6 +202,9 @@ class Sidecar:
             self._servers.append(mosn)
             extra = {"mosn_api": str(HostPort(mosn_host, bound_port(mosn))), "bolt_egress": str(bolt_egress)}
         self.client.start()  # a task on this loop: connects in the background, never raises while it is down
+        if self.control is not None:
+            self.control.start()  # the same: serves with no policy until the first snapshot arrives
+        self.load_sampler.start()
         self.addresses = {
             "ingress": str(ingress),
             "egress": str(egress),
@@ -218,6 +244,13 @@ class Sidecar:
         if self.mesh is not None:
             await self.mesh.close()
         await self.dp.close(0.0 if self._hurry.is_set() else drain_time)
+        if self.control is not None:
+            await self.control.aclose(CLIENT_CLOSE_TIMEOUT)
+        await self.load_sampler.aclose()
+        if self.quota is not None:
+            await self.quota.aclose()
+        if self.policy is not None:
+            self.policy.close()
         if self.client is not None:
             await self.client.aclose(True, CLIENT_CLOSE_TIMEOUT)
 
@@ -228,6 +261,7 @@ class Sidecar:
         return {
             "ready": True,
             "registry_connected": self.client.connected,
+            **({"control_connected": self.control.connected} if self.control is not None else {}),
             "draining": self._stopping.is_set(),
             **self.addresses,
         }
@@ -256,19 +290,29 @@ class Sidecar:
             "mosn_application": self.mosn_app.fields,
             "data_plane": self.dp.config_view(),
             "routes": self.routes_status,
+            "control": self.control_view(),
         }
+
+    def control_view(self) -> dict[str, Any] | None:
+        """--control: the control plane's address, connected or not, the policy version, the last NACK."""
+        if self.control is None:
+            return None
+        view = self.control.view()
+        view["policy"] = self.policy.view() if self.policy is not None else None
+        return view
 
 
 # The routes file is parsed in a short-lived child: PyYAML then never maps into the serving process (see
 # plexus.sidecar.__main__), and a reload's parsing does not stall the data plane's loop.
 _ROUTES_CHILD: Final = """
 import json, sys
-from plexus.config.route_config import RouteConfigError, parse_routes
+from plexus.config.resources import parse_resources
+from plexus.config.route_config import RouteConfigError
 path = sys.argv[1]
 try:
     with open(path, encoding="utf-8") as f:
         text = f.read()
-    out = {"config": parse_routes(text, path).to_dict()}
+    out = {"config": parse_resources(text, path).to_dict()}
 except (OSError, UnicodeDecodeError) as exc:
     out = {"problems": [f"{path}: cannot read the routes file: {exc}"]}
 except RouteConfigError as exc:
@@ -278,7 +322,7 @@ sys.stdout.write(json.dumps(out))
 ROUTES_PARSE_TIMEOUT: Final = 30.0  # seconds; parsing takes well under one, the rest is interpreter start
 
 
-async def _parse_routes_file(path: str) -> tuple[RoutingConfig | None, list[str]]:
+async def _parse_routes_file(path: str) -> tuple[PolicySet | None, list[str]]:
     child = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
@@ -299,7 +343,7 @@ async def _parse_routes_file(path: str) -> tuple[RoutingConfig | None, list[str]
         return None, [f"{path}: the routes parser failed: {err.decode(errors='replace').strip()[-500:]}"]
     if "problems" in result:
         return None, [str(p) for p in result["problems"]]
-    return RoutingConfig.from_dict(result["config"]), []
+    return PolicySet.from_dict(result["config"]), []
 
 
 async def serve(resolved: ResolvedSettings) -> int:
@@ -308,6 +352,13 @@ async def serve(resolved: ResolvedSettings) -> int:
         sidecar = Sidecar(resolved)
     except ValueError as exc:  # the data plane refused a setting the bootstrap model let through
         print(f"plexus sidecar: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    if resolved.settings.control is not None and resolved.settings.routes is not None:
+        print(
+            "plexus sidecar: --routes and --control exclude each other: the control plane pushes the policy "
+            "(load the file into it with `plexus apply -f FILE`)",
+            file=sys.stderr,
+        )
         return 2
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

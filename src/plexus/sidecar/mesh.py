@@ -119,6 +119,9 @@ class LocalMesh:
         self._published_once = False
         # DELETEd services, still routed while draining
         self._route_removals: dict[str, asyncio.Task[None]] = {}
+        # Called (on the loop) when the watched or provided services change: the control-plane client then
+        # sends a new Hello (plexus.sidecar.policy). None: nobody listens.
+        self.on_change: Callable[[], None] | None = None
 
     # ----------------------------------------------------------------- providers
     async def put_provider(self, service: str, spec: ProviderSpec) -> Instance:
@@ -243,6 +246,7 @@ class LocalMesh:
 
     def _republish(self) -> None:
         self._published_once = True
+        self._changed()
         self._client.set_published(self.published())
 
     def _on_health_change(self, service: str, healthy: bool) -> None:
@@ -344,6 +348,7 @@ class LocalMesh:
         on_set = self._apply_set  # called on the loop; bound methods compare equal, so unwatch finds it
         self._callbacks[service] = on_set
         self._client.watch(service, on_set)  # calls on_set at once with a cached set, if the client has one
+        self._changed()
 
     def _unsubscribe(self, service: str, reason: Reason) -> None:
         reasons = self._reasons.get(service)
@@ -356,6 +361,42 @@ class LocalMesh:
         callback = self._callbacks.pop(service, None)
         if callback is not None:
             self._client.unwatch(service, callback)
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    def watched_services(self) -> list[str]:
+        """Every service watched, for any reason (what the control plane scopes this sidecar's policy by)."""
+        return list(self._callbacks)
+
+    async def wait_first_sets(self, services: frozenset[str], timeout: float) -> list[str]:
+        """Wait up to ``timeout`` until each of ``services`` (watched already) has a set with instances in the
+        data plane; returns those still without one. (The registry may answer a new subscription with an
+        empty set before the publisher's set: that one does not end the wait.)"""
+        deadline = self._loop.time() + timeout
+        pending = [s for s in services if s not in self._sets]
+        while pending:
+            remaining = deadline - self._loop.time()
+            if remaining <= 0:
+                break
+            waiters: list[tuple[str, asyncio.Future[ServiceSet]]] = []
+            for service in pending:
+                waiter: asyncio.Future[ServiceSet] = self._loop.create_future()
+                self._waiters.setdefault(service, []).append(waiter)
+                waiters.append((service, waiter))
+            try:
+                futures = [w for _, w in waiters]
+                await asyncio.wait(futures, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for service, waiter in waiters:
+                    waiter.cancel()
+                    listed = self._waiters.get(service)
+                    if listed is not None and waiter in listed:
+                        listed.remove(waiter)
+            pending = [s for s in pending if s not in self._sets]
+        return pending
 
     def _apply_set(self, service_set: ServiceSet) -> None:
         service = service_set.service

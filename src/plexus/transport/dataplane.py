@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Final
@@ -21,11 +22,14 @@ from plexus.core import reasons
 from plexus.core.address import HostPort
 from plexus.discovery.model import Instance
 from plexus.proxy import ClusterManager, DataPlaneStats, Endpoint, IngressRoutes, service_from_host
+from plexus.proxy.adaptive import LoadSignal
+from plexus.proxy.locality import compile_locality
+from plexus.proxy.ratelimit import Gate, QuotaSource, compile_gates, render_metrics
 from plexus.proxy.route_table import compile_routing
 from plexus.transport.context import DataPlaneContext
 from plexus.transport.h2_downstream import Http2Downstream, Http2Proxy
 from plexus.transport.http_downstream import HttpDownstream
-from plexus.transport.routes import Route
+from plexus.transport.routes import Route, caller_header_line
 from plexus.transport.rpc_proxy import (
     CODECS,
     FixedRouter,
@@ -40,6 +44,9 @@ from plexus.transport.upstream import UpstreamPool
 
 log = logging.getLogger("plexus.dataplane")
 
+# Outlier sweeps run at most this often (each detector sweeps on its own interval; Istio's default is 10 s,
+# tests use less), and only while some cluster has outlier detection.
+OUTLIER_TICK_SECONDS: Final = 0.5
 HOST_CACHE_SIZE: Final = 4096  # Host header → route entries; bounded because clients choose the Host
 
 
@@ -159,13 +166,21 @@ class DataPlane:
         self._egress_routes: dict[str, Route] = {}
         self.routing = compile_routing(RoutingConfig())  # route tables, subsets, policies: none until set
         self.policy = PolicySet()  # the whole policy installed by set_policy
+        # Rate limits: a Gate per protected local service; the global token client (set by the sidecar when
+        # it has --control) and the machine load its sampler feeds (read by adaptive rules).
+        self.gates: dict[str, Gate] = {}
+        self.quota: QuotaSource | None = None
+        self.load = LoadSignal()
         self._ingress_routes: dict[str, Route] = {}
+        # Egress requests name their caller (x-plexus-caller: workload) so providers can limit per caller.
+        self._caller_line = caller_header_line(settings.workload)
         self._shared_router = _SharedEgressRouter(self)
         self._rpc_routers: dict[str, NamedRouter] = {}
         self._ingress_router = _IngressRouter(self)
         self._servers: dict[str, asyncio.Server] = {}  # listener name → server
         self._listeners: dict[str, dict[str, Any]] = {}  # listener name → description for config_dump
         self._closed = False
+        self._outlier_tick: asyncio.TimerHandle | None = None  # while some cluster has outlier detection
 
     # -- registry and config input ------------------------------------------------------------------
 
@@ -186,6 +201,8 @@ class DataPlane:
         nothing, for a policy the balancers refuse); requests routed after this use them."""
         routing = compile_routing(config)
         self.clusters.set_routing(routing.subsets, routing.policies)
+        self.clusters.set_traffic_policies(routing.pools, routing.outliers, routing.budgets)
+        self._start_outlier_tick()
         self.routing = routing
         self._drop_egress_routes()
 
@@ -197,13 +214,41 @@ class DataPlane:
         routing = policy.routing()
         # -- compile (may raise ConfigError) --
         compiled = compile_routing(routing)
+        locality = compile_locality(policy, unit=self.settings.unit, zone=self.settings.zone)
+        gates = compile_gates(
+            policy.rate_limits, self.quota, time.monotonic, load=self.load, previous=self.gates
+        )
         # -- install (must not raise) --
         self.clusters.set_routing(compiled.subsets, compiled.policies)
+        self.clusters.set_traffic_policies(compiled.pools, compiled.outliers, compiled.budgets)
+        self._start_outlier_tick()
+        self.clusters.set_locality(locality.wrap_for if locality else None)
         self.routing = compiled
         self.policy = policy
         self._drop_egress_routes()
+        self.gates = gates
+        self.load.wanted = any(gate.uses_load for gate in gates.values())
+        for service, ingress in self._ingress_routes.items():
+            ingress.gate = gates.get(service)
         # Ingress Routes stay (each holds its app's endpoint and idle connections); a part that changes
         # ingress behaviour updates the existing Route objects in place (and ingress_route, new ones).
+
+    def _start_outlier_tick(self) -> None:
+        """Sweep the outlier detectors every OUTLIER_TICK_SECONDS on the data plane's loop, while some
+        cluster has one (a set_policy before the loop runs starts it with the first listener)."""
+        if self._outlier_tick is not None or self._closed or not self.clusters.has_outliers:
+            return
+        loop = self.ctx.loop
+        if loop is None:
+            with contextlib.suppress(RuntimeError):
+                loop = asyncio.get_running_loop()
+        if loop is not None:
+            self._outlier_tick = loop.call_later(OUTLIER_TICK_SECONDS, self._on_outlier_tick)
+
+    def _on_outlier_tick(self) -> None:
+        self._outlier_tick = None
+        self.clusters.tick(self.clusters.clock())
+        self._start_outlier_tick()
 
     def _drop_egress_routes(self) -> None:
         """Cached egress Routes hold a table and a balancer: the next request builds fresh ones."""
@@ -225,6 +270,7 @@ class DataPlane:
             cluster=cluster,
             table=self.routing.tables.get(cluster.service),
             clusters=self.clusters,
+            caller_line=self._caller_line,
         )
         self._egress_routes[service] = route
         return route
@@ -237,6 +283,7 @@ class DataPlane:
                 return reasons.UNKNOWN_SERVICE
             endpoint = Endpoint(Instance(service=service, address=str(local.app), protocol=local.protocol))
             route = Route(service, self.stats.service(service, "ingress"), local=endpoint)
+            route.gate = self.gates.get(service)
             self._ingress_routes[service] = route
         return route
 
@@ -306,6 +353,7 @@ class DataPlane:
         if name in self._servers:
             raise RuntimeError(f"listener {name} is already open")
         server = await self._loop().create_server(factory, host, port, reuse_address=True, backlog=1024)
+        self._start_outlier_tick()  # a policy installed before the loop ran
         bound = server.sockets[0].getsockname()
         address = HostPort(str(bound[0]), int(bound[1]))
         self._servers[name] = server
@@ -469,7 +517,12 @@ class DataPlane:
     # -- views --------------------------------------------------------------------------------------
 
     def metrics_text(self) -> str:
-        return self.stats.render() + self.rpc_stats.render()
+        return (
+            self.stats.render()
+            + self.rpc_stats.render()
+            + render_metrics(self.gates)
+            + self.clusters.render_metrics()
+        )
 
     def clusters_view(self) -> list[dict[str, Any]]:
         return self.clusters.view()
@@ -484,6 +537,7 @@ class DataPlane:
             "settings": asdict(self.settings),
             "clusters": sorted(self.clusters.clusters),
             "routing": self.routing.view(),
+            "rate_limits": {service: gate.view() for service, gate in sorted(self.gates.items())},
         }
 
     # -- shutdown -----------------------------------------------------------------------------------
@@ -493,6 +547,9 @@ class DataPlane:
         if self._closed:
             return
         self._closed = True
+        if self._outlier_tick is not None:
+            self._outlier_tick.cancel()
+            self._outlier_tick = None
         for server in self._servers.values():
             server.close()
         self._servers.clear()

@@ -209,6 +209,7 @@ class _NgCodec:
         self.goaway_received = False
         self.pings_acked = 0
         self.settings_received = False
+        self._max_streams = 0  # NgClientCodec.max_streams's answer since the peer's last SETTINGS; 0: unknown
         self._local_resets: set[int] = set()
         self._peer_resets: set[int] = set()
         self._last_inbound = 0
@@ -363,6 +364,7 @@ class _NgCodec:
                 sink.h2_terminated(self._calm(lim.SETTINGS_FLOOD))
                 return True
             self.settings_received = True
+            self._max_streams = 0  # the peer's limit may have changed: read it again (max_streams)
             sink.h2_window(0)  # a new INITIAL_WINDOW_SIZE may open every stream's window
         elif isinstance(ev, ng.PingAcknowledged):
             self.pings_acked += 1
@@ -398,12 +400,20 @@ class _NgCodec:
     # -- output -------------------------------------------------------------------------------------
 
     def data_to_send(self) -> bytes:
+        conn = self._conn
+        if not conn.want_write:
+            # Nothing queued (most flushes: every read ends with one per connection it touched). The C
+            # property costs a fraction of a data_to_send + events() pair; events come only from sending.
+            tail = self._tail
+            if tail:
+                self._tail = b""
+            return tail
         tail, self._tail = self._tail, b""
         try:
-            data = bytes(self._conn.data_to_send())
+            data = bytes(conn.data_to_send())
         except self._ng.NGH2Error:
             return tail
-        for ev in self._conn.events():
+        for ev in conn.events():
             if isinstance(ev, self._ng.ConnectionClosed) and ev.error_code and not self.closed:
                 # nghttp2 failed the connection itself (e.g. a frame over SETTINGS_MAX_FRAME_SIZE) and
                 # queued its GOAWAY: write it, then close (``must_close``).
@@ -509,8 +519,16 @@ class NgClientCodec(_NgCodec):
             self._conn.ping(b"plexus\x00\x00")
 
     def max_streams(self) -> int:
+        # Asked before every stream opened (can_open); ngh2 builds a dict per remote_settings read, so the
+        # answer is kept until the peer's next SETTINGS (``_rare`` clears it).
+        cached = self._max_streams
+        if cached:
+            return cached
         remote = int(self._conn.remote_settings[self._ng.Setting.MAX_CONCURRENT_STREAMS])
-        return remote if self.settings_received else min(remote, ASSUMED_MAX_STREAMS)
+        answer = remote if self.settings_received else min(remote, ASSUMED_MAX_STREAMS)
+        if self.settings_received:
+            self._max_streams = answer
+        return answer
 
     def send_request(self, headers: Headers, end_stream: bool = False) -> int:
         if self.goaway_received or self.closed:

@@ -30,7 +30,7 @@ from plexus.codec.http2 import (
 from plexus.core import reasons
 from plexus.core.errors import ProtocolError
 from plexus.proxy import DataPlaneStats
-from plexus.proxy.stream import AUTHORITY, METHOD, PATH, lookup_from_pairs
+from plexus.proxy.stream import AUTHORITY, METHOD, PATH, HeaderLookup, lookup_from_pairs
 from plexus.transport.h2_codecs import server_codec
 from plexus.transport.h2_stream import HOP_BY_HOP, SERVICE_HEADER, H2Stream, service_from_authority
 from plexus.transport.h2_upstream import Http2UpstreamPool
@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("plexus.dataplane")
 
 _TIMER_SLACK: Final = 0.001  # libuv timers have millisecond resolution
+CALLER_HEADER: Final = b"x-plexus-caller"
+EGRESS_DROPPED: Final = HOP_BY_HOP | {CALLER_HEADER}
 NOT_IMPLEMENTED_H2_TO_HTTP1: Final = (
     "HTTP/2 to an HTTP/1.1 app is not supported (no h2 to HTTP/1.1 translation): call it over HTTP/1.1"
 )
@@ -60,6 +62,10 @@ class Http2Proxy:
         self.idle_timeout = settings.idle_timeout
         self.limits = Http2Limits(max_header_list_bytes=settings.max_header_bytes)
         self.engine = settings.h2_engine
+        # Egress streams name their caller to the provider (per-caller rate limits): one header, made once.
+        self.caller: tuple[bytes, bytes] | None = (
+            (CALLER_HEADER, settings.workload.encode()) if settings.workload else None
+        )
         self.connections: set[Http2Downstream] = set()
         self._pool: Http2UpstreamPool | None = None
 
@@ -95,6 +101,30 @@ class Http2Proxy:
             self._pool.close_all()
 
 
+def stream_lookup(head: RequestHead, grpc: bool) -> HeaderLookup:
+    """A stream's headers for routing, plus ``:method``, ``:path``, ``:authority`` and for gRPC ``:service``
+    / ``:rpc-method``. Built on first use: a route with no table, hash header, gate or policy never asks, and
+    decoding them for every stream was a measurable share of the CPU per call at one stream."""
+    lookup: HeaderLookup | None = None
+
+    def first(name: str) -> str | None:
+        nonlocal lookup
+        if lookup is None:
+            extra = {METHOD: head.method.decode("latin-1"), PATH: head.target.decode("latin-1")}
+            if head.host is not None:
+                extra[AUTHORITY] = head.host.decode("latin-1")
+            if grpc:
+                try:
+                    for key, value in grpc_route_headers(head.target):
+                        extra[key.decode()] = value.decode("latin-1")
+                except ProtocolError:
+                    pass  # not /pkg.Service/Method: routed without :service / :rpc-method
+            lookup = lookup_from_pairs(head.headers, extra)
+        return lookup(name)
+
+    return first
+
+
 class Http2Downstream(asyncio.Protocol):
     def __init__(self, proxy: Http2Proxy, router: Router, direction: str) -> None:
         self.proxy = proxy
@@ -117,6 +147,9 @@ class Http2Downstream(asyncio.Protocol):
         self.deadline_timer: asyncio.TimerHandle | None = None
         self.deadline_due = math.inf
         self.opened: list[tuple[H2Stream, RequestHead, float]] = []  # opened in this read, not yet routed
+        # Fields dropped from what a caller sends: hop-by-hop ones, and on an egress that names its caller
+        # the caller header too (an app cannot speak for another workload).
+        self.dropped = EGRESS_DROPPED if direction == "egress" and proxy.caller is not None else HOP_BY_HOP
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------
 
@@ -132,20 +165,25 @@ class Http2Downstream(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         opened = self.opened
-        self.codec.receive_into(data, self)
-        if opened:
-            # Streams go upstream only once the whole read is seen: one reset in the same read (a rapid
-            # reset, CVE-2023-44487) then costs the app nothing.
-            self.opened = []
-            for stream, head, timeout in opened:
-                if not stream.done and not self.closed:
-                    try:
-                        self._route(stream, head, timeout)
-                    except Exception:
-                        log.exception("h2 stream %d failed to start", stream.sid)
-                        stream.reset_downstream(ErrorCodes.INTERNAL_ERROR)
-        if not self.dirty:  # else the batched flush at the end of this loop turn writes it all at once
+        pool = self.proxy.pool
+        pool.reading = True
+        try:
+            self.codec.receive_into(data, self)
+            if opened:
+                # Streams go upstream only once the whole read is seen: one reset in the same read (a rapid
+                # reset, CVE-2023-44487) then costs the app nothing.
+                self.opened = []
+                for stream, head, timeout in opened:
+                    if not stream.done and not self.closed:
+                        try:
+                            self._route(stream, head, timeout)
+                        except Exception:
+                            log.exception("h2 stream %d failed to start", stream.sid)
+                            stream.reset_downstream(ErrorCodes.INTERNAL_ERROR)
+        finally:
+            # One write per connection for the whole read: this one, and the upstream ones it fed.
             self.flush()
+            pool.end_read()
 
     # -- codec events (EventSink) -------------------------------------------------------------------
 
@@ -230,6 +268,7 @@ class Http2Downstream(asyncio.Protocol):
         timeout_at: int | None = None
         grpc = False
         up: Headers = []
+        dropped = self.dropped
         for name, value in headers:
             if name[:1] == b":":
                 if name == b":method":
@@ -240,7 +279,7 @@ class Http2Downstream(asyncio.Protocol):
                     authority = value
                 up.append((name, value))
                 continue
-            if name in HOP_BY_HOP:
+            if name in dropped:
                 if name == b"host":
                     host = value
                 continue
@@ -325,16 +364,7 @@ class Http2Downstream(asyncio.Protocol):
             stream.route = route
             stream.fail(reasons.NOT_IMPLEMENTED, NOT_IMPLEMENTED_H2_TO_HTTP1)
             return
-        extra: dict[str, str] = {METHOD: head.method.decode("latin-1"), PATH: head.target.decode("latin-1")}
-        if head.host is not None:
-            extra[AUTHORITY] = head.host.decode("latin-1")
-        if stream.grpc:
-            try:
-                for name, value in grpc_route_headers(head.target):
-                    extra[name.decode()] = value.decode("latin-1")
-            except ProtocolError:
-                pass  # not /pkg.Service/Method: routed without :service / :rpc-method
-        stream.routed(route, lookup_from_pairs(head.headers, extra), timeout)
+        stream.routed(route, stream_lookup(head, stream.grpc), timeout)
 
     def watch_deadline(self, deadline: float) -> None:
         """A stream's deadline: make sure the sweep runs by then."""

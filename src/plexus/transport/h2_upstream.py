@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Final, Protocol, cast
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 from h2.errors import ErrorCodes
 
@@ -40,6 +40,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("plexus.dataplane")
 
+# Answers of ``Http2UpstreamPool.submit`` (see there).
+HANDED: Final = 0
+PENDING: Final = 1
+OVERFLOW: Final = 2
 # Connections to one endpoint; past this, streams wait for a free slot. 16 x 100 streams covers any caller
 # a single sidecar serves; more would only hide an upstream that does not keep up.
 MAX_CONNECTIONS_PER_ENDPOINT: Final = 16
@@ -78,12 +82,15 @@ class Flushable(Protocol):
 class _Group:
     """One endpoint's connections and the streams waiting for a slot on them."""
 
-    __slots__ = ("conns", "endpoint", "waiting")
+    __slots__ = ("breaker", "conns", "endpoint", "waiting")
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
         self.conns: list[Http2UpstreamConnection] = []
         self.waiting: deque[UpstreamStream] = deque()
+        # The endpoint's cluster's CircuitBreaker (plexus.proxy.resilience), as the last governed stream
+        # gave it: its max_connections bounds the connections of every endpoint of the cluster together.
+        self.breaker: Any = None
 
 
 class Http2UpstreamConnection(asyncio.Protocol):
@@ -120,16 +127,21 @@ class Http2UpstreamConnection(asyncio.Protocol):
         self._arm(self.pool.connect_timeout)  # the first tick checks that the peer's SETTINGS came
 
     def data_received(self, data: bytes) -> None:
-        self.last_received = self.pool.loop.time()
+        pool = self.pool
+        self.last_received = pool.loop.time()
         codec = self.codec
-        codec.receive_into(data, self)
-        if codec.pings_acked != self.pings_seen:
-            self.pings_seen = codec.pings_acked
-            self.ping_sent_at = None
-        if not self.dirty:  # else the batched flush at the end of this loop turn writes it all at once
+        pool.reading = True
+        try:
+            codec.receive_into(data, self)
+            if codec.pings_acked != self.pings_seen:
+                self.pings_seen = codec.pings_acked
+                self.ping_sent_at = None
+            if self.group.waiting and not self.closed and codec.settings_received:
+                pool.hand_out(self.group)
+        finally:
+            # One write per connection for the whole read (this one, and the downstream ones it answers).
             self.flush()
-        if self.group.waiting and not self.closed and codec.settings_received:
-            self.pool.hand_out(self.group)
+            pool.end_read()
 
     # -- codec events (EventSink) -------------------------------------------------------------------
 
@@ -383,19 +395,31 @@ class Http2UpstreamPool:
         self._dirty: list[Flushable] = []
         self._all: set[Http2UpstreamConnection] = set()
         self._flush_scheduled = False
+        # True while a connection's data_received runs: what it makes dirty is written by ``end_read``.
+        self.reading = False
 
     # -- streams ------------------------------------------------------------------------------------
 
-    def submit(self, endpoint: Endpoint, stream: UpstreamStream) -> None:
+    def submit(self, endpoint: Endpoint, stream: UpstreamStream, breaker: Any = None) -> int:
+        """Hand ``stream`` a connection to ``endpoint`` now or queue it. With the cluster's ``breaker``
+        (a governed stream): 1 when it was queued and counted as pending (the stream calls end_pending once
+        it leaves the queue), 2 when the pending limit refused it (nothing queued); else 0."""
         group = self._groups.get(endpoint.key)
         if group is None or group.endpoint is not endpoint:
             group = self._groups[endpoint.key] = _Group(endpoint)
         for conn in group.conns:
             if conn.can_open():
                 stream.on_upstream_ready(conn)
-                return
+                return HANDED
+        answer = HANDED
+        if breaker is not None:
+            group.breaker = breaker
+            if not breaker.start_pending():
+                return OVERFLOW
+            answer = PENDING
         group.waiting.append(stream)
         self._maybe_connect(group)
+        return answer
 
     def withdraw(self, endpoint: Endpoint, stream: UpstreamStream) -> None:
         """A waiting stream gave up (reset by its caller, deadline)."""
@@ -420,6 +444,13 @@ class Http2UpstreamPool:
             return
         if len(group.conns) + connecting >= MAX_CONNECTIONS_PER_ENDPOINT:
             return
+        breaker = group.breaker
+        # The cluster's max_connections (at least one per endpoint, as Envoy opens one anyway so that a
+        # request cannot wait for a connection that may never come): over it, streams wait for slots.
+        limit = breaker.max_connections if breaker is not None else None
+        if limit is not None and (group.conns or connecting) and self._cluster_connections(breaker) >= limit:
+            breaker.connection_overflow()
+            return
         self._connecting[key] = connecting + 1
         self.loop.create_task(self._connect(group))
 
@@ -430,7 +461,10 @@ class Http2UpstreamPool:
         host, port = endpoint.address
         try:
             connecting = self.loop.create_connection(lambda: conn, host, port)
-            await asyncio.wait_for(connecting, self.connect_timeout)
+            # A DestinationRule's tcp.connectTimeout (the cluster's breaker) wins over the sidecar's own.
+            breaker = group.breaker
+            limit = breaker.connect_timeout if breaker is not None else None
+            await asyncio.wait_for(connecting, limit or self.connect_timeout)
         except (OSError, TimeoutError) as exc:
             self._connect_done(key)
             self.stats.upstream_cx_connect_fail += 1
@@ -458,6 +492,14 @@ class Http2UpstreamPool:
         group.conns.append(conn)
         if conn.codec.settings_received:  # else its first read (the peer's SETTINGS) hands streams out
             self.hand_out(group)
+
+    def _cluster_connections(self, breaker: Any) -> int:
+        """Connections open or opening to the endpoints of the cluster ``breaker`` guards."""
+        count = 0
+        for key, group in self._groups.items():
+            if group.breaker is breaker:
+                count += len(group.conns) + self._connecting.get(key, 0)
+        return count
 
     def _connect_done(self, key: str) -> None:
         left = self._connecting.get(key, 1) - 1
@@ -494,11 +536,25 @@ class Http2UpstreamPool:
     # -- batched writes -----------------------------------------------------------------------------
 
     def schedule_flush(self, conn: Flushable) -> None:
-        """Write ``conn``'s frames (upstream or downstream) once, at the end of this loop turn."""
+        """Write ``conn``'s frames (upstream or downstream) once: at the end of the read under way
+        (``end_read``), else at the end of this loop turn."""
         self._dirty.append(conn)
-        if not self._flush_scheduled:
+        if not self._flush_scheduled and not self.reading:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush_dirty)
+
+    def end_read(self) -> None:
+        """A connection's ``data_received`` is over: write every connection it made dirty, now. At one
+        stream a ``call_soon`` hop per read (a Handle, the loop's idle machinery, one more callback) was a
+        large share of the proxy's CPU per call (bench/profiles/grpc-1stream-NOTES.md); uvloop writes at
+        once, so this is still one write per connection per read."""
+        self.reading = False
+        dirty = self._dirty
+        if dirty:
+            self._dirty = []
+            for item in dirty:
+                if item.dirty:
+                    item.flush()
 
     def _flush_dirty(self) -> None:
         self._flush_scheduled = False

@@ -112,8 +112,7 @@ class HttpDownstream(asyncio.Protocol):
         current, self.current = self.current, None
         self.pending.clear()
         if current is not None and not current.done:
-            current.done = True
-            current._drop_upstream()  # the client is gone: the upstream exchange cannot complete
+            current.abandon()  # the client is gone: the upstream exchange cannot complete
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -314,19 +313,31 @@ class HttpDownstream(asyncio.Protocol):
             self.ctx.settings.request_timeout, self._request_timer_fired
         )
 
+    def arm_deadline(self, when: float) -> None:
+        """The current exchange must hear ``on_timeout`` at ``when`` (loop time): the connection's one timer
+        is moved earlier when it would fire later, so timeouts cost no timer per request."""
+        timer = self.request_timer
+        if timer is not None:
+            if timer.when() <= when:
+                return  # it fires first and re-arms for what is left
+            timer.cancel()
+        self.request_timer = self.loop.call_at(when, self._request_timer_fired)
+
     def _request_timer_fired(self) -> None:
         """The current exchange may have started after the timer was armed: re-arm for what it has left."""
         self.request_timer = None
         current = self.current
         if current is None or current.done or self.closed:
             return
-        remaining = current.started + self.ctx.settings.request_timeout - self.loop.time()
+        remaining = current.deadline() - self.loop.time()
         if remaining <= 0:
             current.on_timeout()
             current = self.current
-            if current is None or current.done or self.closed:
-                return
-            remaining = current.started + self.ctx.settings.request_timeout - self.loop.time()
+            if current is None or current.done or self.closed or self.request_timer is not None:
+                return  # (a retry's deadline may have armed the timer meanwhile)
+            remaining = current.deadline() - self.loop.time()
+        # A policy's timeout may move the deadline on while the request runs: look again at least this often.
+        remaining = min(remaining, self.ctx.settings.request_timeout)
         self.request_timer = self.loop.call_later(max(remaining, 0.001), self._request_timer_fired)
 
     def _idle_check(self) -> None:

@@ -7,14 +7,20 @@ sent (up to RETRY_BUFFER_BYTES) so it can be replayed once on another endpoint w
 reached (connect failure, or a provider sidecar's 503 with a reason in RETRIABLE_BEFORE_SEND), and an
 idempotent request whose upstream reset before any byte of an answer (directly, or as a provider sidecar's
 upstream_reset).
+
+A route that carries policy (``Route.policed``: a rule policy, a gate, connection limits, outlier detection)
+turns its exchange into a ``PolicedExchange`` (see its docstring): the plain path pays one attribute test.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
+import random
 from bisect import bisect_left
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from plexus.codec.http1 import ResponseHead, encode_chunk, encode_request_head, local_reply, status_line
 from plexus.codec.http1.encode import LAST_CHUNK, STATUS_LINES
@@ -22,10 +28,17 @@ from plexus.core import reasons
 from plexus.core.errors import ProtocolError
 from plexus.proxy import Endpoint, service_from_host
 from plexus.proxy.stats import DURATION_BUCKETS_MS
-from plexus.transport.routes import Route
+from plexus.transport.routes import HeadLookup, Route, lookup_from_head
 
 if TYPE_CHECKING:
     from plexus.codec.http1 import RequestHead
+    from plexus.proxy.cluster import Cluster
+    from plexus.proxy.outlier import OutlierDetector
+    from plexus.proxy.ratelimit import Gate
+    from plexus.proxy.resilience import CircuitBreaker, MirrorPolicy, RulePolicy
+    from plexus.proxy.route_table import Rule
+    from plexus.proxy.stream import HeaderLookup
+    from plexus.transport.context import DataPlaneContext
     from plexus.transport.http_downstream import HttpDownstream
     from plexus.transport.upstream import UpstreamConnection
 
@@ -52,35 +65,99 @@ _STATUS_FOR: Final = {
     reasons.UPSTREAM_RESET: 502,
     reasons.UPSTREAM_PROTOCOL_ERROR: 502,
     reasons.NO_ROUTE: 404,  # as Envoy: no route of the service's table matched (response flag NR)
+    reasons.UPSTREAM_OVERFLOW: 503,
+    reasons.UPSTREAM_PER_TRY_TIMEOUT: 504,
+    reasons.RATE_LIMITED: 429,
+    reasons.LOAD_SHED: 503,
+    reasons.UNIT_DRAINED: 503,
 }
+# Back-off between policy retries (Envoy's default: 25 ms base, full jitter, doubling, at most 10x the base),
+# so a burst of failures does not come straight back as a burst of retries.
+RETRY_BACKOFF_BASE: Final = 0.025
+RETRY_BACKOFF_MAX: Final = 0.25
+SHADOW_SUFFIX: Final = b"-shadow"  # appended to a mirrored request's Host (Envoy's shadow host)
+# Mirrored copies in flight per process: beyond this a copy is dropped (a shadow must never pile up work).
+MAX_SHADOWS_IN_FLIGHT: Final = 256
+_GATEWAY: Final = frozenset({502, 503, 504})
+_NEVER: Final = float("inf")
+_AFTER_BACKOFF: Final = 1  # an approved retry waits out a back-off (PolicedExchange.retry_next)
+_AT_ONCE: Final = 2
+# What a retry follows (PolicedExchange._approve).
+_CONNECT: Final = 0  # no connection could be made
+_RESET: Final = 1  # the upstream closed or reset before any byte of an answer
+_STATUS: Final = 2  # a response whose status retry_on names
+_BEFORE_SEND: Final = 3  # a provider sidecar's answer that the request never reached an app
+_PER_TRY: Final = 4  # one try ran out of its per-try timeout
 
 
 class Exchange:
     __slots__ = (
+        "admitted_at",
         "attempts",
+        "breaker",
         "close_after",
+        "cluster",
         "conn",
+        "deadline_at",
         "done",
         "down",
         "endpoint",
+        "gate",
         "head",
+        "head_extra",
+        "head_len",
+        "hold_timer",
         "is_head",
         "keep_upstream",
+        "last_on_conn",
+        "lookup",
+        "mirror",
         "out",
         "out_bytes",
         "out_chunked",
+        "outlier",
+        "pending_held",
         "piping",
+        "policy",
         "request_done",
         "resp_out",
         "response_done",
         "response_started",
         "retained",
+        "retry_held",
+        "retry_next",
         "route",
+        "rule",
         "sent_continue",
         "started",
         "status",
         "swallow",
+        "tries",
+        "try_deadline",
+        "waiting",
     )
+    # The slots that __init__ leaves unset are PolicedExchange's state: set by its begin(), never read on the
+    # plain path (an unset slot costs no time and no allocation).
+    admitted_at: float  # when the gate admitted the request (the gate's clock)
+    breaker: CircuitBreaker | None  # the cluster's breaker once it counted the request
+    cluster: Cluster | None
+    gate: Gate | None  # the gate to tell when the request ends
+    head_extra: bytes  # the lines added to the head sent (they name the destination's service)
+    head_len: int
+    deadline_at: float  # the policy's timeout of the whole request, as loop time (inf: none yet)
+    hold_timer: asyncio.TimerHandle | None  # a fault's delay or a retry's back-off
+    last_on_conn: bool  # this request is the connection's last (maxRequestsPerConnection)
+    lookup: HeaderLookup | None
+    mirror: MirrorPolicy | None  # a copy to send once the request is whole
+    outlier: OutlierDetector | None
+    pending_held: bool
+    policy: RulePolicy | None
+    retry_held: bool
+    retry_next: int  # 0, or a retry approved (and counted) that has not started: _AFTER_BACKOFF / _AT_ONCE
+    rule: Rule | None
+    tries: int  # retries left
+    try_deadline: float  # the current try's per-try timeout, as loop time (inf: none)
+    waiting: bool  # in the pool's queue for room in the cluster
 
     def __init__(self, down: HttpDownstream, head: RequestHead) -> None:
         self.down = down
@@ -126,6 +203,10 @@ class Exchange:
             return
         # The common path, inlined (_routed does the same for the rare one): head first, then an endpoint.
         self.route = route
+        if route.policed:  # the one test the plain path pays for policy
+            self.__class__ = PolicedExchange  # same slots: the exchange changes behaviour, no new object
+            self.begin(route)
+            return
         head = self.head
         self.out.insert(0, encode_request_head(head, route.extra))
         self.dispatch(None)
@@ -150,6 +231,10 @@ class Exchange:
 
     def _routed(self, route: Route) -> None:
         self.route = route
+        if route.policed:
+            self.__class__ = PolicedExchange
+            self.begin(route)
+            return
         self.out.insert(0, encode_request_head(self.head, route.extra))
         self.dispatch(None)
         if self.head.expect_continue and not self.done and not self.sent_continue:
@@ -466,6 +551,19 @@ class Exchange:
         if not self.done:
             self.fail(reasons.UPSTREAM_REQUEST_TIMEOUT)
 
+    def begin(self, route: Route) -> None:
+        """PolicedExchange's start: an exchange becomes one (``start``) before this runs."""
+        raise NotImplementedError
+
+    def deadline(self) -> float:
+        """When the connection's request timer answers this exchange 504 (loop time)."""
+        return self.started + self.down.ctx.settings.request_timeout
+
+    def abandon(self) -> None:
+        """The client went away: the upstream exchange cannot complete."""
+        self.done = True
+        self._drop_upstream()
+
     # -- ends ---------------------------------------------------------------------------------------
 
     def _end_attempt(self) -> None:
@@ -508,8 +606,9 @@ class Exchange:
             stats.duration_sum_ms += ms
         down.exchange_finished(self, now)
 
-    def fail(self, reason: str) -> None:
-        """Answer with a local reply naming ``reason`` (or reset the client if the response already began)."""
+    def fail(self, reason: str, status: int = 0) -> None:
+        """Answer with a local reply naming ``reason`` (or reset the client if the response already began);
+        ``status``: the reply's status when the reason does not decide it (a fault's abort)."""
         if self.done:
             return
         down = self.down
@@ -517,7 +616,7 @@ class Exchange:
             self.endpoint.failures += 1
         self._drop_upstream()
         self.swallow = False
-        status = _STATUS_FOR.get(reason, 503)
+        status = status or _STATUS_FOR.get(reason, 503)
         route = self.route
         service = route.service if route is not None else (service_from_host(self.head.host) or "")
         down.ctx.stats.local_reply(reason, service)
@@ -544,3 +643,724 @@ class Exchange:
         )
         self._finish_bookkeeping()
         down.exchange_finished(self)
+
+
+class PolicedExchange(Exchange):
+    """An exchange whose route carries policy: request policy (fault, timeouts, retries, mirror), admission
+    (the ingress route's gate), circuit breaking and outlier reports.
+
+    ``Exchange.start`` switches an exchange to this class when ``route.policed`` (same slots, no new object),
+    so the plain path pays one attribute test. Per request: the gate admits it (else 429/503 at once), the
+    route table's rule is matched once and its policy taken; a fault may answer instead (``fault_injected``)
+    or hold the request first; the cluster's breaker counts it (``upstream_overflow`` at once when full).
+    Each try picks an endpoint (a retry: another one, ``pick_in`` with ``exclude``), takes an idle connection
+    or opens one within the cluster's ``max_connections`` (waiting as a pending request, counted by the
+    breaker, when the cluster is full) and may run out of its per-try timeout. A failed try is retried when
+    the policy's ``retry_on`` names the failure, tries remain, the request is replayable (it fit in
+    RETRY_BUFFER_BYTES) and the breaker's retry budget allows; a retriable response is read and dropped,
+    never half-forwarded. The whole request, retries included, ends at the policy's timeout (504). Every
+    answer of an endpoint is reported to the cluster's outlier detector. A mirror copy leaves once the whole
+    request is known. With no policy (``policy`` None) retries keep the built-in rules.
+    """
+
+    __slots__ = ()
+
+    # -- start ---------------------------------------------------------------------------------------
+
+    def begin(self, route: Route) -> None:
+        # Set first only what a failure (_release_policy) or the connection's timer (deadline) may read
+        # before the rest is set on the way: a store costs on every policed request.
+        self.hold_timer = self.breaker = self.gate = self.cluster = None
+        self.deadline_at = self.try_deadline = _NEVER
+        self.head_len = 0  # 0 until the head is encoded (after a fault's delay)
+        head = self.head
+        gate = route._gate  # (the properties' slots: no call on this path)
+        lookup: HeadLookup | None = None
+        if gate is not None:
+            lookup = self.lookup = HeadLookup(head)
+            refused = gate.admit(lookup)
+            if refused is not None:
+                self.fail(refused)
+                return
+            self.gate = gate
+            self.admitted_at = gate.clock()
+        rule: Rule | None = None
+        table = route.table
+        if table is not None and route.local is None:
+            rule = route.first_always
+            if rule is None:
+                if lookup is None:
+                    lookup = HeadLookup(head)
+                rule = table.match(lookup)  # once per request: its policy applies to every try
+                if rule is None:
+                    self.fail(reasons.NO_ROUTE)
+                    return
+        self.rule = rule
+        self.lookup = lookup
+        policy = rule.policy if rule is not None else None
+        if policy is None:
+            policy = route._policy
+        self.policy = policy
+        if policy is None:
+            self.tries = 1 if route.retry else 0  # built-in: once elsewhere, for failures before send
+            self.mirror = None
+        else:
+            self.tries = policy.retries
+            fault = policy.fault
+            if fault is not None:
+                status = fault.abort()
+                if status is not None:
+                    self.fail(reasons.FAULT_INJECTED, status)
+                    return
+            mirror = policy.mirror
+            self.mirror = mirror if mirror is not None and head.upgrade is None and mirror.take() else None
+            if fault is not None:
+                delay = fault.delay()
+                if delay > 0:
+                    self.hold_timer = self.down.loop.call_later(delay, self._go)
+                    return
+        self._go()
+
+    def _go(self) -> None:
+        """Past admission and fault: count the request, encode its head, start the first try (the common
+        steps of _pick, _attempt, _acquire and _use inlined: this runs once per request)."""
+        self.hold_timer = None
+        if self.done:
+            return
+        route = self.route
+        assert route is not None
+        rule = self.rule
+        endpoint = route.local
+        if endpoint is None:
+            balancer = route.fast if rule is None else route.rule_fast.get(rule)
+            endpoint = balancer.pick(None, None) if balancer is not None else self._pick(None)
+            if endpoint is None:
+                self.fail(reasons.NO_HEALTHY_UPSTREAM)
+                return
+        extra = route.extra
+        cluster = route.cluster
+        if cluster is not None and endpoint.instance.service != cluster.service:
+            cluster = route.cluster_of(endpoint)  # a rule sent it to another service: name that one
+            extra = route.extra_for(endpoint)
+        self.cluster = cluster
+        self.retry_held = self.pending_held = self.waiting = self.last_on_conn = False
+        self.retry_next = 0
+        breaker = None
+        if cluster is None:
+            self.outlier = None
+        else:
+            breaker = cluster.breaker
+            if not breaker.start_request():
+                self.fail(reasons.UPSTREAM_OVERFLOW)
+                return
+            self.breaker = breaker
+            self.outlier = cluster.outlier
+        data = encode_request_head(self.head, extra)
+        self.head_extra = extra
+        self.head_len = len(data)
+        self.out.insert(0, data)
+        # the first try
+        self.endpoint = endpoint
+        endpoint.active += 1
+        endpoint.total += 1
+        self.attempts += 1
+        idle: list[UpstreamConnection] = endpoint.idle
+        conn = None
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                break
+            conn = None
+        if conn is None:
+            self._acquire()
+            if self.done:
+                return
+        else:
+            conn.served += 1
+            if breaker is not None:
+                limit = breaker.max_requests_per_connection
+                if limit is not None and conn.served >= limit:
+                    self.last_on_conn = True
+            self.conn = conn
+            conn.exchange = self
+            conn.received = False
+            if self.is_head:
+                conn.decoder.set_sink(self, True)
+            else:
+                conn.decoder.sink = self  # response events come straight here
+            down = self.down
+            if down.write_paused and conn.transport is not None:
+                conn.transport.pause_reading()
+            if self.out and not down.in_feed:
+                self.flush()
+        if self.request_done:
+            self._request_complete()
+        if self.head.expect_continue and not self.done and not self.sent_continue:
+            self.sent_continue = True  # the proxy answers 100 itself and strips Expect (as Envoy does)
+            self.down.transport_write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _pick(self, exclude: Endpoint | None) -> Endpoint | None:
+        route = self.route
+        assert route is not None
+        local = route.local
+        if local is not None:
+            return local
+        rule = self.rule
+        if rule is None:
+            fast = route.fast
+            if fast is not None:
+                return fast.pick(exclude, None)
+        lookup = self.lookup
+        if lookup is None:
+            lookup = self.lookup = lookup_from_head(self.head)
+        return route.pick_in(rule, lookup, exclude)
+
+    # -- one try -------------------------------------------------------------------------------------
+
+    def _attempt(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        endpoint.active += 1
+        endpoint.total += 1
+        self.attempts += 1
+        if self.request_done:
+            self._arm_try()
+        self._acquire()
+
+    def _acquire(self) -> None:
+        """An idle connection to the try's endpoint, else a new one within the cluster's limits, else wait."""
+        endpoint = self.endpoint
+        assert endpoint is not None
+        idle: list[UpstreamConnection] = endpoint.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                self._use(conn)
+                return
+        breaker = self.breaker
+        if breaker is not None:
+            if not self.pending_held:
+                if not breaker.start_pending():
+                    self.fail(reasons.UPSTREAM_OVERFLOW)
+                    return
+                self.pending_held = True
+            limit = breaker.max_connections
+            cluster = self.cluster
+            if limit is not None and cluster is not None:
+                pool = self.down.ctx.pool
+                endpoints = cluster.endpoints
+                if pool.open_in(endpoints) >= limit and not pool.close_idle_in(endpoints):
+                    breaker.connection_overflow()
+                    self.waiting = True
+                    pool.wait(cluster.service, self)
+                    return
+        self.down.loop.create_task(self._connect(endpoint))
+
+    def on_capacity(self) -> None:
+        """The cluster has room again (a connection was released or closed): try for a connection."""
+        self.waiting = False
+        if self.done or self.conn is not None or self.endpoint is None:
+            cluster = self.cluster
+            if cluster is not None:
+                self.down.ctx.pool.wake(cluster.service)  # not needed here: pass it on
+            return
+        self._acquire()
+
+    def _use(self, conn: UpstreamConnection) -> None:
+        breaker = self.breaker
+        if breaker is not None and self.pending_held:
+            self.pending_held = False
+            breaker.end_pending()
+        conn.served += 1
+        limit = breaker.max_requests_per_connection if breaker is not None else None
+        self.last_on_conn = limit is not None and conn.served >= limit
+        self.bind(conn)
+
+    async def _connect(self, endpoint: Endpoint) -> None:
+        ctx = self.down.ctx
+        attempt = self.attempts  # a later try (after a per-try timeout) makes this one stale
+        breaker = self.breaker
+        timeout = ctx.settings.connect_timeout
+        if breaker is not None and breaker.connect_timeout is not None:
+            timeout = breaker.connect_timeout
+        try:
+            conn = await ctx.pool.connect(endpoint, timeout)
+        except (OSError, TimeoutError) as exc:
+            ctx.stats.upstream_cx_connect_fail += 1
+            endpoint.failures += 1
+            self._report(endpoint, 0)
+            if self.done or self.attempts != attempt:
+                return
+            log.debug("connect to %s failed: %r", endpoint.key, exc)
+            self._close_try()
+            if self._approve(_CONNECT):
+                self._schedule_retry(endpoint)
+                return
+            route = self.route
+            assert route is not None
+            self.fail(route.connect_fail_reason)
+            return
+        if self.done or self.attempts != attempt:
+            conn.release(True)  # the request ended or moved on meanwhile: keep the connection for the next
+            self._wake()
+            return
+        self._use(conn)
+
+    def _arm_try(self) -> None:
+        policy = self.policy
+        if policy is not None and policy.per_try_timeout and self.try_deadline == _NEVER and self.endpoint:
+            down = self.down
+            self.try_deadline = down.loop.time() + policy.per_try_timeout
+            down.arm_deadline(self.try_deadline)
+
+    def _close_try(self) -> None:
+        """The current try is over (failed or abandoned): its timeout, its retry count and its endpoint."""
+        self.try_deadline = _NEVER
+        if self.retry_held:
+            self.retry_held = False
+            if self.breaker is not None:
+                self.breaker.end_retry()
+        if self.waiting:
+            self.waiting = False
+            if self.cluster is not None:
+                self.down.ctx.pool.unwait(self.cluster.service, self)
+        self._end_attempt()
+
+    # -- retries -------------------------------------------------------------------------------------
+
+    def _approve(self, kind: int, status: int = 0) -> bool:
+        """Whether the failure ``kind`` (with ``status`` for a response) is retried; when it is, the retry is
+        counted by the breaker (``retry_next``) and one try is used up."""
+        if self.done or self.retained is None or self.tries <= 0:
+            return False
+        if kind != _CONNECT and not self.request_done:
+            return False  # a request not yet whole cannot be replayed from here
+        policy = self.policy
+        if policy is None:  # the built-in rules: failures before send, and resets of idempotent requests
+            if kind == _RESET:
+                if self.head.method not in IDEMPOTENT:
+                    return False
+            elif kind != _CONNECT and kind != _BEFORE_SEND:
+                return False
+        else:
+            retry_on = policy.retry_on
+            if kind == _CONNECT:
+                allowed = retry_on.connect_failure
+            elif kind in (_RESET, _PER_TRY):
+                allowed = retry_on.reset
+            elif kind == _BEFORE_SEND:
+                allowed = retry_on.connect_failure or retry_on.status(status)
+            else:
+                allowed = retry_on.status(status)
+            if not allowed:
+                return False
+        breaker = self.breaker
+        if breaker is not None and not breaker.start_retry():
+            if log.isEnabledFor(logging.DEBUG):
+                service = self.route.service if self.route is not None else ""
+                log.debug("%s: not retried: %s", service, reasons.RETRY_BUDGET_EXHAUSTED)
+            return False
+        self.tries -= 1
+        # Nothing reached an app after a connect failure or a provider's answer before send, and the next try
+        # goes to another host: no back-off (nor for the built-in retry, as it always was).
+        at_once = policy is None or kind in (_CONNECT, _BEFORE_SEND)
+        self.retry_next = _AT_ONCE if at_once else _AFTER_BACKOFF
+        return True
+
+    def _schedule_retry(self, failed: Endpoint | None) -> None:
+        if self.retry_next == _AT_ONCE:
+            self._retry_now(failed)
+            return
+        step = min(RETRY_BACKOFF_BASE * (1 << min(self.attempts - 1, 8)), RETRY_BACKOFF_MAX)
+        self.hold_timer = self.down.loop.call_later(random.random() * step, self._retry_now, failed)
+
+    def _retry_now(self, failed: Endpoint | None) -> None:
+        self.hold_timer = None
+        if self.done:
+            return
+        self.retry_held, self.retry_next = bool(self.retry_next), 0
+        self.down.ctx.stats.upstream_rq_retry += 1
+        endpoint = self._pick(failed)
+        if endpoint is None:
+            self.fail(reasons.NO_HEALTHY_UPSTREAM)
+            return
+        self._rewind(endpoint)
+        self._attempt(endpoint)
+
+    def _rewind(self, endpoint: Endpoint) -> None:
+        """Put everything sent so far back in front of what waits, for a replay to ``endpoint`` (with the
+        head naming its service, should the retry have left the first try's)."""
+        retained = self.retained
+        out = [bytes(retained)] if retained else []
+        if self.out:
+            out += self.out
+        route = self.route
+        assert route is not None
+        extra = route.extra_for(endpoint) if self.rule is not None else self.head_extra
+        if extra is not self.head_extra and out:
+            data = b"".join(out)
+            head = encode_request_head(self.head, extra)
+            out = [head + data[self.head_len :]]
+            self.head_len = len(head)
+            self.head_extra = extra
+        self.out = out
+        self.retained = b""
+        self.out_bytes = sum(len(b) for b in out)
+
+    def _may_retry(self) -> bool:
+        return False  # Exchange.on_response_head's built-in check: decided in on_response_head below
+
+    # -- request side --------------------------------------------------------------------------------
+
+    def on_request_end(self) -> None:
+        self.request_done = True  # Exchange.on_request_end, then the policy's part
+        if self.done:
+            return
+        if self.head.chunked:
+            self.send(LAST_CHUNK)
+        if self.response_done:
+            self.finish()
+        elif self.head_len:
+            self._request_complete()
+
+    def _request_complete(self) -> None:
+        """The whole request is known and its first try has started: the timeouts run from here (as Envoy's
+        route and per-try timeouts do), and a mirror copy can leave."""
+        policy = self.policy
+        if policy is not None:
+            timeout = policy.timeout
+            per_try = policy.per_try_timeout
+            if (timeout is not None and self.deadline_at == _NEVER) or per_try:
+                down = self.down
+                now = down.loop.time()
+                if timeout is not None and self.deadline_at == _NEVER:
+                    self.deadline_at = now + timeout
+                if per_try and self.try_deadline == _NEVER and self.endpoint is not None:
+                    self.try_deadline = now + per_try
+                earliest = min(self.deadline_at, self.try_deadline)
+                if earliest != _NEVER:
+                    down.arm_deadline(earliest)  # the connection's one timer, moved earlier if need be
+            mirror = self.mirror
+            if mirror is not None:
+                self.mirror = None
+                self._send_mirror(mirror)
+
+    def _send_mirror(self, mirror: MirrorPolicy) -> None:
+        retained = self.retained
+        if retained is None:
+            return  # bigger than the replay buffer: not mirrored
+        route = self.route
+        assert route is not None
+        data = bytes(retained) + b"".join(self.out) if self.out else bytes(retained)
+        cluster = route.clusters.get(mirror.service) if route.clusters is not None else None
+        if cluster is None:
+            return
+        endpoint = cluster.pick_subset(mirror.subset)
+        if endpoint is None or _Shadow.in_flight >= MAX_SHADOWS_IN_FLIGHT:
+            return
+        head = self.head
+        host = _shadow_host(head.host or b"")
+        headers = [(n, host) if n.lower() == b"host" else (n, v) for n, v in head.headers]
+        shadow = dataclasses.replace(head, headers=headers, host=host, expect_continue=False)
+        payload = encode_request_head(shadow, route.extra_named(mirror.service)) + data[self.head_len :]
+        _Shadow(self.down.ctx, endpoint, payload, self.is_head)
+
+    # -- response side -------------------------------------------------------------------------------
+
+    def on_response_head(self, head: ResponseHead) -> None:
+        status = head.status
+        if status >= 200:
+            outlier = self.outlier
+            endpoint = self.endpoint
+            if outlier is not None and endpoint is not None:
+                if status >= 500:
+                    outlier.failure(endpoint, status in _GATEWAY)
+                elif endpoint.errors_in_row or endpoint.gateway_errors_in_row:
+                    outlier.success(endpoint)  # (a run of errors to reset; else nothing to do)
+            kind = -1
+            policy = self.policy
+            if policy is not None and status in policy.retry_on.statuses:
+                kind = _STATUS
+            if status >= 502 and head.error_reason is not None:
+                reason = reasons.parse_error_header(head.error_reason.decode("latin-1"))
+                if reason in reasons.RETRIABLE_BEFORE_SEND or (
+                    policy is None
+                    and reason == reasons.UPSTREAM_RESET
+                    and self.head.method in IDEMPOTENT
+                ):
+                    kind = _BEFORE_SEND
+            if kind >= 0 and self._approve(kind, status):
+                self.swallow = True  # read and dropped; the retry follows its end
+                self.keep_upstream = head.keep_alive
+                return
+        Exchange.on_response_head(self, head)  # (named, not super(): no object per response)
+
+    def _replay_elsewhere(self) -> None:
+        """Exchange.on_response_end found the dropped answer's end: the approved retry follows."""
+        self.swallow = False
+        failed = self.endpoint
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.release(self.keep_upstream and not self.last_on_conn)
+        self._close_try()
+        self._wake()
+        self._schedule_retry(failed)
+
+    def on_response_error(self, error: ProtocolError) -> None:
+        if self.endpoint is not None:
+            self._report(self.endpoint, 502)
+        super().on_response_error(error)
+
+    def on_upstream_lost(self, conn: UpstreamConnection) -> None:
+        self.conn = None
+        if self.piping:
+            self.down.close()
+            return
+        if self.done:
+            return
+        endpoint = self.endpoint
+        if self.swallow:  # lost while reading an answer being dropped: the approved retry goes on
+            self.swallow = False
+            self._close_try()
+            self._schedule_retry(endpoint)
+            return
+        if (
+            not conn.received
+            and conn.reused
+            and self.request_done
+            and self.retained is not None
+            and self.head.method in IDEMPOTENT
+            and endpoint is not None
+        ):
+            # A keep-alive connection the upstream closed while idle: the same try on a fresh connection
+            # (RFC 9110 §9.2.2), neither a retry nor the endpoint's failure.
+            self._rewind(endpoint)
+            self._acquire()
+            return
+        if endpoint is not None:
+            endpoint.failures += 1
+            self._report(endpoint, 0)
+        if not conn.received and not self.response_started:
+            self._close_try()
+            if self._approve(_RESET):
+                self._schedule_retry(endpoint)
+                return
+        self.fail(reasons.UPSTREAM_RESET)
+
+    def on_timeout(self) -> None:
+        """The connection's timer found a deadline passed (timeouts cost no timer per request: see
+        HttpDownstream.arm_deadline): the try's, else the whole request's."""
+        if self.done:
+            return
+        if self.try_deadline <= self.down.loop.time():
+            self._try_timed_out()
+        else:
+            self._timed_out()
+
+    def _try_timed_out(self) -> None:
+        self.try_deadline = _NEVER
+        if self.done:
+            return
+        endpoint = self.endpoint
+        if endpoint is not None:
+            endpoint.failures += 1
+            self._report(endpoint, 0)
+        if self.response_started:
+            self.fail(reasons.UPSTREAM_PER_TRY_TIMEOUT)  # the answer began: the client sees a reset
+            return
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.close()  # abandoned: an answer may still come, so the connection cannot be reused
+        approved = self.swallow or self._approve(_PER_TRY)  # a dropped answer's retry was approved already
+        self.swallow = False
+        if approved:
+            self._close_try()
+            self._schedule_retry(endpoint)
+            return
+        self.fail(reasons.UPSTREAM_PER_TRY_TIMEOUT)
+
+    def _timed_out(self) -> None:
+        if self.done:
+            return
+        if self.endpoint is not None:
+            self._report(self.endpoint, 0)
+        self.fail(reasons.UPSTREAM_REQUEST_TIMEOUT)
+
+    def deadline(self) -> float:
+        until = self.deadline_at
+        if until == _NEVER:
+            until = super().deadline()  # before the request is whole, or no policy timeout: the default
+        return min(until, self.try_deadline)
+
+    def _report(self, endpoint: Endpoint, status: int) -> None:
+        """An answer of ``endpoint`` for outlier detection: ``status`` 0 for a connect failure, reset or
+        timeout (a gateway failure, as Envoy counts it)."""
+        outlier = self.outlier
+        if outlier is None:
+            return
+        if status == 0 or status >= 500:
+            outlier.failure(endpoint, status == 0 or status in _GATEWAY)
+        else:
+            outlier.success(endpoint)  # (the data plane's timer runs the sweeps that bring hosts back)
+
+    # -- ends ----------------------------------------------------------------------------------------
+
+    def _release_policy(self) -> None:
+        """Everything the request holds beyond the plain exchange; safe to call more than once."""
+        timer = self.hold_timer
+        if timer is not None:
+            self.hold_timer = None
+            timer.cancel()
+        breaker = self.breaker
+        if breaker is not None:
+            self.breaker = None
+            if self.pending_held:
+                self.pending_held = False
+                breaker.end_pending()
+            if self.retry_held:
+                self.retry_held = False
+                breaker.end_retry()
+            if self.retry_next:
+                self.retry_next = 0
+                breaker.end_retry()
+            breaker.end_request()
+            if self.waiting:  # (only a request its breaker counts waits for room)
+                self.waiting = False
+                cluster = self.cluster
+                if cluster is not None:
+                    self.down.ctx.pool.unwait(cluster.service, self)
+        gate = self.gate
+        if gate is not None:
+            self.gate = None
+            gate.done(self.admitted_at, self.lookup)
+
+    def _wake(self) -> None:
+        pool = self.down.ctx.pool
+        if pool.waiters and self.cluster is not None:
+            pool.wake(self.cluster.service)
+
+    def finish(self) -> None:
+        if self.last_on_conn:
+            self.keep_upstream = False  # maxRequestsPerConnection reached: the connection closes
+        self._release_policy()
+        Exchange.finish(self)
+        if self.down.ctx.pool.waiters:
+            self._wake()
+
+    def fail(self, reason: str, status: int = 0) -> None:
+        if self.done:
+            return
+        self._release_policy()
+        super().fail(reason, status)
+        self._wake()
+
+    def _finish_bookkeeping(self) -> None:
+        self._release_policy()
+        super()._finish_bookkeeping()
+
+    def abort_request(self, reply: bytes) -> None:
+        if not self.done:
+            self._release_policy()
+        super().abort_request(reply)
+
+    def abandon(self) -> None:
+        self._release_policy()
+        super().abandon()
+
+
+def _shadow_host(host: bytes) -> bytes:
+    """``orders:8080`` → ``orders-shadow:8080`` (Envoy's shadow host: the suffix goes before the port)."""
+    name, colon, port = host.rpartition(b":")
+    if colon and port.isdigit() and (b":" not in name or name.endswith(b"]")):  # name:port or [v6]:port
+        return name + SHADOW_SUFFIX + b":" + port
+    return host + SHADOW_SUFFIX
+
+
+class _Shadow:
+    """One mirrored copy of a request, fire and forget: sent to an endpoint of the mirror's service over the
+    shared pool, its answer read and dropped. Nothing here reaches the original exchange; a failure ends
+    here. Bounded in time (the data plane's request timeout) and in number (MAX_SHADOWS_IN_FLIGHT)."""
+
+    __slots__ = ("conn", "ctx", "data", "ended", "endpoint", "is_head", "keep", "timer")
+    in_flight: ClassVar[int] = 0
+
+    def __init__(self, ctx: DataPlaneContext, endpoint: Endpoint, data: bytes, is_head: bool) -> None:
+        self.ctx = ctx
+        self.endpoint = endpoint
+        self.data = data
+        self.is_head = is_head
+        self.conn: UpstreamConnection | None = None
+        self.ended = False
+        self.keep = False
+        _Shadow.in_flight += 1
+        self.timer: asyncio.TimerHandle | None = ctx.loop.call_later(ctx.settings.request_timeout, self.end)
+        idle: list[UpstreamConnection] = endpoint.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                self._bind(conn)
+                return
+        ctx.loop.create_task(self._connect())
+
+    async def _connect(self) -> None:
+        try:
+            conn = await self.ctx.pool.connect(self.endpoint, self.ctx.settings.connect_timeout)
+        except (OSError, TimeoutError):
+            self.end()
+            return
+        except BaseException:  # cancelled (the loop is stopping): still leave the in-flight count
+            self.end()
+            raise
+        if self.ended:
+            conn.release(True)
+            return
+        self._bind(conn)
+
+    def _bind(self, conn: UpstreamConnection) -> None:
+        self.conn = conn
+        conn.exchange = self
+        conn.received = False
+        conn.decoder.set_sink(self, self.is_head)
+        data, self.data = self.data, b""
+        conn.write(data)
+
+    def end(self) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        _Shadow.in_flight -= 1
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.close()
+
+    # -- what the upstream connection reports (ExchangeSide) ----------------------------------------
+
+    def on_response_head(self, head: ResponseHead) -> None:
+        self.keep = head.keep_alive
+
+    def on_response_body(self, data: bytes) -> None:
+        pass  # dropped
+
+    def on_response_end(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.release(self.keep)
+        self.end()
+
+    def on_response_upgrade(self, head: ResponseHead, tail: bytes) -> None:
+        self.end()
+
+    def on_response_error(self, error: ProtocolError) -> None:
+        self.end()
+
+    def on_upstream_lost(self, conn: UpstreamConnection) -> None:
+        self.conn = None
+        self.end()
+
+    def on_upstream_write_paused(self, paused: bool) -> None:
+        pass  # one write, then only reading
+
+    def flush_response(self) -> None:
+        pass

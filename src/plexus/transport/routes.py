@@ -3,21 +3,60 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from plexus.codec.http1 import RequestHead
 from plexus.core import reasons
-from plexus.proxy import Cluster, ClusterManager, Endpoint, ServiceStats
+from plexus.proxy import Cluster, ClusterManager, Endpoint, LoadBalancer, ServiceStats
 from plexus.proxy.route_table import Destination, RouteTable, Rule
-from plexus.proxy.stream import AUTHORITY, METHOD, PATH, HeaderLookup, lookup_from_pairs
+from plexus.proxy.stream import AUTHORITY, METHOD, PATH, HeaderLookup
+
+
+class HeadLookup:
+    """An HTTP/1.1 request as the stream shape (a ``HeaderLookup``): its headers plus ``:method``, ``:path``,
+    ``:authority``. Nothing is built up front: a pseudo-header is read from the head, a header name is found
+    by scanning the head's few pairs (first value wins), so a request routed or admitted on one or two names
+    pays for those only."""
+
+    __slots__ = ("head",)
+
+    def __init__(self, head: RequestHead) -> None:
+        self.head = head
+
+    def __call__(self, name: str) -> str | None:
+        head = self.head
+        if name.startswith(":"):
+            if name == METHOD:
+                return head.method.decode("latin-1")
+            if name == PATH:
+                return head.target.decode("latin-1")
+            if name == AUTHORITY:
+                return head.host.decode("latin-1") if head.host is not None else None
+            return None
+        wanted = name.encode("latin-1")
+        for raw_name, raw_value in head.headers:
+            if raw_name == wanted or raw_name.lower() == wanted:
+                return raw_value.decode("latin-1")
+        return None
 
 
 def lookup_from_head(head: RequestHead) -> HeaderLookup:
     """An HTTP/1.1 request as the stream shape: its headers plus ``:method``, ``:path``, ``:authority``."""
-    pseudo = {METHOD: head.method.decode("latin-1"), PATH: head.target.decode("latin-1")}
-    if head.host is not None:
-        pseudo[AUTHORITY] = head.host.decode("latin-1")
-    return lookup_from_pairs(head.headers, pseudo)
+    return HeadLookup(head)
+
+
+CALLER_HEADER: Final = b"x-plexus-caller"  # plexus.config.policy_kinds.CALLER_HEADER: who calls (workload)
+
+
+def caller_header_line(workload: str) -> bytes:
+    """``x-plexus-caller: <workload>\\r\\n`` for an egress sidecar's requests (b"" without a workload).
+    Raises ValueError for a name with control characters (CR or LF would end the header early)."""
+    workload = workload.strip()
+    if not workload:
+        return b""
+    if any(ord(c) < 32 or ord(c) == 127 for c in workload):
+        raise ValueError(f"workload {workload!r}: control characters cannot name a caller")
+    return CALLER_HEADER + b": " + workload.encode() + b"\r\n"
 
 
 class Route:
@@ -30,15 +69,20 @@ class Route:
     """
 
     __slots__ = (
+        "_extras",
+        "_gate",
+        "_policy",
+        "caller_line",
         "cluster",
         "clusters",
         "connect_fail_reason",
         "extra",
         "fast",
-        "gate",
+        "first_always",
         "local",
-        "policy",
+        "policed",
         "retry",
+        "rule_fast",
         "service",
         "stats",
         "table",
@@ -53,6 +97,7 @@ class Route:
         local: Endpoint | None = None,
         table: RouteTable | None = None,
         clusters: ClusterManager | None = None,
+        caller_line: bytes = b"",
     ) -> None:
         self.service = service
         self.stats = stats
@@ -62,8 +107,25 @@ class Route:
         self.clusters = clusters  # where a destination naming another service is found
         plain = cluster is not None and table is None and cluster.hash_header is None
         self.fast = cluster.balancer if plain and cluster is not None else None
-        # Egress tells the provider sidecar which service this is; ingress adds nothing.
-        self.extra = cluster.service_header_line if cluster is not None else b""
+        # The same for each rule that sends everything to this route's whole cluster (no subset, no other
+        # service, no hash): its requests are picked by the cluster's balancer with no call here.
+        self.rule_fast: dict[Rule, LoadBalancer] = {}
+        # A table whose first rule matches everything (no ``match``): that rule, found without a lookup.
+        self.first_always: Rule | None = None
+        if table is not None and table.rules and not table.rules[0].matches:
+            self.first_always = table.rules[0]
+        if table is not None and cluster is not None and cluster.hash_header is None and local is None:
+            for rule in table.rules:
+                if len(rule.destinations) == 1:
+                    (only,) = rule.destinations
+                    if only.service == service and only.subset is None:
+                        self.rule_fast[rule] = cluster.balancer
+        # Egress tells the provider sidecar which service this is (and, when the sidecar knows its workload,
+        # who calls: ``caller_line`` is ``x-plexus-caller: <workload>``, for per-caller limits); ingress adds
+        # nothing. Precomputed: the hot path writes these bytes as they are.
+        self.caller_line = caller_line if cluster is not None else b""
+        self.extra = cluster.service_header_line + self.caller_line if cluster is not None else b""
+        self._extras: dict[str, bytes] = {}  # another service's lines, for rules that send requests there
         self.retry = cluster is not None  # egress retries once on another endpoint; ingress has only one
         self.connect_fail_reason = (
             reasons.UPSTREAM_CONNECT_FAILED if cluster is not None else reasons.LOCAL_APP_UNAVAILABLE
@@ -71,11 +133,54 @@ class Route:
         # The request policy (timeout, retries, fault, mirror) when no rule of a route table gives one: a
         # plexus.proxy.resilience.RulePolicy, or None for the built-in behaviour (one retry elsewhere for a
         # failure before send, no timeout). A matched Rule's own ``policy`` wins.
-        self.policy: Any = None
+        self._policy: Any = None
         # Admission (rate limits, adaptive shedding) for an ingress route: a plexus.proxy.ratelimit.Gate or
         # None. ``gate.admit(lookup)`` answers None (go on, then ``gate.done(started)`` once answered) or a
         # reason code for a local reply (reasons.RATE_LIMITED → 429, reasons.LOAD_SHED → 503).
-        self.gate: Any = None
+        self._gate: Any = None
+        # Whether a request of this route needs the policed path (HTTP/1.1 tests this one attribute): kept in
+        # step by the ``policy`` and ``gate`` setters; a Route is rebuilt when its table or cluster changes.
+        self.policed = False
+        self._refresh()
+
+    @property
+    def policy(self) -> Any:
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: Any) -> None:
+        self._policy = policy
+        self._refresh()
+
+    @property
+    def gate(self) -> Any:
+        return self._gate
+
+    @gate.setter
+    def gate(self, gate: Any) -> None:
+        self._gate = gate
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Policed when a policy or gate is set, a rule carries a policy or sends requests to another
+        service (whose cluster may have limits), or the cluster limits connections or detects outliers."""
+        policed = self._policy is not None or self._gate is not None
+        table = self.table
+        if not policed and table is not None and self.local is None:
+            policed = any(
+                rule.policy is not None or any(d.service != self.service for d in rule.destinations)
+                for rule in table.rules
+            )
+        cluster = self.cluster
+        if not policed and cluster is not None:
+            breaker = cluster.breaker
+            policed = (
+                breaker.limited
+                or breaker.max_requests_per_connection is not None
+                or breaker.connect_timeout is not None
+                or cluster.outlier is not None
+            )
+        self.policed = policed
 
     def pick(self, head: RequestHead, exclude: Endpoint | None) -> Endpoint | str | None:
         """HTTP/1.1's pick (see ``pick_stream`` for the answers)."""
@@ -165,8 +270,30 @@ class Route:
         service = endpoint.instance.service
         if service == self.service or self.clusters is None:
             return self.extra
-        other = self.clusters.get(service)
-        return other.service_header_line if other is not None else self.extra
+        return self.extra_named(service)
+
+    def extra_named(self, service: str) -> bytes:
+        """The header lines for a request this route sends to ``service`` (a rule's destination, a mirror)."""
+        if service == self.service or self.clusters is None:
+            return self.extra
+        extra = self._extras.get(service)
+        if extra is None:
+            other = self.clusters.get(service)
+            if other is None:
+                return self.extra
+            extra = self._extras[service] = other.service_header_line + self.caller_line
+        return extra
+
+    def cluster_of(self, endpoint: Endpoint) -> Cluster | None:
+        """The cluster ``endpoint`` was picked from (another service's when a rule sent it there); None for
+        the ingress route's local endpoint."""
+        cluster = self.cluster
+        if cluster is None:
+            return None
+        service = endpoint.instance.service
+        if service == cluster.service or self.clusters is None:
+            return cluster
+        return self.clusters.get(service)
 
 
 class Router(Protocol):

@@ -21,6 +21,15 @@ the sidecar sends the protocol's heartbeat; nothing read within ``rpc_heartbeat_
 connection is closed, its requests fail at once (UNAVAILABLE, ``upstream_heartbeat_timeout``) and the next
 request opens a fresh one. One timer per connection, never one per request.
 
+On a policed route (``Route.policed``) a request carries its policy state (``_RpcGov``, made only then):
+admission by the gate (OVERLOADED: Bolt SERVER_THREADPOOL_BUSY, Dubbo SERVER_THREADPOOL_EXHAUSTED), the
+rule matched once, its fault (delay; abort as the nearest protocol status), the breaker (OVERLOADED
+``upstream_overflow``), a deadline of the rule's timeout bounded by the frame's own (Bolt), per-try
+timeouts, outlier detection fed with each try's result. RPC calls are not idempotent by default: retries
+follow failures before the frame reached an app (connect failure, a provider sidecar's refusal) unless the
+rule's retryOn is given explicitly, which then also retries resets and timeouts (``reset``) and response
+statuses (as the HTTP status they count as: ``5xx``, ``gateway-error``...). Mirroring is HTTP's only.
+
 Writes are batched: every byte for a connection goes through its out list (``_Batched.emit``) and is
 written with one ``transport.write`` — at the end of the ``data_received`` that produced it (with 100
 requests in flight one read brings dozens of frames, and a loopback ``write`` costs several µs), or, for
@@ -33,12 +42,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Callable, Mapping
-from typing import Final, Protocol, cast
+from typing import Any, Final, Protocol, cast
 
 from plexus.codec import bolt, dubbo
-from plexus.codec.bolt import BoltCodec
-from plexus.codec.dubbo import DubboCodec
+from plexus.codec.bolt import BoltCodec, BoltStatus
+from plexus.codec.dubbo import DubboCodec, DubboStatus
 from plexus.codec.rpc import (
     SERVICE,
     FrameKind,
@@ -50,7 +60,10 @@ from plexus.codec.rpc import (
 )
 from plexus.core import reasons
 from plexus.proxy import DataPlaneStats, Endpoint, ServiceStats
+from plexus.proxy.resilience import DEFAULT_RETRY_ON
+from plexus.proxy.route_table import Rule
 from plexus.transport.context import DataPlaneContext
+from plexus.transport.h2_stream import pick_untried
 from plexus.transport.routes import Route
 
 log = logging.getLogger("plexus.dataplane")
@@ -72,6 +85,87 @@ _STATUS_UNAVAILABLE: Final = 503
 _STATUS_TIMEOUT: Final = 504
 # Why an upstream connection was closed by its keepalive (core.reasons holds the HTTP-wide codes).
 UPSTREAM_HEARTBEAT_TIMEOUT: Final = "upstream_heartbeat_timeout"
+
+# -- the request policy in RPC terms ---------------------------------------------------------------------
+# How a governed try failed (RpcDownstream.retry_governed): no connection; refused unseen by a provider
+# sidecar; after the frame was written (reset, a try's timeout); a response status retryOn names. RPC calls
+# are not idempotent by default: only the first two are retried unless the rule's retryOn is explicit.
+RETRY_CONNECT: Final = 1
+RETRY_REFUSED: Final = 2
+RETRY_AFTER_SEND: Final = 3
+RETRY_STATUS: Final = 4
+RETRY_BACKOFF_BASE: Final = 0.025  # Envoy's default retry backoff: 25 ms base, full jitter, at most 10x
+RETRY_BACKOFF_MAX: Final = 0.25
+# A response status as the HTTP status it counts as (outlier detection, retryOn's status classes): busy,
+# unreachable and "no such service" are 503 as the mesh's own replies are, timeouts 504, codec errors 400.
+HTTP_FOR_STATUS: Final[dict[str, dict[int, int]]] = {
+    "bolt": {
+        BoltStatus.SUCCESS: 200,
+        BoltStatus.SERVER_THREADPOOL_BUSY: 503,
+        BoltStatus.ERROR_COMM: 503,
+        BoltStatus.NO_PROCESSOR: 503,
+        BoltStatus.TIMEOUT: 504,
+        BoltStatus.CLIENT_SEND_ERROR: 503,
+        BoltStatus.CODEC_EXCEPTION: 400,
+        BoltStatus.CONNECTION_CLOSED: 503,
+        BoltStatus.SERVER_DESERIAL_EXCEPTION: 400,
+    },  # ERROR, SERVER_EXCEPTION, UNKNOWN, SERVER_SERIAL_EXCEPTION: 500
+    "dubbo": {
+        DubboStatus.OK: 200,
+        DubboStatus.CLIENT_TIMEOUT: 504,
+        DubboStatus.SERVER_TIMEOUT: 504,
+        DubboStatus.BAD_REQUEST: 400,
+        DubboStatus.SERVICE_NOT_FOUND: 503,
+        DubboStatus.SERVER_ERROR: 503,
+        DubboStatus.CLIENT_ERROR: 400,
+        DubboStatus.SERVER_THREADPOOL_EXHAUSTED: 503,
+    },  # BAD_RESPONSE, SERVICE_ERROR: 500
+}
+# The statuses a sidecar's local reply for "no app took it" carries (LocalError NO_UPSTREAM, UNAVAILABLE);
+# with a reason of reasons.RETRIABLE_BEFORE_SEND in its message, the request never reached an app.
+REFUSAL_STATUSES: Final[dict[str, frozenset[int]]] = {
+    "bolt": frozenset({BoltStatus.NO_PROCESSOR, BoltStatus.ERROR_COMM}),
+    "dubbo": frozenset({DubboStatus.SERVICE_NOT_FOUND, DubboStatus.SERVER_ERROR}),
+}
+_REFUSAL_MARKERS: Final = tuple(reason.encode() for reason in sorted(reasons.RETRIABLE_BEFORE_SEND))
+# A fault abort's HTTP status in the protocol's terms: (table, other 4xx, other 5xx).
+FAULT_STATUS: Final[dict[str, tuple[dict[int, int], int, int]]] = {
+    "bolt": (
+        {
+            400: BoltStatus.CODEC_EXCEPTION,
+            404: BoltStatus.NO_PROCESSOR,
+            429: BoltStatus.SERVER_THREADPOOL_BUSY,
+            500: BoltStatus.SERVER_EXCEPTION,
+            502: BoltStatus.ERROR_COMM,
+            503: BoltStatus.ERROR_COMM,
+            504: BoltStatus.TIMEOUT,
+        },
+        BoltStatus.ERROR,
+        BoltStatus.SERVER_EXCEPTION,
+    ),
+    "dubbo": (
+        {
+            400: DubboStatus.BAD_REQUEST,
+            404: DubboStatus.SERVICE_NOT_FOUND,
+            429: DubboStatus.SERVER_THREADPOOL_EXHAUSTED,
+            500: DubboStatus.SERVICE_ERROR,
+            502: DubboStatus.SERVER_ERROR,
+            503: DubboStatus.SERVER_ERROR,
+            504: DubboStatus.SERVER_TIMEOUT,
+        },
+        DubboStatus.BAD_REQUEST,
+        DubboStatus.SERVER_ERROR,
+    ),
+}
+ERROR_REPLY: Final[dict[str, Callable[[RpcFrame, int, str], bytes]]] = {
+    "bolt": bolt.error_reply,
+    "dubbo": dubbo.error_reply,
+}
+
+
+def _refused_unseen(raw: bytes) -> bool:
+    """A sidecar's reply saying no app saw the request (its message names a retriable-before-send reason)."""
+    return any(marker in raw for marker in _REFUSAL_MARKERS)
 
 
 class RpcStats:
@@ -237,10 +331,16 @@ class _Batched(asyncio.Protocol):
 
 
 class _Pending:
-    __slots__ = ("down", "endpoint", "frame", "route", "started", "timer")
+    __slots__ = ("down", "endpoint", "frame", "gov", "route", "started", "timer")
 
     def __init__(
-        self, down: RpcDownstream, frame: RpcFrame, endpoint: Endpoint, route: Route, started: float
+        self,
+        down: RpcDownstream,
+        frame: RpcFrame,
+        endpoint: Endpoint,
+        route: Route,
+        started: float,
+        gov: _RpcGov | None,
     ) -> None:
         self.down = down
         self.frame = frame
@@ -248,6 +348,7 @@ class _Pending:
         self.route = route
         self.started = started
         self.timer: asyncio.TimerHandle | None = None
+        self.gov = gov  # the request policy's state (see RpcDownstream.govern), None on the built-in path
 
 
 class RpcUpstream(_Batched):
@@ -263,8 +364,8 @@ class RpcUpstream(_Batched):
         self._init_batch()
         self.transport: asyncio.Transport | None = None
         self.pending: dict[int, _Pending] = {}
-        # (caller, request, route, already retried), while connecting
-        self.queued: list[tuple[RpcDownstream, RpcFrame, Route, bool]] = []
+        # (caller, request, route, already retried, policy state), while connecting
+        self.queued: list[tuple[RpcDownstream, RpcFrame, Route, bool, _RpcGov | None]] = []
         self.next_id = 0
         self.closed = False
         self.draining = False  # out of the pool: close once the requests in flight are answered
@@ -275,11 +376,45 @@ class RpcUpstream(_Batched):
 
     # -- sending ------------------------------------------------------------------------------------
 
-    def send(self, down: RpcDownstream, frame: RpcFrame, route: Route, retried: bool) -> None:
+    def send(
+        self, down: RpcDownstream, frame: RpcFrame, route: Route, retried: bool, gov: _RpcGov | None = None
+    ) -> bool:
+        """Write ``frame`` now, or queue it while connecting; False: a governed request found the pending
+        queue (connectionPool's http1MaxPendingRequests) full and was not queued."""
         if self.transport is None:
-            self.queued.append((down, frame, route, retried))
-            return
-        self._write(down, frame, route)
+            if gov is not None and gov.breaker is not None:
+                if not gov.breaker.start_pending():
+                    return False
+                gov.pending = True
+            self.queued.append((down, frame, route, retried, gov))
+            return True
+        if gov is None:
+            self._write(down, frame, route)
+        else:
+            self._write_governed(down, frame, route, gov)
+        return True
+
+    def _write_governed(self, down: RpcDownstream, frame: RpcFrame, route: Route, gov: _RpcGov) -> None:
+        """``_write`` for a request under a policy: its try's deadline is the soonest of the rule's timeout
+        (overall), its per-try timeout and the frame's own timeout."""
+        if gov.pending:
+            gov.end_pending()
+        endpoint = self.endpoint
+        endpoint.total += 1
+        uid = self._next_id()
+        loop = self.pool.ctx.loop
+        now = loop.time()
+        entry = _Pending(down, frame, endpoint, route, gov.started, gov)
+        deadline = gov.overall
+        per_try = gov.per_try
+        gov.try_deadline = 0.0
+        if per_try is not None and now + per_try < deadline:
+            gov.try_deadline = deadline = now + per_try
+        gov.watch(route, endpoint)
+        entry.timer = loop.call_later(max(deadline - now, 0.0), self._timed_out, uid)
+        self.pending[uid] = entry
+        endpoint.active += 1
+        self.emit_with_id(frame, uid)
 
     def _write(self, down: RpcDownstream, frame: RpcFrame, route: Route) -> None:
         endpoint = self.endpoint
@@ -290,7 +425,7 @@ class RpcUpstream(_Batched):
             self.pool.rpc_stats.bump(self.pool.rpc_stats.oneway, route.service)
             return
         loop = self.pool.ctx.loop
-        entry = _Pending(down, frame, endpoint, route, loop.time())
+        entry = _Pending(down, frame, endpoint, route, loop.time(), None)
         timeout_ms = frame.timeout_ms
         # Bolt's 0 means "no deadline" and SOFA clients (anthunder) write -1 for it: use the sidecar's own.
         timeout = (
@@ -327,7 +462,14 @@ class RpcUpstream(_Batched):
             return
         entry.endpoint.failures += 1
         reason = reasons.UPSTREAM_REQUEST_TIMEOUT
-        entry.down.local_error(entry.frame, LocalError.TIMEOUT, reason, entry.started, entry.route)
+        gov = entry.gov
+        if gov is not None:
+            gov.outcome(504)
+            if gov.try_deadline:  # this try's per-try timeout, before the request's own deadline
+                if entry.down.retry_governed(entry.frame, entry.route, gov, entry.endpoint, RETRY_AFTER_SEND):
+                    return
+                reason = reasons.UPSTREAM_PER_TRY_TIMEOUT
+        entry.down.local_error(entry.frame, LocalError.TIMEOUT, reason, entry.started, entry.route, gov)
 
     # -- keepalive ----------------------------------------------------------------------------------
 
@@ -373,11 +515,16 @@ class RpcUpstream(_Batched):
         if interval > 0:
             self._arm_keepalive(interval)
         queued, self.queued = self.queued, []
-        for down, frame, route, _ in queued:
+        for down, frame, route, _, gov in queued:
             if down.closed:
                 down.inflight -= 1
+                if gov is not None:
+                    gov.release(down)
                 continue
-            self._write(down, frame, route)
+            if gov is None:
+                self._write(down, frame, route)
+            else:
+                self._write_governed(down, frame, route, gov)
             if frame.kind is FrameKind.ONEWAY:
                 down.inflight -= 1  # written, nothing pending
         if self.draining and not self.pending:
@@ -391,8 +538,19 @@ class RpcUpstream(_Batched):
         self.pool.forget(self)
         queued, self.queued = self.queued, []
         now = self.pool.ctx.loop.time()
-        for down, frame, route, retried in queued:
+        for down, frame, route, retried, gov in queued:
             down.inflight -= 1
+            if gov is not None:
+                if gov.pending:
+                    gov.end_pending()
+                gov.outcome(503)  # a connect failure: a local-origin 5xx of the endpoint (Envoy)
+                if down.closed:
+                    gov.release(down)
+                    continue
+                if not down.retry_governed(frame, route, gov, self.endpoint, RETRY_CONNECT):
+                    reason = route.connect_fail_reason
+                    down.local_error(frame, LocalError.UNAVAILABLE, reason, gov.started, route, gov)
+                continue
             if down.closed:
                 continue
             if retried or not route.retry:
@@ -451,7 +609,13 @@ class RpcUpstream(_Batched):
             entry.endpoint.active -= 1
             entry.endpoint.failures += 1
             entry.down.inflight -= 1
-            entry.down.local_error(entry.frame, LocalError.UNAVAILABLE, reason, now, entry.route)
+            gov = entry.gov
+            if gov is not None:
+                gov.outcome(503)
+                # The frame was written: the app may have run it. Retried only when retryOn names resets.
+                if entry.down.retry_governed(entry.frame, entry.route, gov, entry.endpoint, RETRY_AFTER_SEND):
+                    continue
+            entry.down.local_error(entry.frame, LocalError.UNAVAILABLE, reason, now, entry.route, gov)
 
     def close(self) -> None:
         if self.transport is not None:
@@ -621,14 +785,34 @@ class RpcDownstream(_Batched):
                 now = self.pool.ctx.loop.time()
                 self.local_error(frame, LocalError.OVERLOADED, "rpc_too_many_pending", now, route)
                 return
+            if route.policed:
+                self.govern(frame, route)
+                return
             self.dispatch(frame, route, exclude=None, retried=False)
         elif kind is FrameKind.HEARTBEAT:
             self.pool.rpc_stats.bump(self.pool.rpc_stats.heartbeats, self.service)
             self.emit(self.codec.heartbeat_reply(frame))
         # responses, heartbeat replies and events from a caller have nothing to answer
 
-    def dispatch(self, frame: RpcFrame, route: Route, exclude: Endpoint | None, retried: bool) -> None:
-        picked = route.pick_stream(self.lookup.reset(frame.headers), exclude)
+    def dispatch(
+        self,
+        frame: RpcFrame,
+        route: Route,
+        exclude: Endpoint | None,
+        retried: bool,
+        gov: _RpcGov | None = None,
+    ) -> None:
+        if gov is None:
+            picked = route.pick_stream(self.lookup.reset(frame.headers), exclude)
+        else:
+            lookup = self.lookup.reset(frame.headers)
+            picked = route.pick_in(gov.rule, lookup, exclude)
+            if exclude is not None:
+                tried = gov.tried
+                if tried is None:
+                    tried = gov.tried = []
+                tried.append(exclude)
+                picked = pick_untried(route, gov.rule, lookup, exclude, picked, tried)
         if picked is None or isinstance(picked, str) or (retried and picked is exclude):
             if isinstance(picked, str):
                 reason, error = picked, LocalError.NO_UPSTREAM
@@ -636,28 +820,183 @@ class RpcDownstream(_Batched):
                 reason, error = route.connect_fail_reason, LocalError.UNAVAILABLE
             else:
                 reason, error = reasons.NO_HEALTHY_UPSTREAM, LocalError.NO_UPSTREAM
-            self.local_error(frame, error, reason, self.pool.ctx.loop.time(), route)
+            self.local_error(frame, error, reason, self.pool.ctx.loop.time(), route, gov)
             return
         endpoint = picked
         self.inflight += 1
         conn = self.pool.get(self.codec, route.service, endpoint)
-        conn.send(self, frame, route, retried)
+        if not conn.send(self, frame, route, retried, gov):
+            self.inflight -= 1
+            assert gov is not None
+            self.local_error(frame, LocalError.OVERLOADED, reasons.UPSTREAM_OVERFLOW, gov.started, route, gov)
+            return
         if frame.kind is FrameKind.ONEWAY and conn.transport is not None:
             self.inflight -= 1  # written at once, nothing pending
 
+    # -- the request policy (a policed route: see Route.policed) ----------------------------------------
+
+    def govern(self, frame: RpcFrame, route: Route) -> None:
+        """A request on a policed route: admission (gate), the rule matched once, its fault, the breaker,
+        then the first try with the request's deadline (the rule's timeout, bounded by the frame's own)."""
+        loop = self.pool.ctx.loop
+        now = loop.time()
+        lookup = self.lookup.reset(frame.headers)
+        gate = route.gate
+        admitted = 0.0
+        if gate is not None:
+            refused = gate.admit(lookup)
+            if refused is not None:
+                self.local_error(frame, LocalError.OVERLOADED, refused, now, route)  # busy / limited
+                return
+            admitted = gate.clock()
+        if frame.kind is FrameKind.ONEWAY:
+            # No answer comes: nothing to time, retry or count; admitted and forwarded as before.
+            if gate is not None:
+                gate.done(admitted, lookup)
+            self.dispatch(frame, route, exclude=None, retried=False)
+            return
+        rule = route.match_rule(lookup)
+        policy = route.policy_of(rule) if not isinstance(rule, str) else None
+        cluster = route.cluster
+        breaker = None
+        if cluster is not None and (cluster.breaker.limited or policy is not None):
+            breaker = cluster.breaker
+        gov = _RpcGov(gate, admitted, None if isinstance(rule, str) else rule, policy, breaker, now)
+        gov.detects = cluster is not None
+        gov.headers = frame.headers
+        if isinstance(rule, str):
+            self.local_error(frame, LocalError.NO_UPSTREAM, rule, now, route, gov)
+            return
+        timeout_ms = frame.timeout_ms
+        # The frame's own timeout (Bolt; 0 means "no deadline" and SOFA clients write -1 for it) bounds the
+        # rule's; with neither, the sidecar's request timeout.
+        timeout = timeout_ms / 1000.0 if timeout_ms and timeout_ms > 0 else None
+        fault = delay = None
+        if policy is not None:
+            if policy.timeout is not None:
+                timeout = policy.timeout if timeout is None else min(timeout, policy.timeout)
+            gov.per_try = policy.per_try_timeout
+            fault = policy.fault
+        if timeout is None:
+            timeout = self.pool.ctx.settings.request_timeout
+        if fault is not None:
+            delay = fault.delay()
+        gov.overall = now + (delay or 0.0) + timeout
+        abort = fault.abort() if fault is not None else None
+        if delay:
+            self.inflight += 1  # held here: counts against the caller's pending limit
+            loop.call_later(delay, self._after_delay, frame, route, gov, abort)
+            return
+        if abort is not None:
+            self._fault_reply(frame, route, gov, abort)
+            return
+        self._start(frame, route, gov)
+
+    def _after_delay(self, frame: RpcFrame, route: Route, gov: _RpcGov, abort: int | None) -> None:
+        self.inflight -= 1
+        if self.closed:
+            gov.release(self)
+            return
+        if abort is not None:
+            self._fault_reply(frame, route, gov, abort)
+        else:
+            self._start(frame, route, gov)
+
+    def _start(self, frame: RpcFrame, route: Route, gov: _RpcGov) -> None:
+        breaker = gov.breaker
+        if breaker is not None:
+            if not breaker.start_request():
+                overflow = reasons.UPSTREAM_OVERFLOW
+                self.local_error(frame, LocalError.OVERLOADED, overflow, gov.started, route, gov)
+                return
+            gov.requested = True
+        self.dispatch(frame, route, exclude=None, retried=False, gov=gov)
+
+    def _fault_reply(self, frame: RpcFrame, route: Route, gov: _RpcGov, status: int) -> None:
+        """A fault abort in the protocol's own terms: the rule's HTTP status as the nearest Bolt response
+        status or Dubbo status byte (see FAULT_STATUS)."""
+        self.pool.ctx.stats.local_reply(reasons.FAULT_INJECTED, route.service)
+        route.stats.record(status, (self.pool.ctx.loop.time() - gov.started) * 1000.0)
+        gov.release(self)
+        if self.closed or self.transport is None:
+            return
+        table, fallback4, fallback5 = FAULT_STATUS[self.codec.name]
+        raw = table.get(status, fallback4 if status < 500 else fallback5)
+        message = reasons.error_header_value(reasons.FAULT_INJECTED, route.service)
+        self.emit(ERROR_REPLY[self.codec.name](frame, raw, message))
+
+    def retry_governed(
+        self, frame: RpcFrame, route: Route, gov: _RpcGov, failed: Endpoint, kind: int
+    ) -> bool:
+        """Send a governed request again after its try failed in way ``kind`` when its policy allows it
+        (retries left, retryOn, its deadline, the retry budget); False: answer the failure as it is."""
+        if self.closed or not gov.allows(kind) or self.pool.ctx.loop.time() >= gov.overall:
+            return False
+        if not gov.start_retry(kind):
+            self.pool.ctx.stats.local_reply(reasons.RETRY_BUDGET_EXHAUSTED, route.service)
+            return False
+        self.pool.ctx.stats.upstream_rq_retry += 1
+        if kind in (RETRY_CONNECT, RETRY_REFUSED):
+            self.dispatch(frame, route, exclude=failed, retried=True, gov=gov)
+        else:
+            # Envoy's backoff (full jitter over 25 ms, doubled per retry): retries do not arrive in a burst.
+            done = gov.policy.retries - gov.retries_left
+            pause = random.random() * min(RETRY_BACKOFF_BASE * (1 << max(done - 1, 0)), RETRY_BACKOFF_MAX)
+            self.inflight += 1
+            self.pool.ctx.loop.call_later(pause, self._retry_later, frame, route, gov, failed)
+        return True
+
+    def _retry_later(self, frame: RpcFrame, route: Route, gov: _RpcGov, failed: Endpoint) -> None:
+        self.inflight -= 1
+        if self.closed:
+            gov.release(self)
+            return
+        self.dispatch(frame, route, exclude=failed, retried=True, gov=gov)
+
     def respond(self, entry: _Pending, response: RpcFrame) -> None:
         """Pass ``response`` to the caller under the id its request came with."""
+        gov = entry.gov
+        if gov is not None and self._governed_response(entry, response, gov):
+            return  # retried
         entry.route.stats.record(
             _STATUS_OK if response.status == self.ok_status else _STATUS_UPSTREAM_ERROR,
             (self.pool.ctx.loop.time() - entry.started) * 1000.0,
         )
         if not self.closed:
             self.emit_with_id(response, entry.frame.request_id)
+        if gov is not None:
+            gov.release(self)
+
+    def _governed_response(self, entry: _Pending, response: RpcFrame, gov: _RpcGov) -> bool:
+        """Count a governed try's response for outlier detection; retry it (True) when a provider sidecar
+        refused it unseen, or when the rule's retryOn was given explicitly and names the status's class."""
+        status = response.status
+        if status == self.ok_status:
+            gov.outcome(200)
+            return False
+        name = self.codec.name
+        counted = HTTP_FOR_STATUS[name].get(status or 0, 500)
+        gov.outcome(counted)
+        if status in REFUSAL_STATUSES[name] and _refused_unseen(response.raw):
+            return self.retry_governed(entry.frame, entry.route, gov, entry.endpoint, RETRY_REFUSED)
+        policy = gov.policy
+        if policy is None or not gov.explicit or not policy.retry_on.status(counted):
+            return False
+        return self.retry_governed(entry.frame, entry.route, gov, entry.endpoint, RETRY_STATUS)
 
     def local_error(
-        self, frame: RpcFrame, error: LocalError, reason: str, started: float, route: Route | None
+        self,
+        frame: RpcFrame,
+        error: LocalError,
+        reason: str,
+        started: float,
+        route: Route | None,
+        gov: _RpcGov | None = None,
     ) -> None:
-        """Answer ``frame`` here, in its protocol's terms; a one-way request is only counted."""
+        """Answer ``frame`` here, in its protocol's terms; a one-way request is only counted. ``gov``: the
+        request's policy state, released now that it is answered."""
+        if gov is not None:
+            gov.release(self)
         if route is not None:
             service = route.service
         else:  # a shared listener's connection has no service of its own: name the one the frame asked for
@@ -681,3 +1020,126 @@ class RpcDownstream(_Batched):
         if self.transport is not None:
             self.flush()
             self.transport.close()
+
+
+class _RpcGov:
+    """A governed request's policy state: made once per request, only on a policed route."""
+
+    __slots__ = (
+        "admitted",
+        "breaker",
+        "detects",
+        "explicit",
+        "gate",
+        "headers",
+        "outlier",
+        "overall",
+        "pending",
+        "per_try",
+        "policy",
+        "requested",
+        "retries_left",
+        "retrying",
+        "rule",
+        "started",
+        "tried",
+        "try_deadline",
+        "watched",
+    )
+
+    def __init__(
+        self, gate: Any, admitted: float, rule: Rule | None, policy: Any, breaker: Any, started: float
+    ) -> None:
+        self.gate = gate  # admitted: gate.done(admitted, lookup) once answered
+        self.admitted = admitted
+        self.headers: Mapping[str, str] = {}  # the request frame's, for the gate's per-interface count
+        self.rule = rule
+        self.policy = policy  # a plexus.proxy.resilience.RulePolicy, or None (the built-in single retry)
+        # Retries after the frame was written, or on a response status, need retryOn given in the rule:
+        # Istio's default list is for idempotent HTTP, and an RPC call is not idempotent by default.
+        self.explicit = policy is not None and policy.retry_on is not DEFAULT_RETRY_ON
+        self.retries_left = policy.retries if policy is not None else 1
+        self.breaker = breaker
+        self.started = started
+        self.overall = 0.0  # the request's deadline (loop time)
+        self.per_try: float | None = None
+        self.try_deadline = 0.0  # this try's per-try deadline when it is sooner than ``overall``
+        self.requested = False
+        self.pending = False
+        self.retrying = False
+        self.detects = False
+        self.outlier: Any = None
+        self.watched: Endpoint | None = None
+        self.tried: list[Endpoint] | None = None  # endpoints earlier tries went to (made at the first retry)
+
+    def allows(self, kind: int) -> bool:
+        if self.retries_left <= 0:
+            return False
+        policy = self.policy
+        if policy is None:  # built-in: once elsewhere, only when no app saw the request
+            return kind in (RETRY_CONNECT, RETRY_REFUSED)
+        on = policy.retry_on
+        if kind == RETRY_CONNECT:
+            return bool(on.connect_failure)
+        if kind == RETRY_REFUSED:
+            return bool(on.refused_stream or on.connect_failure)
+        if kind == RETRY_AFTER_SEND:
+            return self.explicit and bool(on.reset)
+        return self.explicit
+
+    def start_retry(self, kind: int) -> bool:
+        """Count a retry. One of a request no app saw (connect failure, refused unseen) adds no load to
+        any app, so it spends retries left but not the breaker's retry budget."""
+        breaker = self.breaker
+        if self.policy is not None and breaker is not None and kind not in (RETRY_CONNECT, RETRY_REFUSED):
+            if self.retrying:
+                self.retrying = False
+                breaker.end_retry()
+            if not breaker.start_retry():
+                return False
+            self.retrying = True
+        self.retries_left -= 1
+        return True
+
+    def end_pending(self) -> None:
+        self.pending = False
+        self.breaker.end_pending()
+
+    def watch(self, route: Route, endpoint: Endpoint) -> None:
+        """This try goes to ``endpoint``: its result counts for its cluster's outlier detection."""
+        if not self.detects:
+            return
+        cluster = route.cluster_of(endpoint)
+        outlier = cluster.outlier if cluster is not None else None
+        if outlier is not None:
+            self.outlier = outlier
+            self.watched = endpoint
+
+    def outcome(self, status: int) -> None:
+        endpoint = self.watched
+        if endpoint is None:
+            return
+        self.watched = None
+        if status >= 500:
+            self.outlier.failure(endpoint, status in _GATEWAY)
+        else:
+            self.outlier.success(endpoint)
+
+    def release(self, down: RpcDownstream) -> None:
+        """The request is answered (or its caller gone): give back the breaker's and the gate's counts."""
+        breaker = self.breaker
+        if self.pending:
+            self.end_pending()
+        if self.retrying:
+            self.retrying = False
+            breaker.end_retry()
+        if self.requested:
+            self.requested = False
+            breaker.end_request()
+        gate = self.gate
+        if gate is not None:
+            self.gate = None
+            gate.done(self.admitted, down.lookup.reset(self.headers))
+
+
+_GATEWAY: Final = frozenset({502, 503, 504})

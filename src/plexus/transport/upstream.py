@@ -8,6 +8,9 @@ after a HEAD response, garbage): the connection is closed, so the next request n
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Protocol, cast
 
 from plexus.codec.http1 import Http1Limits, ResponseDecoder, ResponseHead
@@ -35,6 +38,7 @@ class ExchangeSide(Protocol):
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "closed",
+        "counted",
         "decoder",
         "endpoint",
         "exchange",
@@ -42,6 +46,7 @@ class UpstreamConnection(asyncio.Protocol):
         "pool",
         "received",
         "reused",
+        "served",
         "transport",
     )
 
@@ -55,6 +60,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.received = False  # a byte of the current exchange's response arrived
         self.closed = False
         self.pipe: Callable[[bytes], None] | None = None  # after a 101: raw bytes go straight here
+        self.counted = False  # in the pool's count of its endpoint's connections (open or opening)
+        self.served = 0  # requests it carried, counted by policed exchanges (maxRequestsPerConnection)
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------
 
@@ -158,8 +165,18 @@ class UpstreamConnection(asyncio.Protocol):
         self.close()
 
 
+class CapacityWaiter(Protocol):
+    """A request waiting for its cluster to have room for a connection (circuit breaking)."""
+
+    def on_capacity(self) -> None: ...
+
+
 class UpstreamPool:
-    """Idle keep-alive connections by endpoint address (newest reused first, so older ones time out)."""
+    """Idle keep-alive connections by endpoint address (newest reused first, so older ones time out).
+
+    It also counts connections per endpoint (open or opening; a count per connection, never per request), so
+    a cluster's ``max_connections`` can be held: a request that finds its cluster full waits in ``waiters``
+    (by service) until a connection of that service is released or closes."""
 
     def __init__(self, stats: DataPlaneStats, limits: Http1Limits, max_idle_per_endpoint: int = 64) -> None:
         self.stats = stats
@@ -167,6 +184,8 @@ class UpstreamPool:
         self.max_idle = max_idle_per_endpoint  # bounds memory: idle connections beyond this are closed
         self.idle: dict[str, list[UpstreamConnection]] = {}  # by address: each endpoint's own idle list
         self._all: set[UpstreamConnection] = set()
+        self.open: dict[str, int] = {}  # by address: connections open or being opened
+        self.waiters: dict[str, deque[CapacityWaiter]] = {}  # by service: requests waiting for room
 
     def acquire(self, endpoint: Endpoint) -> UpstreamConnection | None:
         idle: list[UpstreamConnection] = endpoint.idle
@@ -187,7 +206,14 @@ class UpstreamPool:
         loop = asyncio.get_running_loop()
         conn = UpstreamConnection(self, endpoint)
         host, port = endpoint.address
-        await asyncio.wait_for(loop.create_connection(lambda: conn, host, port), timeout)
+        key = endpoint.key
+        conn.counted = True
+        self.open[key] = self.open.get(key, 0) + 1
+        try:
+            await asyncio.wait_for(loop.create_connection(lambda: conn, host, port), timeout)
+        except BaseException:
+            self._uncount(conn)
+            raise
         self._all.add(conn)
         self.idle[endpoint.key] = endpoint.idle  # the pool's view by address (drop_endpoint, close_all)
         return conn
@@ -197,6 +223,63 @@ class UpstreamPool:
         idle = conn.endpoint.idle
         if idle and conn in idle:
             idle.remove(conn)
+        self._uncount(conn)
+
+    def _uncount(self, conn: UpstreamConnection, wake: bool = True) -> None:
+        if not conn.counted:
+            return
+        conn.counted = False
+        key = conn.endpoint.key
+        left = self.open.get(key, 0) - 1
+        if left > 0:
+            self.open[key] = left
+        else:
+            self.open.pop(key, None)
+        if wake and self.waiters:
+            self.wake(conn.endpoint.instance.service)
+
+    # -- cluster capacity (circuit breaking) --------------------------------------------------------
+
+    def open_in(self, endpoints: Iterable[Endpoint]) -> int:
+        """Connections open or opening to ``endpoints`` (a cluster's)."""
+        get = self.open.get
+        return sum(get(e.key, 0) for e in endpoints)
+
+    def close_idle_in(self, endpoints: Iterable[Endpoint]) -> bool:
+        """Close one idle connection to any of ``endpoints`` to make room for a new one; False: none idle."""
+        for endpoint in endpoints:
+            idle: list[UpstreamConnection] = endpoint.idle
+            while idle:
+                conn = idle.pop(0)  # the oldest: the one most likely to be timed out by its peer soon
+                if not conn.closed:
+                    self._uncount(conn, wake=False)  # the room goes to the caller, not to a waiter
+                    conn.close()
+                    return True
+        return False
+
+    def wait(self, service: str, waiter: CapacityWaiter) -> None:
+        queue = self.waiters.get(service)
+        if queue is None:
+            queue = self.waiters[service] = deque()
+        queue.append(waiter)
+
+    def unwait(self, service: str, waiter: CapacityWaiter) -> None:
+        queue = self.waiters.get(service)
+        if queue is not None:
+            with contextlib.suppress(ValueError):
+                queue.remove(waiter)
+            if not queue:
+                del self.waiters[service]
+
+    def wake(self, service: str) -> None:
+        """A connection of ``service`` was released or closed: the first waiter tries again."""
+        queue = self.waiters.get(service)
+        if queue is None:
+            return
+        waiter = queue.popleft()
+        if not queue:
+            del self.waiters[service]
+        waiter.on_capacity()
 
     def drop_endpoint(self, key: str) -> None:
         """The endpoint left its cluster: close its idle connections (busy ones close when released)."""
