@@ -31,16 +31,15 @@ from plexus.clients.grpc_h2 import (
     UNAVAILABLE,
     Call,
     Channel,
-    GrpcError,
     GrpcStatus,
 )
+from plexus.clients.reconnect import keep_connected
 from plexus.clients.registry_state import (
     Callback,
     PublishBook,
     PublishError,
     WatchBook,
     default_publisher_id,
-    jitter,
 )
 from plexus.core.address import parse_host_port
 from plexus.discovery.model import Instance, ServiceSet
@@ -202,21 +201,15 @@ class AsyncRegistryClient:
                 log.exception("registry watch callback for %s failed", sset.service)
 
     async def _run(self) -> None:
-        delay = self._reconnect_min
-        while not self._stopping:
-            try:
-                if await self._session():
-                    delay = self._reconnect_min
-            except (OSError, TimeoutError, GrpcError) as exc:
-                log.debug("registry %s: cannot connect: %s", self.address, exc)
-            except Exception:  # a bug here must not end the client for the process's whole life
-                log.exception("registry %s: connection failed", self.address)
-            if self._stopping:
-                return
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), jitter(delay))
-            delay = min(delay * 2, self._reconnect_max)
+        await keep_connected(
+            self._session,
+            stopping=lambda: self._stopping,
+            wake=self._wake,
+            reconnect_min=self._reconnect_min,
+            reconnect_max=self._reconnect_max,
+            what=f"registry {self.address}",
+            log=log,
+        )
 
     async def _session(self) -> bool:
         """One connection: open the streams, serve until one ends. True when the registry answered."""

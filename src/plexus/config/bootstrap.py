@@ -105,9 +105,10 @@ class SidecarBootstrap(BaseModel):
     admin: HostPortText = "127.0.0.1:15300"
     egress: HostPortText = "127.0.0.1:15001"
     egress_ports: Annotated[str, AfterValidator(_port_range)] | None = None
-    zone: str = Field(default="", max_length=256)
-    unit: str = Field(default="", max_length=256)
-    workload: str = Field(default="", max_length=256)
+    # Names travel in headers (x-plexus-caller) and registry records: printable ASCII without spaces.
+    zone: str = Field(default="", max_length=256, pattern=r"^[!-~]*$")
+    unit: str = Field(default="", max_length=256, pattern=r"^[!-~]*$")
+    workload: str = Field(default="", max_length=256, pattern=r"^[!-~]*$")
     namespace: str = Field(default="default", min_length=1, max_length=253)
     lb: LbPolicy = "round_robin"
     hash_header: Annotated[str, AfterValidator(_header_name)] | None = None

@@ -22,6 +22,7 @@ from plexus.core.errors import ConfigError
 from plexus.core.ready_file import write_ready_file
 from plexus.proto import control_pb2_grpc, registry_pb2_grpc
 from plexus.push.registry_state import RegistryState, Restored
+from plexus.registry.app import check_addresses, check_seconds, prepare_data_dir
 from plexus.registry.server import SERVER_OPTIONS, RegistryCore, RegistryServicer
 from plexus.registry.server import SystemClock as RegistryClock
 from plexus.stores.memory_registry import MemoryRegistryStore
@@ -53,19 +54,13 @@ class ControlConfig:
 
     def validate(self) -> None:
         """Raise ConfigError naming the flag of the first bad value."""
-        for flag, value in (("--listen", self.listen), ("--admin", self.admin)):
-            try:
-                parse_host_port(value, flag)
-            except Exception as exc:
-                raise ConfigError(flag, str(exc).split(": ", 1)[-1]) from None
-        for flag, number, scale in (
+        check_addresses(("--listen", self.listen), ("--admin", self.admin))
+        check_seconds(
             ("--debounce-ms", self.debounce, 1000),
             ("--max-debounce-ms", self.max_debounce, 1000),
             ("--lease-grace", self.lease_grace, 1),
             ("--warmup", self.warmup, 1),
-        ):
-            if not 0 <= number <= 3600:
-                raise ConfigError(flag, f"{number * scale:g} is not in 0..{3600 * scale}")
+        )
         if self.max_debounce < self.debounce:
             raise ConfigError(
                 "--max-debounce-ms",
@@ -73,13 +68,7 @@ class ControlConfig:
             )
         if self.config_dir is not None and not self.config_dir.is_dir():
             raise ConfigError("--config-dir", f"{self.config_dir} is not a directory")
-        if self.data_dir is not None:
-            try:
-                self.data_dir.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise ConfigError("--data-dir", f"{self.data_dir}: {exc.strerror}") from None
-            if not self.data_dir.is_dir():
-                raise ConfigError("--data-dir", f"{self.data_dir} is not a directory")
+        prepare_data_dir(self.data_dir)
 
     def dump(self) -> dict[str, object]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}

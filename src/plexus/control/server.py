@@ -107,10 +107,10 @@ class ControlServicer(pb_grpc.ControlServicer):
     async def StressTest(
         self, request: pb.StressTestRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StressTestProgress]:
+        from plexus.control.stress import StressTestError, run_stress_test
+
         try:
-            from plexus.control.stress import run_stress_test  # type: ignore[import-not-found,unused-ignore]
-        except ImportError:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this control plane has no stress test")
-            return
-        async for progress in run_stress_test(self._core, request):
-            yield progress
+            async for progress in run_stress_test(self._core, request):
+                yield progress
+        except StressTestError as exc:  # refused before anything changed: say why, as the caller's fault
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))

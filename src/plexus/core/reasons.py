@@ -32,7 +32,6 @@ FAULT_INJECTED: Final = "fault_injected"  # FI: a VirtualService fault abort ans
 RATE_LIMITED: Final = "rate_limited"  # RL: a local or global RateLimitPolicy bucket was empty: 429
 LOAD_SHED: Final = "load_shed"  # an adaptive RateLimitPolicy shed the request under load: 503
 RETRY_BUDGET_EXHAUSTED: Final = "retry_budget_exhausted"  # a retry was due, the budget was spent (log)
-UNIT_DRAINED: Final = "unit_drained"  # UnitRouting drained every unit that has endpoints: 503
 
 # Failures that happen before any byte of the request reached an app: safe to retry on another endpoint.
 # A provider sidecar answering unknown_service has just withdrawn that service (the app unpublished first):

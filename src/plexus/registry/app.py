@@ -26,6 +26,34 @@ log = logging.getLogger("plexus.registry")
 STOP_GRACE = 1.0  # seconds open streams get to finish on SIGTERM; subscribers reconnect anyway
 
 
+def check_addresses(*flags: tuple[str, str]) -> None:
+    """Each (flag, HOST:PORT) must parse; a ConfigError names the first that does not."""
+    for flag, value in flags:
+        try:
+            parse_host_port(value, flag)
+        except Exception as exc:
+            raise ConfigError(flag, str(exc).split(": ", 1)[-1]) from None
+
+
+def check_seconds(*flags: tuple[str, float, int]) -> None:
+    """Each (flag, seconds, scale of the flag's unit) must be within 0..1 hour, told in the flag's unit."""
+    for flag, number, scale in flags:
+        if not 0 <= number <= 3600:
+            raise ConfigError(flag, f"{number * scale:g} is not in 0..{3600 * scale}")
+
+
+def prepare_data_dir(data_dir: Path | None) -> None:
+    """Create --data-dir when missing; a ConfigError when it cannot be a directory."""
+    if data_dir is None:
+        return
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError("--data-dir", f"{data_dir}: {exc.strerror}") from None
+    if not data_dir.is_dir():
+        raise ConfigError("--data-dir", f"{data_dir} is not a directory")
+
+
 @dataclass(frozen=True, slots=True)
 class RegistryConfig:
     listen: str = "127.0.0.1:15200"
@@ -38,25 +66,13 @@ class RegistryConfig:
 
     def validate(self) -> None:
         """Raise ConfigError naming the flag of the first bad value."""
-        for flag, value in (("--listen", self.listen), ("--admin", self.admin)):
-            try:
-                parse_host_port(value, flag)
-            except Exception as exc:
-                raise ConfigError(flag, str(exc).split(": ", 1)[-1]) from None
-        for flag, number, scale in (
+        check_addresses(("--listen", self.listen), ("--admin", self.admin))
+        check_seconds(
             ("--lease-grace", self.lease_grace, 1),
             ("--debounce-ms", self.debounce, 1000),
             ("--warmup", self.warmup, 1),
-        ):
-            if not 0 <= number <= 3600:
-                raise ConfigError(flag, f"{number * scale:g} is not in 0..{3600 * scale}")
-        if self.data_dir is not None:
-            try:
-                self.data_dir.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise ConfigError("--data-dir", f"{self.data_dir}: {exc.strerror}") from None
-            if not self.data_dir.is_dir():
-                raise ConfigError("--data-dir", f"{self.data_dir} is not a directory")
+        )
+        prepare_data_dir(self.data_dir)
 
     def dump(self) -> dict[str, object]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}

@@ -14,7 +14,6 @@ an older Plexus is validated by the newer one. Written to ``<path>.tmp``, fsynce
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Any, Final
 import orjson
 
 from plexus.core.errors import ConfigError
+from plexus.stores.durable_file import write_atomically
 
 FORMAT: Final = 1
 FILE_NAME: Final = "policy-store.json"
@@ -66,17 +66,7 @@ def _to_json(stored: StoredPolicy) -> bytes:
 
 
 def write_policy(path: Path, stored: StoredPolicy) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(_to_json(stored))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself must survive a crash too
-    finally:
-        os.close(dir_fd)
+    write_atomically(path, _to_json(stored))
 
 
 def read_policy(path: Path) -> StoredPolicy | None:

@@ -12,7 +12,6 @@ never a torn one.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any, Final
@@ -21,6 +20,7 @@ import orjson
 
 from plexus.core.errors import ConfigError
 from plexus.discovery.model import Instance
+from plexus.stores.durable_file import write_atomically
 from plexus.stores.registry_store import StoredRegistry
 
 FORMAT: Final = 1
@@ -68,17 +68,7 @@ def write_snapshot(path: Path, stored: StoredRegistry) -> None:
         "versions": dict(stored.versions),
         "publishers": {pid: [instance_to_json(i) for i in insts] for pid, insts in stored.publishers.items()},
     }
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(orjson.dumps(doc))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself must survive a crash too
-    finally:
-        os.close(dir_fd)
+    write_atomically(path, orjson.dumps(doc))
 
 
 def read_snapshot(path: Path) -> StoredRegistry | None:

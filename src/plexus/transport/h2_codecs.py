@@ -401,13 +401,11 @@ class _NgCodec:
 
     def data_to_send(self) -> bytes:
         conn = self._conn
-        if not conn.want_write:
+        if not self.closed and not self._tail and not conn.want_write:
             # Nothing queued (most flushes: every read ends with one per connection it touched). The C
             # property costs a fraction of a data_to_send + events() pair; events come only from sending.
-            tail = self._tail
-            if tail:
-                self._tail = b""
-            return tail
+            # A failed or closing engine takes the full path (its GOAWAY, written by hand or queued).
+            return b""
         tail, self._tail = self._tail, b""
         try:
             data = bytes(conn.data_to_send())

@@ -126,7 +126,6 @@ GATEWAY_STATUSES: Final = frozenset({502, 503, 504})
 RETRY_BACKOFF_BASE: Final = 0.025
 RETRY_BACKOFF_MAX: Final = 0.25
 _GRPC_TIMEOUT: Final = b"grpc-timeout"
-_CLOCK_TICK: Final = 0.001  # libuv's loop clock (loop.time()) has millisecond resolution
 SHADOW_SUFFIX: Final = b"-shadow"  # appended to a mirrored request's authority (Envoy's shadow host)
 # Mirrored copies in flight per process: a slow mirror target must not pin unbounded streams and memory.
 MAX_MIRRORS_IN_FLIGHT: Final = 1000
@@ -454,10 +453,7 @@ class H2Stream:
         if self.timeout_at is not None:
             # The upstream is told what is left of the deadline (the caller's or the sidecar's, the shorter),
             # so the app gives up when the sidecar does.
-            # The loop's clock is read once per turn at millisecond resolution, so what is really left may
-            # be up to a tick less than it says: the app is told a tick less, never more than the sidecar
-            # waits (the request's frames now leave within the same turn, not one later).
-            left = max(self.deadline - self.down.loop.time() - _CLOCK_TICK, 0.001)
+            left = max(self.deadline - self.down.loop.time(), 0.001)
             self.up_headers[self.timeout_at] = (b"grpc-timeout", format_grpc_timeout(left).encode())
         end = self.req_ended and not self.req_q and self.req_trailers is None
         self.up_sid = self.credit_sid = conn.open(self, self.up_headers, end)

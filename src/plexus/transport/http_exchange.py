@@ -69,7 +69,6 @@ _STATUS_FOR: Final = {
     reasons.UPSTREAM_PER_TRY_TIMEOUT: 504,
     reasons.RATE_LIMITED: 429,
     reasons.LOAD_SHED: 503,
-    reasons.UNIT_DRAINED: 503,
 }
 # Back-off between policy retries (Envoy's default: 25 ms base, full jitter, doubling, at most 10x the base),
 # so a burst of failures does not come straight back as a burst of retries.
