@@ -202,21 +202,22 @@ def validate(
     failed = False
     for path in files:
         name, text = _read(path)
-        try:
-            # With a control plane, what spans resources (a subset its stored DestinationRule defines) is
-            # checked there, against the set this file would leave; alone, the file must hold together.
-            parse_resources(text, name, across=client is None)
-        except RouteConfigError as exc:
-            failed = True
-            for problem in exc.problems:
-                typer.echo(str(problem), err=True)
-            continue
         if client is not None:
+            # The control plane parses the file too and checks what spans resources (a subset its stored
+            # DestinationRule defines) against the set this file would leave: every problem in one answer.
             response = _calling(functools.partial(client.apply, text, name, dry_run=True))
             if response.problems:
                 failed = True
                 for problem in response.problems:
                     typer.echo(problem, err=True)
+                continue
+        else:
+            try:  # alone, the file must hold together
+                parse_resources(text, name)
+            except RouteConfigError as exc:
+                failed = True
+                for problem in exc.problems:
+                    typer.echo(str(problem), err=True)
                 continue
         typer.echo(f"{name}: valid" + (" (checked against the control plane)" if client else ""))
     if failed:
