@@ -167,8 +167,8 @@ def test_validate_alone_and_against_the_stored_set(control: str, tmp_path: Path)
     to_v9 = cli("validate", "-f", write(tmp_path, "v9.yaml", TO_V9), "--control", control)
     assert to_v9.exit_code == EXIT_INVALID and "v9" in to_v9.output
     # A problem of the file itself and one against the stored set come in the same pass.
-    both = cli("validate", "-f", write(tmp_path, "both.yaml", TO_V9.replace("hosts: [", "hosts: [\"bad host\", ")),
-               "--control", control)
+    both_bad = TO_V9.replace("hosts: [", 'hosts: ["bad host", ')
+    both = cli("validate", "-f", write(tmp_path, "both.yaml", both_bad), "--control", control)
     assert both.exit_code == EXIT_INVALID
     assert "v9" in both.output and "bad host" in both.output, both.output
     assert cli("get", "vs", "--control", control).stdout == ""  # a dry run stores nothing
