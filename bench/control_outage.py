@@ -40,6 +40,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -201,8 +202,8 @@ class Outage:
 
     def stop_all(self) -> None:
         self.http.close()
-        for proc in reversed(self.procs):
-            proc.stop()
+        with ThreadPoolExecutor(max(len(self.procs), 1)) as pool:  # each waits out its own drain time
+            list(pool.map(lambda proc: proc.stop(), list(self.procs)))
 
     # ------------------------------------------------------------------------------------------ status
     def status(self) -> tuple[int, dict[str, Any]]:
@@ -247,12 +248,15 @@ class Outage:
         control = self.start_control("127.0.0.1:0", ["--warmup", "0"])
         self.control = control
         self.control_address = control.address("listen")
-        sidecars = [self._plexus(name, ["sidecar", "--control", self.control_address, *PORTS])
-                    for name in ("provider-v1", "provider-v2", "consumer")]  # fmt: skip
+        with ThreadPoolExecutor(5) as pool:  # start-ups overlap: each waits for its ready file
+            started = [pool.submit(self._plexus, name, ["sidecar", "--control", self.control_address, *PORTS])
+                       for name in ("provider-v1", "provider-v2", "consumer")]  # fmt: skip
+            ports = [pool.submit(self.start_app, f"app-{version}") for version in ("v1", "v2")]
+            sidecars = [f.result() for f in started]
+            app_ports = [f.result() for f in ports]
         *providers, self.consumer = sidecars
         self.node_ids = [f"sidecar-{p.address('advertise')}-{p.pid}" for p in sidecars]
-        for version, provider in zip(("v1", "v2"), providers, strict=True):
-            port = self.start_app(f"app-{version}")
+        for version, provider, port in zip(("v1", "v2"), providers, app_ports, strict=True):
             body = {"port": port, "version": version}
             published = self.http.put(f"http://{provider.address('api')}/v1/providers/hello", json=body)
             published.raise_for_status()
@@ -354,7 +358,6 @@ class Outage:
     def named_sidecars(self) -> dict[str, ManagedProcess]:
         return {p.log_path.stem: p for p in self.procs if p.log_path.stem.startswith(("provider", "cons"))}
 
-
     def ledger(self) -> dict[str, Any]:
         calls = self.traffic.calls
         received: dict[str, Counter[int]] = {}
@@ -399,7 +402,8 @@ def verdict(result: dict[str, Any]) -> dict[str, bool]:
     total, down = result["all"], result["during_outage"]
     return {
         "zero_failed_calls": total["errors"] == 0 and total["lost"] == 0,
-        "served_on_last_snapshot": down["errors"] == 0 and set(down["canary"]) == {"app-v2"}
+        "served_on_last_snapshot": down["errors"] == 0
+        and set(down["canary"]) == {"app-v2"}
         and down["ok"] > 0,
         "resynced": result.get("resync_s") is not None,
         "change_took_effect": result.get("change_to_effect_s") is not None
@@ -429,11 +433,15 @@ def main() -> None:
     parser.add_argument("--warm-seconds", type=float, default=5.0, help="traffic before the stop")
     parser.add_argument("--after-seconds", type=float, default=5.0, help="traffic after the change shows")
     parser.add_argument("--progress", type=float, default=30.0, help="seconds between checks while down")
-    parser.add_argument("--restart-warmup", type=float, help="--warmup of the restarted control plane "
-                        "(default: its own default, lease-grace + 2 s)")
+    parser.add_argument(
+        "--restart-warmup",
+        type=float,
+        help="--warmup of the restarted control plane (default: its own default, lease-grace + 2 s)",
+    )
     parser.add_argument("--out", type=Path, help="write the result here as JSON")
     args = parser.parse_args()
-    signal.signal(signal.SIGTERM, _interrupt)  # SIGINT already raises KeyboardInterrupt
+    for sig in (signal.SIGTERM, signal.SIGINT):  # SIGINT too: a shell starting us with & ignores it
+        signal.signal(sig, _interrupt)
     outage = Outage(args)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     try:
@@ -442,6 +450,8 @@ def main() -> None:
         log("interrupted: stopping every process")
         raise SystemExit(130) from None
     finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):  # a second Ctrl-C must not cut the clean-up short
+            signal.signal(sig, signal.SIG_IGN)
         if hasattr(outage, "traffic"):
             outage.traffic.finish()
         outage.stop_all()

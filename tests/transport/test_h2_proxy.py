@@ -130,7 +130,7 @@ def test_sidecar_deadline_is_min_of_grpc_timeout_and_request_timeout(lt: LoopThr
         with channel(port) as ch:
             assert ch.unary_unary(path("Echo"))(b"x", timeout=5) == b"x"
         left = app.time_left[-1]
-        assert left is not None and 0 < left <= 0.4  # the app was told the sidecar's shorter deadline
+        assert left is not None and 0 < left <= 0.4 + 0.02  # the sidecar's shorter deadline (grpcio rounds)
     finally:
         m.close()
 
