@@ -328,3 +328,40 @@ def test_ingress_rate_limit_answers_busy(lt: LoopThread, protocol: str) -> None:
     finally:
         mesh.close()
         lt.run(app.stop())
+
+
+SOFA_CALLER_APP = "rpc_trace_context.sofaCallerApp"  # what SOFA RPC clients send as the calling app
+
+
+def test_bolt_per_caller_buckets_key_on_the_callers_own_header(lt: LoopThread) -> None:
+    # RPC frames carry no x-plexus-caller (the consumer sidecar does not re-encode them); a per-caller limit
+    # on a Bolt service names the caller field SOFA clients send themselves: each caller gets its own bucket.
+    mesh = Mesh(lt, connect_timeout=0.5, request_timeout=5.0)
+    app = Provider("bolt", "app")
+    lt.run(app.start())
+    try:
+        port = lt.run(
+            mesh.plane.listen_rpc_ingress("echo", "bolt", "127.0.0.1", 0, HostPort("127.0.0.1", app.port))
+        )
+        per_caller = LocalRateLimit(
+            "per-app", tokens=2, fill_per_second=0.01, per_caller=True, caller_header=SOFA_CALLER_APP.lower()
+        )
+        limits = RateLimitPolicy("echo", "default", "echo", local=(per_caller,))
+        lt.call(mesh.plane.set_policy, PolicySet(rate_limits=(limits,)))
+
+        def call(caller: str, request_id: int) -> RpcFrame:
+            headers = {bolt.HEADER_SERVICE: "com.acme.Echo:1.0", bolt.HEADER_METHOD: "echo",
+                       SOFA_CALLER_APP: caller}
+            with socket.create_connection(port, timeout=5) as s:
+                s.sendall(bolt.encode_request(request_id, headers, token(request_id)))
+                (frame,) = read_frames(s, "bolt", 1)
+            return frame
+
+        first = [call("orders", i).status for i in (1, 2, 3)]
+        other = [call("billing", i).status for i in (4, 5, 6)]
+        assert first == [OK["bolt"], OK["bolt"], BUSY["bolt"]]
+        assert other == [OK["bolt"], OK["bolt"], BUSY["bolt"]]  # its own bucket, untouched by the first
+        assert app.received == Counter({1: 1, 2: 1, 4: 1, 5: 1})
+    finally:
+        mesh.close()
+        lt.run(app.stop())
