@@ -57,19 +57,13 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the control plane (and, unless --no-registry, the registry on the same port)."""
         import asyncio
-        import logging
 
+        from plexus.cli.logs import configure_logging
         from plexus.control.app import ControlConfig, run_control
         from plexus.control.core import StartupError
         from plexus.core.errors import ConfigError
 
-        level = logging.getLevelName(log_level.upper())
-        if not isinstance(level, int):
-            typer.echo(
-                f"error: --log-level: {log_level!r} is not one of debug, info, warning, error", err=True
-            )
-            raise typer.Exit(2)
-        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        configure_logging(log_level)
         config = ControlConfig(
             listen=listen,
             admin=admin,

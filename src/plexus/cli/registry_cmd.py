@@ -36,18 +36,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the service registry."""
         import asyncio
-        import logging
 
+        from plexus.cli.logs import configure_logging
         from plexus.core.errors import ConfigError
         from plexus.registry.app import RegistryConfig, run_registry
 
-        level = logging.getLevelName(log_level.upper())
-        if not isinstance(level, int):
-            typer.echo(
-                f"error: --log-level: {log_level!r} is not one of debug, info, warning, error", err=True
-            )
-            raise typer.Exit(2)
-        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        configure_logging(log_level)
         config = RegistryConfig(
             listen=listen,
             admin=admin,
