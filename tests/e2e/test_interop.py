@@ -31,7 +31,7 @@ def test_every_combination_of_mesh_and_direct(cluster: Cluster, tmp_path: Path) 
     cluster.stop_consumers()
 
     reports = [c.final_report for c in consumers]
-    assert None not in reports
+    assert None not in reports, [(c.name, c.proc.returncode, c.log_tail()) for c in consumers]
     paths = {path: stats for r in reports if r for path, stats in r["paths"].items()}
     assert set(paths) == {"mesh → mesh", "mesh → direct", "direct → mesh", "direct → direct"}
     for path, stats in paths.items():

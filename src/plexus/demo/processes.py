@@ -100,7 +100,9 @@ class Child:
             except subprocess.TimeoutExpired:
                 self.kill()
         if self._reader is not None:
-            self._reader.join(2.0)
+            # The child has exited, so its stdout reaches EOF; on a loaded machine the reader may still be
+            # parsing the last lines (the final report), so give it as long as the child itself had.
+            self._reader.join(timeout)
         self._log.close()
         return self.proc.returncode
 
