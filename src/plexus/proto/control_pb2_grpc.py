@@ -64,6 +64,26 @@ class ControlStub:
                 request_serializer=plexus_dot_proto_dot_control__pb2.StressTestRequest.SerializeToString,
                 response_deserializer=plexus_dot_proto_dot_control__pb2.StressTestProgress.FromString,
                 _registered_method=True)
+        self.Stat = channel.unary_unary(
+                '/plexus.control.v1.Control/Stat',
+                request_serializer=plexus_dot_proto_dot_control__pb2.StatRequest.SerializeToString,
+                response_deserializer=plexus_dot_proto_dot_control__pb2.StatResponse.FromString,
+                _registered_method=True)
+        self.Tap = channel.unary_stream(
+                '/plexus.control.v1.Control/Tap',
+                request_serializer=plexus_dot_proto_dot_control__pb2.TapRequest.SerializeToString,
+                response_deserializer=plexus_dot_proto_dot_control__pb2.RequestLine.FromString,
+                _registered_method=True)
+        self.Explain = channel.unary_unary(
+                '/plexus.control.v1.Control/Explain',
+                request_serializer=plexus_dot_proto_dot_control__pb2.ExplainRequest.SerializeToString,
+                response_deserializer=plexus_dot_proto_dot_control__pb2.ExplainResponse.FromString,
+                _registered_method=True)
+        self.Info = channel.unary_unary(
+                '/plexus.control.v1.Control/Info',
+                request_serializer=plexus_dot_proto_dot_control__pb2.InfoRequest.SerializeToString,
+                response_deserializer=plexus_dot_proto_dot_control__pb2.InfoResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -105,6 +125,30 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Stat(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Tap(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Explain(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Info(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -137,6 +181,26 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.StressTest,
                     request_deserializer=plexus_dot_proto_dot_control__pb2.StressTestRequest.FromString,
                     response_serializer=plexus_dot_proto_dot_control__pb2.StressTestProgress.SerializeToString,
+            ),
+            'Stat': grpc.unary_unary_rpc_method_handler(
+                    servicer.Stat,
+                    request_deserializer=plexus_dot_proto_dot_control__pb2.StatRequest.FromString,
+                    response_serializer=plexus_dot_proto_dot_control__pb2.StatResponse.SerializeToString,
+            ),
+            'Tap': grpc.unary_stream_rpc_method_handler(
+                    servicer.Tap,
+                    request_deserializer=plexus_dot_proto_dot_control__pb2.TapRequest.FromString,
+                    response_serializer=plexus_dot_proto_dot_control__pb2.RequestLine.SerializeToString,
+            ),
+            'Explain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Explain,
+                    request_deserializer=plexus_dot_proto_dot_control__pb2.ExplainRequest.FromString,
+                    response_serializer=plexus_dot_proto_dot_control__pb2.ExplainResponse.SerializeToString,
+            ),
+            'Info': grpc.unary_unary_rpc_method_handler(
+                    servicer.Info,
+                    request_deserializer=plexus_dot_proto_dot_control__pb2.InfoRequest.FromString,
+                    response_serializer=plexus_dot_proto_dot_control__pb2.InfoResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -301,6 +365,114 @@ class Control:
             '/plexus.control.v1.Control/StressTest',
             plexus_dot_proto_dot_control__pb2.StressTestRequest.SerializeToString,
             plexus_dot_proto_dot_control__pb2.StressTestProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/plexus.control.v1.Control/Stat',
+            plexus_dot_proto_dot_control__pb2.StatRequest.SerializeToString,
+            plexus_dot_proto_dot_control__pb2.StatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Tap(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/plexus.control.v1.Control/Tap',
+            plexus_dot_proto_dot_control__pb2.TapRequest.SerializeToString,
+            plexus_dot_proto_dot_control__pb2.RequestLine.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Explain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/plexus.control.v1.Control/Explain',
+            plexus_dot_proto_dot_control__pb2.ExplainRequest.SerializeToString,
+            plexus_dot_proto_dot_control__pb2.ExplainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Info(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/plexus.control.v1.Control/Info',
+            plexus_dot_proto_dot_control__pb2.InfoRequest.SerializeToString,
+            plexus_dot_proto_dot_control__pb2.InfoResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import bisect
 from typing import Final
 
+from plexus.proxy.telemetry import INBOUND, OUTBOUND, UNKNOWN, RequestEntry, Telemetry
+
 # Request duration buckets in milliseconds (Istio's istio_request_duration_milliseconds buckets).
 DURATION_BUCKETS_MS: Final = (
     1.0,
@@ -24,20 +26,74 @@ DURATION_BUCKETS_MS: Final = (
 )
 
 
+# Request and response size buckets in bytes (istio_request_bytes / istio_response_bytes histograms).
+SIZE_BUCKETS_BYTES: Final = (1.0, 10.0, 100.0, 1000.0, 10_000.0, 100_000.0, 1_000_000.0, 10_000_000.0)
+
 MAX_LABEL_SETS: Final = 1000  # distinct (reason, service) pairs kept before the rest count as "other"
+# Istio series (peer workload, response code, gRPC status, flags) kept per service and direction; past this
+# the peer and code of new combinations collapse into one "overflow" series, so a caller that invents
+# workload names or status codes cannot grow the sidecar's memory or the scrape without bound.
+MAX_SERIES_PER_SERVICE: Final = 200
+OVERFLOW: Final = "overflow"
+# (method, path) pairs counted per service for `plexus top`; the rest count under path "other".
+MAX_PATHS_PER_SERVICE: Final = 100
+
+
+class Series:
+    """One Istio label set's counters: requests, duration, request and response sizes."""
+
+    __slots__ = ("count", "duration_buckets", "duration_sum_ms", "request_buckets", "request_bytes",
+                 "response_buckets", "response_bytes")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.duration_buckets = [0] * (len(DURATION_BUCKETS_MS) + 1)  # last one is +Inf
+        self.duration_sum_ms = 0.0
+        self.request_buckets = [0] * (len(SIZE_BUCKETS_BYTES) + 1)
+        self.request_bytes = 0
+        self.response_buckets = [0] * (len(SIZE_BUCKETS_BYTES) + 1)
+        self.response_bytes = 0
+
+
+class PathStats:
+    """Per (method, path) of one service and direction, for `plexus top`: requests, failures, durations."""
+
+    __slots__ = ("buckets", "count", "duration_sum_ms", "failures")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.failures = 0
+        self.buckets = [0] * (len(DURATION_BUCKETS_MS) + 1)
+        self.duration_sum_ms = 0.0
 
 
 class ServiceStats:
-    """Per service and direction: requests by status class and a duration histogram."""
+    """Per service and direction: requests by status class and a duration histogram (the ``plexus_*``
+    families), Istio's series by peer, code, gRPC status and flags, and per-path counts.
 
-    __slots__ = ("buckets", "by_class", "direction", "duration_sum_ms", "service")
+    ``record(status, ms)`` counts only the plexus families (callers that have no entry); ``done(entry)`` is
+    what a finished request calls: every family, then the telemetry sinks."""
 
-    def __init__(self, service: str, direction: str) -> None:
+    __slots__ = ("buckets", "by_class", "direction", "duration_sum_ms", "failures", "paths", "protocol",
+                 "series", "service", "telemetry")
+
+    def __init__(self, service: str, direction: str, telemetry: Telemetry | None = None) -> None:
         self.service = service
         self.direction = direction  # "egress" or "ingress"
         self.by_class = [0, 0, 0, 0, 0, 0]  # index status // 100 (0 for a response never given)
         self.buckets = [0] * (len(DURATION_BUCKETS_MS) + 1)  # last one is +Inf
         self.duration_sum_ms = 0.0
+        self.failures = 0  # RequestEntry.failed, for reports and `plexus stat`
+        self.protocol = "http"  # the last request's protocol (a service speaks one)
+        # (peer_workload, status, grpc_status, flags) -> Series
+        self.series: dict[tuple[str, int, str, str], Series] = {}
+        self.paths: dict[tuple[str, str], PathStats] = {}  # (method, path)
+        self.telemetry = telemetry if telemetry is not None else Telemetry()
+
+    @property
+    def traffic_direction(self) -> str:
+        """Istio's words: "outbound" for egress, "inbound" for ingress."""
+        return OUTBOUND if self.direction == "egress" else INBOUND
 
     def record(self, status: int, duration_ms: float) -> None:
         cls = status // 100
@@ -45,17 +101,89 @@ class ServiceStats:
         self.buckets[bisect.bisect_left(DURATION_BUCKETS_MS, duration_ms)] += 1
         self.duration_sum_ms += duration_ms
 
+    def done(self, entry: RequestEntry) -> None:
+        """A request ended: count it everywhere and hand it to the telemetry sinks."""
+        ms = entry.duration_ms
+        cls = entry.status // 100
+        self.by_class[cls if 0 < cls < 6 else 0] += 1
+        duration_bucket = bisect.bisect_left(DURATION_BUCKETS_MS, ms)
+        self.buckets[duration_bucket] += 1
+        self.duration_sum_ms += ms
+        failed = entry.failed
+        if failed:
+            self.failures += 1
+        self.protocol = entry.protocol
+        key = (entry.peer_workload, entry.status, entry.grpc_status, entry.flags)
+        series = self.series.get(key)
+        if series is None:
+            series = self._new_series(key)
+        series.count += 1
+        series.duration_buckets[duration_bucket] += 1
+        series.duration_sum_ms += ms
+        series.request_buckets[bisect.bisect_left(SIZE_BUCKETS_BYTES, entry.request_bytes)] += 1
+        series.request_bytes += entry.request_bytes
+        series.response_buckets[bisect.bisect_left(SIZE_BUCKETS_BYTES, entry.response_bytes)] += 1
+        series.response_bytes += entry.response_bytes
+        path_key = (entry.method, entry.path)
+        path = self.paths.get(path_key)
+        if path is None:
+            path = self._new_path(path_key)
+        path.count += 1
+        if failed:
+            path.failures += 1
+        path.buckets[duration_bucket] += 1
+        path.duration_sum_ms += ms
+        self.telemetry.observe(entry)
+
+    def _new_series(self, key: tuple[str, int, str, str]) -> Series:
+        if len(self.series) >= MAX_SERIES_PER_SERVICE:
+            key = (OVERFLOW, 0, "", OVERFLOW)
+            found = self.series.get(key)
+            if found is not None:
+                return found
+        series = self.series[key] = Series()
+        return series
+
+    def _new_path(self, key: tuple[str, str]) -> PathStats:
+        if len(self.paths) >= MAX_PATHS_PER_SERVICE:
+            key = ("", "other")
+            found = self.paths.get(key)
+            if found is not None:
+                return found
+        path = self.paths[key] = PathStats()
+        return path
+
 
 class TcpStats:
-    __slots__ = ("active", "bytes_received", "bytes_sent", "connections", "direction", "service")
+    """Per TCP service and direction (istio_tcp_*): connections opened and closed, bytes each way.
+
+    ``peers`` splits the same counters by peer workload (outbound: the upstream instance's workload;
+    inbound: "unknown" until mTLS tells who connected), bounded like the request series."""
+
+    __slots__ = ("active", "bytes_received", "bytes_sent", "closed", "connections", "direction", "peers",
+                 "service")
 
     def __init__(self, service: str, direction: str) -> None:
         self.service = service
         self.direction = direction
-        self.connections = 0
+        self.connections = 0  # opened, cumulative
+        self.closed = 0
         self.active = 0
         self.bytes_received = 0  # from the downstream
         self.bytes_sent = 0  # to the downstream
+        # peer workload -> [opened, closed, bytes_received, bytes_sent]
+        self.peers: dict[str, list[int]] = {}
+
+    def peer(self, workload: str) -> list[int]:
+        """The peer's [opened, closed, bytes_received, bytes_sent] counters, created on first use."""
+        counters = self.peers.get(workload or UNKNOWN)
+        if counters is None:
+            if len(self.peers) >= MAX_SERIES_PER_SERVICE:
+                workload = OVERFLOW
+                counters = self.peers.get(workload)
+            if counters is None:
+                counters = self.peers[workload or UNKNOWN] = [0, 0, 0, 0]
+        return counters
 
 
 def _labels(**labels: str) -> str:
@@ -70,7 +198,8 @@ def _escape(value: str) -> str:
 class DataPlaneStats:
     """Every data-plane counter of one sidecar."""
 
-    def __init__(self) -> None:
+    def __init__(self, telemetry: Telemetry | None = None) -> None:
+        self.telemetry = telemetry if telemetry is not None else Telemetry()
         self.services: dict[tuple[str, str], ServiceStats] = {}
         self.tcp: dict[tuple[str, str], TcpStats] = {}
         self.local_replies: dict[tuple[str, str], int] = {}  # (reason, service)
@@ -85,7 +214,7 @@ class DataPlaneStats:
     def service(self, service: str, direction: str) -> ServiceStats:
         stats = self.services.get((service, direction))
         if stats is None:
-            stats = self.services[(service, direction)] = ServiceStats(service, direction)
+            stats = self.services[(service, direction)] = ServiceStats(service, direction, self.telemetry)
         return stats
 
     def tcp_service(self, service: str, direction: str) -> TcpStats:
