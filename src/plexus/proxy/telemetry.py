@@ -23,6 +23,7 @@ from collections import deque
 from typing import Final
 
 from plexus.core import reasons
+from plexus.proxy.tracing import Tracer
 
 INBOUND: Final = "inbound"
 OUTBOUND: Final = "outbound"
@@ -188,10 +189,17 @@ class Telemetry:
     """
 
     def __init__(
-        self, workload: str = "", namespace: str = "default", *, loop_clock_offset: float = 0.0
+        self,
+        workload: str = "",
+        namespace: str = "default",
+        *,
+        loop_clock_offset: float = 0.0,
+        tracer: Tracer | None = None,
     ) -> None:
         self.workload = workload or UNKNOWN
         self.namespace = namespace or "default"
+        # Every transport starts a request's trace context here (ids and sampling; see plexus.proxy.tracing).
+        self.tracer = tracer if tracer is not None else Tracer()
         # loop.time() + offset = Unix time; set once when the loop starts (uvloop's clock is monotonic).
         self.loop_clock_offset = loop_clock_offset
         self.recent: deque[RequestEntry] = deque(maxlen=RECENT_REQUESTS)
