@@ -6,8 +6,15 @@
 Policy overhead (issue 4: routing, resilience and local rate-limit filters under 10% of requests per core):
 ``--modes plexus2,plexus2p`` runs the two-sidecar path without and with policy side by side (``plexus1p``:
 the one-sidecar path with the consumer's routing and resilience only). The policy (POLICY below, installed
-with each sidecar's --routes file) is checked to be in force before measuring. ``direct`` must be among the
-modes (the report pairs every mode with it).
+with each sidecar's --routes file) is checked to be in force before measuring.
+
+Observability overhead (issue 5: metrics, tracing at 1% and access logs on keep >= 85% of requests per core):
+``--modes plexus2,plexus2o`` runs the two-sidecar path with the default features and with both sidecars'
+access logs on (one file), tracing at 1% exported to a JSON-lines file (metrics are always on); the access
+log is checked to be written before measuring. ``plexus2s`` runs the same two sidecars from another source
+tree, ``--baseline-src DIR`` (e.g. the skeleton before issue 5: ``git archive COMMIT src | tar -x -C DIR``,
+then ``--baseline-src DIR/src``), so plexus2o can be compared with the skeleton's default features alone.
+``direct`` must be among the modes (the report pairs every mode with it).
 
 One nginx upstream and every topology are started once and kept up; then, per layout and round, wrk runs
 against each mode in turn (A B C A B C ..., the order rotated each round) at each fixed connection count. For
@@ -68,7 +75,8 @@ from lib.results import (
 from lib.topology import Endpoint, Placement, Workspace
 
 MODES = ("direct", "plexus1", "plexus2", "envoy1", "envoy2")
-EXTRA_MODES = ("nginx1", "plexus1p", "plexus2p")  # run only when asked for: calibration, policy overhead
+# Run only when asked for: calibration, policy overhead, observability overhead.
+EXTRA_MODES = ("nginx1", "plexus1p", "plexus2p", "plexus2o", "plexus2s")
 LAYOUTS = ("split", "single")
 PROXY_CPU, LOAD_CPU = 1, 0  # TESTING.md §J: the proxy under test on CPU 1, wrk + upstream on CPU 0
 WARMUP_S = 2.0  # first connections, lazy imports, allocator growth: not part of any measured run
@@ -180,6 +188,72 @@ def _with_policy(ws: Workspace, mode: str, port: int, sidecars: int) -> Iterator
         yield endpoint
 
 
+@contextlib.contextmanager
+def _with_observability(ws: Workspace, mode: str, port: int, sidecars: int) -> Iterator[Endpoint]:
+    """A Plexus topology whose sidecars write access logs and export 1% of traces (through PLEXUS_ACCESS_LOG,
+    PLEXUS_TRACE_SAMPLE_PERCENT and PLEXUS_TRACE_EXPORT while they start): issue 5's configuration."""
+    work = ws.dir(mode)
+    access_log, spans = work / "access.log", work / "spans.jsonl"
+    env = {
+        "PLEXUS_ACCESS_LOG": str(access_log),
+        "PLEXUS_TRACE_SAMPLE_PERCENT": "1",
+        "PLEXUS_TRACE_EXPORT": f"file:{spans}",
+    }
+    old = {name: os.environ.get(name) for name in env}
+    with contextlib.ExitStack() as stack:
+        os.environ.update(env)
+        try:
+            endpoint = stack.enter_context(plexus_topo.topology(ws, mode, port, sidecars=sidecars))
+        finally:
+            for name, value in old.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+        _check_access_log(mode, endpoint, access_log)
+        yield endpoint
+
+
+BASELINE_SRC: Path | None = None  # --baseline-src: the source tree plexus2s runs (put first on PYTHONPATH)
+
+
+@contextlib.contextmanager
+def _from_baseline(ws: Workspace, mode: str, port: int, sidecars: int) -> Iterator[Endpoint]:
+    """The Plexus topology run from BASELINE_SRC instead of this tree (PYTHONPATH while the processes start;
+    it comes before the editable install on sys.path)."""
+    if BASELINE_SRC is None or not (BASELINE_SRC / "plexus" / "__init__.py").is_file():
+        raise RuntimeError(f"{mode} needs --baseline-src DIR holding a plexus package (got {BASELINE_SRC})")
+    old = os.environ.get("PYTHONPATH")
+    with contextlib.ExitStack() as stack:
+        os.environ["PYTHONPATH"] = str(BASELINE_SRC) + (os.pathsep + old if old else "")
+        try:
+            endpoint = stack.enter_context(plexus_topo.topology(ws, mode, port, sidecars=sidecars))
+        finally:
+            if old is None:
+                os.environ.pop("PYTHONPATH", None)
+            else:
+                os.environ["PYTHONPATH"] = old
+        yield endpoint
+
+
+ACCESS_LOG_WAIT_S = 5.0  # the writer flushes every 0.1 s; this bounds the check, it is not a timing
+
+
+def _check_access_log(mode: str, endpoint: Endpoint, path: Path) -> None:
+    """A few requests through the path show up as access-log lines (the queue is drained, the file grows)."""
+    import urllib.request
+
+    for _ in range(5):
+        with urllib.request.urlopen(endpoint.url, timeout=5) as resp:
+            resp.read()
+    deadline = time.monotonic() + ACCESS_LOG_WAIT_S
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_bytes().count(b"\n") >= 5:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{mode}: no access-log lines in {path} after {ACCESS_LOG_WAIT_S}s")
+
+
 BUILDERS: dict[str, Builder] = {
     "direct": _direct,
     "plexus1": lambda ws, mode, port: plexus_topo.topology(ws, mode, port, sidecars=1),
@@ -189,6 +263,8 @@ BUILDERS: dict[str, Builder] = {
     "nginx1": upstream.nginx_proxy,
     "plexus1p": lambda ws, mode, port: _with_policy(ws, mode, port, sidecars=1),
     "plexus2p": lambda ws, mode, port: _with_policy(ws, mode, port, sidecars=2),
+    "plexus2o": lambda ws, mode, port: _with_observability(ws, mode, port, sidecars=2),
+    "plexus2s": lambda ws, mode, port: _from_baseline(ws, mode, port, sidecars=2),
 }
 
 
@@ -207,6 +283,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are quoted (default 3)")
     p.add_argument("--connections", default="1,50", help="wrk connection counts (default 1,50)")
     p.add_argument("--modes", default=",".join(MODES), help=f"comma list of {','.join(MODES + EXTRA_MODES)}")
+    p.add_argument("--baseline-src", type=Path, help="source tree (holding plexus/) that plexus2s runs")
     p.add_argument("--layouts", default=None, help="split,single (default both; --quick: split)")
     p.add_argument(
         "--single-connections", default="1", help="connection counts for the single-CPU layout (default 1)"
@@ -446,6 +523,8 @@ def merge_saved(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    global BASELINE_SRC
+    BASELINE_SRC = args.baseline_src.resolve() if args.baseline_src is not None else None
     # Wide enough for the tables when the output goes to a file or a pipe (rich assumes 80 columns there).
     console = Console() if sys.stdout.isatty() else Console(width=200)
     if args.from_json:
@@ -581,6 +660,38 @@ def policy_verdicts(summaries: Sequence[Summary], runs: Sequence[Run]) -> list[V
     return out
 
 
+OBSERVABILITY_KEEP = 0.85  # issue 5: with metrics, 1% tracing and access logs, >= 85% of req/s per core
+
+
+def observability_verdicts(summaries: Sequence[Summary], runs: Sequence[Run]) -> list[Verdict]:
+    """Requests per proxy core with access logs and tracing on against the default path (plexus2o/plexus2)."""
+    out: list[Verdict] = []
+    modes = {s.mode for s in summaries}
+    for s in summaries:
+        if s.mode != "plexus2o" or not s.rps_per_proxy_core:
+            continue
+        # Against this tree's default path (plexus2) and, when run, the baseline tree's (plexus2s).
+        for reference in ("plexus2", "plexus2s"):
+            if reference == "plexus2s" and reference not in modes:
+                continue
+            key = (s.layout, s.connections, reference)
+            plain = next((p for p in summaries if (p.layout, p.connections, p.mode) == key), None)
+            target = (
+                f"observability, plexus2o vs {reference}, {s.layout} {s.connections} conn: "
+                f">= {OBSERVABILITY_KEEP:.0%} of req/s per core"
+            )
+            if plain is None or not plain.rps_per_proxy_core:
+                out.append(Verdict(target, f"not measured (needs {reference} beside plexus2o)", None))
+                continue
+            kept = s.rps_per_proxy_core / plain.rps_per_proxy_core
+            measured = f"{s.rps_per_proxy_core:,.0f} vs {plain.rps_per_proxy_core:,.0f}: {kept:.1%}"
+            paired = paired_ratio(runs, s.layout, s.connections, s.mode, reference)
+            if paired is not None:
+                measured += f" (paired per round: median {paired:.1%})"
+            out.append(Verdict(target, measured, kept >= OBSERVABILITY_KEEP))
+    return out
+
+
 def report(
     console: Console,
     args: argparse.Namespace,
@@ -594,6 +705,7 @@ def report(
         summaries, {m: {h: v["idle"] for h, v in hops.items()} for m, hops in memory.items()}, runs
     )
     verdict_list += policy_verdicts(summaries, runs)
+    verdict_list += observability_verdicts(summaries, runs)
     for title, columns, body in (
         ("throughput and CPU (medians over rounds)", CPU_HEADERS, cpu_rows(summaries)),
         (

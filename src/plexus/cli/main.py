@@ -8,7 +8,16 @@ from __future__ import annotations
 
 import typer
 
-from plexus.cli import control_cmd, demo_cmd, policy_cmd, registry_cmd, sidecar_cmd, stress_cmd
+from plexus.cli import (
+    check_cmd,
+    control_cmd,
+    demo_cmd,
+    observe_cmd,
+    policy_cmd,
+    registry_cmd,
+    sidecar_cmd,
+    stress_cmd,
+)
 
 app = typer.Typer(
     name="plexus",
@@ -21,6 +30,8 @@ app = typer.Typer(
 for module in (registry_cmd, sidecar_cmd, demo_cmd, policy_cmd, control_cmd):
     module.register(app)
 stress_cmd.register(app)
+observe_cmd.register(app)  # stat, top, tap, explain, dashboard
+check_cmd.register(app)
 
 
 @app.command()

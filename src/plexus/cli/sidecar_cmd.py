@@ -158,6 +158,32 @@ def sidecar(
             "HOST:PORT",
         ),
     ] = None,
+    access_log: Annotated[
+        str | None,
+        _opt(
+            "write an access log, one JSON line per request (Envoy's fields), to PATH or - for stdout "
+            "(default: off)",
+            "PLEXUS_ACCESS_LOG",
+            "PATH",
+        ),
+    ] = None,
+    trace_sample_percent: Annotated[
+        float | None,
+        _opt(
+            "percent of new traces sampled, 0-100 (default 1, as Istio); an incoming sampled flag is kept",
+            "PLEXUS_TRACE_SAMPLE_PERCENT",
+            "PERCENT",
+        ),
+    ] = None,
+    trace_export: Annotated[
+        str | None,
+        _opt(
+            "where sampled spans go: file:PATH (OTLP-shaped JSON lines), otlp:http://HOST:PORT (OTLP/HTTP) "
+            "or none (default: none; `plexus demo` writes them to its work dir)",
+            "PLEXUS_TRACE_EXPORT",
+            "SPEC",
+        ),
+    ] = None,
 ) -> None:
     """Run a sidecar beside one app: ingress for callers, egress for the app, publish and subscribe for it."""
     from plexus.config.bootstrap import BootstrapError, resolve_bootstrap
@@ -189,6 +215,9 @@ def sidecar(
         "mosn_compat": mosn_compat,
         "mosn_api": mosn_api,
         "bolt_egress": bolt_egress,
+        "access_log": access_log,
+        "trace_sample_percent": trace_sample_percent,
+        "trace_export": trace_export,
     }
     config_path = config if config is not None else _env_path("PLEXUS_CONFIG")
     file_text: str | None = None

@@ -1,13 +1,17 @@
-"""The control plane's admin calls for the CLI (grpcio, blocking): apply, get, delete, proxy status.
+"""The control plane's admin calls for the CLI (grpcio, blocking): apply, get, delete, proxy status, and the
+observability calls stat, tap, explain and info.
 
-Each call opens one channel, makes one unary call with a deadline and closes it: a CLI command makes one or
-two calls and exits. An unreachable control plane raises ``ControlUnavailable`` naming the address, so the
-command can say what to check; any other gRPC failure raises ``ControlCallError`` with the server's details.
+Each unary call opens one channel, makes one call with a deadline and closes it: a CLI command makes one or
+two calls and exits. ``tap`` returns a ``TapStream`` that owns its channel until closed. An unreachable
+control plane raises ``ControlUnavailable`` naming the address, so the command can say what to check; any
+other gRPC failure raises ``ControlCallError`` with the server's details.
 """
 
 from __future__ import annotations
 
-from typing import Final, TypeVar
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any, Final, TypeVar
 
 import grpc
 
@@ -65,21 +69,97 @@ class ControlClient:
     def proxy_status(self) -> pb.ProxyStatusResponse:
         return self._call("ProxyStatus", pb.ProxyStatusRequest(), pb.ProxyStatusResponse)
 
-    def _call(self, method: str, request: object, response_type: type[R]) -> R:
+    def info(self) -> pb.InfoResponse:
+        return self._call("Info", pb.InfoRequest(), pb.InfoResponse)
+
+    def stat(self, service: str = "", window_seconds: float = 0.0) -> pb.StatResponse:
+        """Rates over ``window_seconds`` (0: the control plane's default); ``service`` "" means every one."""
+        request = pb.StatRequest(service=service, window_seconds=window_seconds)
+        return self._call("Stat", request, pb.StatResponse)
+
+    def explain(self, request_id: str, wait_seconds: float = 0.0) -> pb.ExplainResponse:
+        """Every hop the sidecars remember of ``request_id``; they get ``wait_seconds`` (0: 1 s) to answer."""
+        request = pb.ExplainRequest(request_id=request_id, wait_seconds=wait_seconds)
+        # the control plane waits for the sidecars first: our deadline covers that wait and the usual margin
+        return self._call("Explain", request, pb.ExplainResponse, self.timeout + max(wait_seconds, 1.0))
+
+    def tap(self, service: str = "", count: int = 0, duration: float | None = None) -> TapStream:
+        """Open a tap: iterate the result for ``RequestLine``s; close it (or leave its ``with``) to stop.
+
+        ``count``: the control plane ends the stream after this many lines (0: never). ``duration``: the
+        stream ends quietly after this many seconds (None: only when cancelled, ended or failed).
+        """
+        return TapStream(self.address, pb.TapRequest(service=service, count=count), duration)
+
+    def _call(self, method: str, request: object, response_type: type[R], timeout: float | None = None) -> R:
+        deadline = self.timeout if timeout is None else timeout
         with grpc.insecure_channel(self.address) as channel:
             stub = pb_grpc.ControlStub(channel)  # type: ignore[no-untyped-call]
             try:
-                response = getattr(stub, method)(request, timeout=self.timeout)
+                response = getattr(stub, method)(request, timeout=deadline)
             except grpc.RpcError as exc:
-                code = exc.code() if isinstance(exc, grpc.Call) else None
-                details = str(exc.details()) if isinstance(exc, grpc.Call) else str(exc)
-                if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNIMPLEMENTED):
-                    raise ControlUnavailable(self.address, method, details) from None
-                if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                    raise ControlUnavailable(
-                        self.address, method, f"no answer within {self.timeout:g}s"
-                    ) from None
-                name = code.name if code is not None else "UNKNOWN"
-                raise ControlCallError(self.address, method, name, details) from None
+                if _code(exc) == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    late = f"no answer within {deadline:g}s"
+                    raise ControlUnavailable(self.address, method, late) from None
+                raise _error(self.address, method, exc) from None
         assert isinstance(response, response_type)
         return response
+
+
+class TapStream:
+    """One open ``Tap`` call: an iterator of ``RequestLine``s that owns its channel; ``close()`` cancels it.
+
+    The iteration ends when the control plane ends the stream (its ``count`` reached), when ``duration``
+    passes, or after ``close()``; an unreachable control plane raises ``ControlUnavailable`` on the first
+    ``next``. Iterating is interruptible (grpc waits in short slices), so Ctrl-C reaches the caller.
+    """
+
+    def __init__(self, address: str, request: pb.TapRequest, duration: float | None) -> None:
+        self.address = address
+        self._channel = grpc.insecure_channel(address)
+        stub = pb_grpc.ControlStub(self._channel)  # type: ignore[no-untyped-call]
+        self._call: Any = stub.Tap(request, timeout=duration)
+        self._closed = False
+
+    def __iter__(self) -> Iterator[pb.RequestLine]:
+        try:
+            for line in self._call:
+                assert isinstance(line, pb.RequestLine)
+                yield line
+        except grpc.RpcError as exc:
+            code = _code(exc)
+            stopped = code == grpc.StatusCode.CANCELLED and self._closed
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED or stopped:
+                return  # the duration passed, or we stopped it: the normal ends of a tap
+            raise _error(self.address, "Tap", exc) from None
+
+    def close(self) -> None:
+        """Cancel the call (the control plane stops the sidecars' taps) and close the channel."""
+        if not self._closed:
+            self._closed = True
+            self._call.cancel()
+            self._channel.close()
+
+    def __enter__(self) -> TapStream:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def _code(exc: grpc.RpcError) -> grpc.StatusCode | None:
+    return exc.code() if isinstance(exc, grpc.Call) else None
+
+
+def _error(address: str, method: str, exc: grpc.RpcError) -> ControlCallError:
+    """The typed error for a failed call: unreachable (or not a control plane that serves it), or refused."""
+    code = _code(exc)
+    details = str(exc.details()) if isinstance(exc, grpc.Call) else str(exc)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return ControlUnavailable(address, method, details)
+    if code == grpc.StatusCode.UNIMPLEMENTED:  # something else listens there, or an older control plane
+        return ControlUnavailable(address, method, f"it does not serve Control/{method}: {details}")
+    name = code.name if code is not None else "UNKNOWN"
+    return ControlCallError(address, method, name, details)

@@ -12,6 +12,12 @@ The control plane being away changes nothing that is installed: the client recon
 backoff and jitter between ``reconnect_min`` and ``reconnect_max``, and its Hello then carries the applied
 version so the control plane can skip a resend. Every method except ``aclose`` is synchronous and must be
 called on the loop; callbacks run on the loop.
+
+Observability (``observed``, an ``Observed``: the sidecar's telemetry): each Report also carries what
+``observed.fill_report`` adds (edges, paths, TCP, active connections). A TapStart opens a tap there and,
+while any tap is open, the lines waiting are sent as TapLines every TAP_FLUSH; a TapStop closes it, and so
+does the end of the stream (the control plane opens them again on the next one if the tap still runs). An
+ExplainQuery is answered at once with ``observed.explain(request_id)``.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from plexus.clients.grpc_h2 import (
     KEEPALIVE,
@@ -43,6 +49,8 @@ CONNECT_TIMEOUT: Final = 2.0  # a control plane that accepts no TCP connection i
 RECONNECT_MIN: Final = 0.2
 RECONNECT_MAX: Final = 3.0  # "a few seconds": a returning control plane is found again quickly
 ERROR_LIMIT: Final = 4000  # characters of an install error sent in a NACK (a file with hundreds of problems)
+TAP_FLUSH: Final = 0.1  # seconds between TapLines while a tap is open (control.proto: every 100 ms)
+MAX_TAPS: Final = 64  # taps open at once on one sidecar; more TapStarts are ignored (each costs per request)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +98,23 @@ class Nack:
 Installer = Callable[[SnapshotIn], Awaitable[None]]
 
 
+class Observed(Protocol):
+    """The sidecar's telemetry as the control stream needs it (``plexus.sidecar.policy.PolicyAgent``)."""
+
+    def fill_report(self, report: pb.Report) -> None:
+        """Add edges, paths, TCP summaries and active connections to ``report``."""
+
+    def open_tap(self, tap_id: str, service: str) -> None: ...
+
+    def close_tap(self, tap_id: str) -> None: ...
+
+    def take_tap_lines(self) -> list[pb.TapLines]:
+        """The lines waiting in every open tap (and how many were dropped), emptied; none when idle."""
+        ...
+
+    def explain(self, request_id: str) -> list[pb.RequestLine]: ...
+
+
 class AsyncControlClient:
     def __init__(
         self,
@@ -98,6 +123,7 @@ class AsyncControlClient:
         install: Installer,
         traffic: Callable[[], Sequence[Traffic]] = tuple,
         *,
+        observed: Observed | None = None,
         reconnect_min: float = RECONNECT_MIN,
         reconnect_max: float = RECONNECT_MAX,
         keepalive: float = KEEPALIVE,
@@ -108,6 +134,9 @@ class AsyncControlClient:
         self._node = node
         self._install = install
         self._traffic = traffic
+        self._observed = observed
+        self._taps: set[str] = set()  # opened on this stream
+        self._tap_flusher: asyncio.Task[None] | None = None
         self._reconnect_min = reconnect_min
         self._reconnect_max = max(reconnect_max, reconnect_min)
         self._keepalive = keepalive
@@ -148,6 +177,7 @@ class AsyncControlClient:
             self._call.close_send()
         if self._channel is not None:
             self._channel.close(GrpcStatus(UNAVAILABLE, "client closed"))
+        self._close_taps()
         for task in (self._reporter, self._worker):
             if task is not None:
                 task.cancel()
@@ -248,13 +278,76 @@ class AsyncControlClient:
                 duration_buckets=list(t.duration_buckets),
                 duration_sum_ms=t.duration_sum_ms,
             )
+        if self._observed is not None:
+            self._observed.fill_report(report)
         call.send(pb.SidecarMessage(report=report).SerializeToString())
+
+    # ------------------------------------------------------------------ taps and explain
+    def _on_observe(self, message: pb.ControlMessage, kind: str | None) -> None:
+        observed = self._observed
+        if observed is None:
+            return  # nothing to tap or explain: ignored, as an unknown message
+        if kind == "explain":
+            query = message.explain
+            answer = pb.ExplainAnswer(query_id=query.query_id, hops=observed.explain(query.request_id))
+            self._send(pb.SidecarMessage(explain=answer))
+        elif kind == "tap_start":
+            tap_id = message.tap_start.tap_id
+            if tap_id in self._taps or len(self._taps) >= MAX_TAPS:
+                return
+            observed.open_tap(tap_id, message.tap_start.service)
+            self._taps.add(tap_id)
+            if self._tap_flusher is None or self._tap_flusher.done():
+                self._tap_flusher = asyncio.get_running_loop().create_task(
+                    self._flush_taps(), name="plexus-control-tap"
+                )
+        elif kind == "tap_stop":
+            tap_id = message.tap_stop.tap_id
+            if tap_id in self._taps:  # lines still waiting in it are dropped: the control plane ended the tap
+                self._taps.discard(tap_id)
+                observed.close_tap(tap_id)
+
+    def _send(self, message: pb.SidecarMessage) -> None:
+        call = self._call
+        if call is not None and not call.finished:
+            call.send(message.SerializeToString())
+
+    def _flush_tap_lines(self) -> None:
+        if self._observed is None:
+            return
+        for batch in self._observed.take_tap_lines():
+            if batch.tap_id in self._taps:
+                self._send(pb.SidecarMessage(tap=batch))
+
+    async def _flush_taps(self) -> None:
+        while self._taps:
+            await asyncio.sleep(TAP_FLUSH)
+            try:
+                self._flush_tap_lines()
+            except Exception:  # best effort: the next flush carries what is waiting then
+                log.exception("control %s: tap lines not sent", self.address)
+
+    def _close_taps(self) -> None:
+        """The stream ended (or the client closes): no tap outlives it."""
+        observed = self._observed
+        for tap_id in list(self._taps):
+            self._taps.discard(tap_id)
+            if observed is not None:
+                observed.close_tap(tap_id)
+        if self._tap_flusher is not None:
+            self._tap_flusher.cancel()
+            self._tap_flusher = None
 
     # ------------------------------------------------------------------ receiving
     def _on_message(self, payload: bytes) -> None:
         message = pb.ControlMessage.FromString(payload)
-        if message.WhichOneof("kind") != "snapshot":
-            return  # a newer control plane's message this client does not know
+        kind = message.WhichOneof("kind")
+        if kind != "snapshot":
+            try:
+                self._on_observe(message, kind)  # tap and explain; a newer message this client does not know
+            except Exception:  # telemetry must never break the policy stream
+                log.exception("control %s: %s not handled", self.address, kind)
+            return
         snap = message.snapshot
         self.snapshots_received += 1
         self._inbox.put_nowait(
@@ -357,6 +450,7 @@ class AsyncControlClient:
                 log.info("control %s: stream ended: %s", self.address, why)
             return answered
         finally:
+            self._close_taps()
             self._call = None
             self._channel = None
             self._sent_node = None

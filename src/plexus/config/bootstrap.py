@@ -25,6 +25,7 @@ from plexus.config.sidecar_settings import (
     LbPolicy,
     ResolvedSettings,
     SidecarSettings,
+    parse_trace_export,
 )
 from plexus.core.address import parse_host_port
 from plexus.core.errors import ConfigError, ValidationError
@@ -89,6 +90,17 @@ def _header_name(value: str) -> str:
     return name
 
 
+def _trace_export(value: str) -> str:
+    parse_trace_export(value)
+    return value.strip()
+
+
+def _access_log(value: str) -> str:
+    if not value.strip() or "\x00" in value:
+        raise ValueError(f"{value!r}: name a file, or - for stdout")
+    return value
+
+
 HostPortText = Annotated[str, AfterValidator(_host_port)]
 
 
@@ -126,6 +138,10 @@ class SidecarBootstrap(BaseModel):
     bolt_egress: HostPortText = "127.0.0.1:12220"
     routes: str | None = None  # YAML of VirtualService/DestinationRule, read by the sidecar; reread on SIGHUP
     control: HostPortText | None = None  # the control plane (plexus control); also the registry unless given
+    # Telemetry: JSON access log (PATH or - for stdout; off when None), trace sampling, span export.
+    access_log: Annotated[str, AfterValidator(_access_log)] | None = None
+    trace_sample_percent: float = Field(default=1.0, ge=0, le=100)
+    trace_export: Annotated[str, AfterValidator(_trace_export)] | None = None
 
     @model_validator(mode="before")
     @classmethod

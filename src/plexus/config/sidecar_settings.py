@@ -62,6 +62,12 @@ class SidecarSettings:
     bolt_egress: str = "127.0.0.1:12220"
     routes: str | None = None
     control: str | None = None  # control plane HOST:PORT (plexus control); it serves the registry too
+    # Telemetry writers (plexus.sidecar.access_log, plexus.sidecar.trace_export): access log PATH or "-"
+    # (stdout), None = off; percent of new traces sampled; span export "file:PATH" | "otlp:URL" | "none",
+    # None = the default (see plexus.sidecar.trace_export.DEFAULT_EXPORT).
+    access_log: str | None = None
+    trace_sample_percent: float = 1.0
+    trace_export: str | None = None
 
     # Parsed views of the text fields, for the composition root.
     @property
@@ -126,6 +132,17 @@ _NUMBER_FIELDS: Final = (
     "health_interval",
     "rpc_heartbeat_interval",
     "rpc_heartbeat_timeout",
+    "trace_sample_percent",
+)
+_OPT_STR_FIELDS: Final = (
+    "advertise",
+    "egress_ports",
+    "hash_header",
+    "ready_file",
+    "routes",
+    "control",
+    "access_log",
+    "trace_export",
 )
 _TYPES: Final[dict[str, tuple[type, ...]]] = {
     name: _NUMBER
@@ -133,7 +150,7 @@ _TYPES: Final[dict[str, tuple[type, ...]]] = {
     else _BOOL
     if name in ("mosn_compat",)
     else _OPT_STR
-    if name in ("advertise", "egress_ports", "hash_header", "ready_file", "routes", "control")
+    if name in _OPT_STR_FIELDS
     else _STR
     for name in SETTINGS_FIELDS
 }
@@ -153,6 +170,28 @@ def _object(text: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SettingsDecodeError("not a JSON object")
     return data
+
+
+def parse_trace_export(spec: str) -> tuple[str, str]:
+    """``--trace-export``: ``file:PATH`` | ``otlp:http://HOST:PORT[/PATH]`` | ``none`` -> (kind, target).
+
+    Raises ValueError saying what is wrong. An OTLP URL without a path gets OTLP/HTTP's ``/v1/traces``."""
+    text = spec.strip()
+    if text == "none":
+        return "none", ""
+    kind, sep, target = text.partition(":")
+    if not sep or kind not in ("file", "otlp"):
+        raise ValueError(f"{spec!r}: expected file:PATH, otlp:http://HOST:PORT or none")
+    if not target or "\x00" in target:
+        raise ValueError(f"{spec!r}: {kind}: needs a {'path' if kind == 'file' else 'URL'} after the colon")
+    if kind == "otlp":
+        scheme, sep, rest = target.partition("://")
+        host = rest.split("/", 1)[0]
+        if not sep or scheme not in ("http", "https") or not host or any(c.isspace() for c in target):
+            raise ValueError(f"{spec!r}: the OTLP endpoint must be an http:// or https:// URL with a host")
+        if "/" not in rest:
+            target = target + "/v1/traces"
+    return kind, target
 
 
 def strip_port(text: str) -> str:

@@ -15,6 +15,7 @@ import grpc
 
 from plexus.control.admin import build_router
 from plexus.control.core import ControlCore, StartupError
+from plexus.control.history import History, HistorySampler
 from plexus.control.ratelimit_service import add_ratelimit_service
 from plexus.control.server import ControlServicer
 from plexus.core.address import HostPort, parse_host_port
@@ -37,6 +38,9 @@ STOP_GRACE = 1.0  # seconds open streams get to finish on SIGTERM; sidecars reco
 # measured as a third of a push's CPU. Long-lived objects are frozen once serving, and collections run rarely.
 GC_THRESHOLDS = (50_000, 50, 100)
 REGISTRY_DEBOUNCE = 0.05  # seconds; plexus registry's default
+# Sidecars report their cumulative counters this often (`plexus stat`, `top`, the dashboard): a 30 s window
+# then holds 30 points per sidecar, and a report is a few KB.
+REPORT_INTERVAL_MS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +55,7 @@ class ControlConfig:
     lease_grace: float = 3.0
     warmup: float = 5.0
     ready_file: Path | None = None
+    report_interval_ms: int = REPORT_INTERVAL_MS
 
     def validate(self) -> None:
         """Raise ConfigError naming the flag of the first bad value."""
@@ -113,6 +118,19 @@ async def _start_registry(config: ControlConfig) -> RegistryCore:
     return core
 
 
+def observe_registry(core: ControlCore, registry: RegistryCore | None) -> None:
+    """Stat's INSTANCES column and Info's registry_embedded come from the embedded registry (none: 0)."""
+    core.observer.registry_embedded = registry is not None
+    if registry is not None:
+        state = registry.state
+
+        def instances(service: str) -> int:
+            found = state.service_set(service)
+            return 0 if found is None else len(found.instances)
+
+        core.observer.instances = instances
+
+
 def add_services(server: grpc.aio.Server, core: ControlCore, registry: RegistryCore | None) -> None:
     """Every gRPC service of the control plane's one port."""
     control_pb2_grpc.add_ControlServicer_to_server(ControlServicer(core), server)  # type: ignore[no-untyped-call]
@@ -135,13 +153,17 @@ async def run_control(config: ControlConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
 
     core = ControlCore(
-        PolicyStore(config.data_dir), debounce=config.debounce, max_debounce=config.max_debounce
+        PolicyStore(config.data_dir),
+        debounce=config.debounce,
+        max_debounce=config.max_debounce,
+        report_interval_ms=config.report_interval_ms,
     )
     await core.load()
     if config.config_dir is not None:
         await apply_config_dir(core, config.config_dir)
     await core.start()
     registry = await _start_registry(config) if config.registry else None
+    observe_registry(core, registry)
 
     async def close_cores() -> None:
         await core.close()
@@ -162,9 +184,13 @@ async def run_control(config: ControlConfig) -> None:
     await server.start()
     serving = True
     admin_addr = parse_host_port(config.admin, "--admin")
+    history = History()  # DASHBOARD: golden metrics over the last hour, sampled from the observer
+    sampler = HistorySampler(history, core.observer)
     try:
         admin = await serve_control_http(
-            build_router(core, config.dump(), lambda: serving), admin_addr.host, admin_addr.port
+            build_router(core, config.dump(), lambda: serving, stats=core.observer, history=history),
+            admin_addr.host,
+            admin_addr.port,
         )
     except OSError as exc:
         await server.stop(0)
@@ -172,6 +198,7 @@ async def run_control(config: ControlConfig) -> None:
         raise ConfigError("--admin", f"cannot bind {config.admin}: {exc.strerror}") from None
     admin_port = int(admin.sockets[0].getsockname()[1])
     bound = {"listen": _fmt(listen.host, port), "admin": _fmt(admin_addr.host, admin_port)}
+    core.observer.admin_url = f"http://{bound['admin']}/"
     log.info(
         "control plane serving gRPC on %s (registry %s), admin on %s, version %d",
         bound["listen"],
@@ -183,10 +210,12 @@ async def run_control(config: ControlConfig) -> None:
         write_ready_file(config.ready_file, bound)
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+    sampler.start()
     try:
         await stop.wait()
     finally:
         serving = False
+        await sampler.close()
         admin.close()
         await server.stop(STOP_GRACE)
         await close_cores()

@@ -6,7 +6,9 @@ sidecar's scoped payload (``PolicySet.scoped(...).to_json()`` and the report int
 a timer that ticks the state machine at its deadlines, and hands each ``Send`` to the stream it names.
 
 Also the API of the single-machine stress test (``plexus.control.stress``): ``policy``, ``set_stress``,
-``set_report_interval`` and ``nodes``.
+``set_report_interval`` and ``nodes``; and of observability: ``observer`` (``plexus.control.observe``: every
+Hello and Report goes to it; Stat and Info read it), ``explain`` (asks every connected sidecar for the hops of
+a request id) and ``tap`` (opens a tap on every connected sidecar, and on those that connect meanwhile).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Hashable
+import uuid
+from collections.abc import AsyncGenerator, Hashable
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
@@ -31,6 +34,7 @@ from plexus.config.resources import (
     split_resources,
 )
 from plexus.config.route_config import RouteConfigError
+from plexus.control.observe import MeshObserver, order_hops, verdict
 from plexus.control.parsing import Chunk, parse_chunks, source_of
 from plexus.proto import control_pb2 as pb
 from plexus.push.policy_push import Clock, PolicyPushState, Send, SidecarStatus
@@ -40,6 +44,10 @@ log = logging.getLogger("plexus.control")
 
 MAX_NODE_ID: Final = 256
 MAX_SCOPE_NAMES: Final = 10_000  # services one sidecar consumes or provides; more is a bug or an attack
+EXPLAIN_WAIT: Final = 1.0  # seconds Explain waits for sidecars' answers when the request says 0
+MAX_EXPLAIN_WAIT: Final = 30.0  # a longer wait only holds the caller; every live sidecar answers at once
+MAX_EXPLAIN_HOPS: Final = 1000  # hops kept per query: one request id seen by many sidecars, or reused ids
+TAP_QUEUE: Final = 10_000  # lines waiting for a slow tap client; more are dropped (and counted)
 
 
 class SystemClock:
@@ -82,6 +90,25 @@ class StartupError(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+class _Query:
+    """One Explain in flight: the sidecars asked, those that answered, the hops they sent."""
+
+    def __init__(self, asked: set[str]) -> None:
+        self.asked = asked
+        self.answered: set[str] = set()
+        self.hops: list[pb.RequestLine] = []
+        self.done = asyncio.Event()
+
+
+class _Tap:
+    """One Tap RPC: its service and the lines waiting for the client."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.lines: asyncio.Queue[pb.RequestLine] = asyncio.Queue(TAP_QUEUE)
+        self.dropped = 0
 
 
 class ControlStream:
@@ -137,6 +164,9 @@ class ControlCore:
         self._streams: dict[str, ControlStream] = {}
         self._nodes: dict[str, pb.Node] = {}
         self._reports: dict[str, tuple[pb.Report, float]] = {}
+        self.observer = MeshObserver(self._clock.monotonic, policy_version=lambda: self._push.version)
+        self._queries: dict[str, _Query] = {}
+        self._taps: dict[str, _Tap] = {}
         self._lock = asyncio.Lock()  # one resource change at a time, validated against the current set
         self._wake = asyncio.Event()
         self._driver: asyncio.Task[None] | None = None
@@ -345,12 +375,18 @@ class ControlCore:
         session, sends = self._push.connect(node.id, _scope(node), node.applied_version)
         stream.session = session
         self._streams[node.id] = stream
+        self.observer.connected(node)
         self._dispatch(sends)
+        for tap_id, tap in self._taps.items():  # a tap open now covers sidecars that connect during it
+            start = pb.TapStart(tap_id=tap_id, service=tap.service)
+            stream.queue.put_nowait(pb.ControlMessage(tap_start=start))
         return stream
 
     def hello(self, stream: ControlStream, node: pb.Node) -> None:
         stream.node = node
         self._nodes[node.id] = node
+        if self._streams.get(node.id) is stream:
+            self.observer.connected(node)
         self._dispatch(self._push.hello(node.id, stream.session, _scope(node)))
 
     def answered(self, stream: ControlStream, ack: pb.Ack) -> None:
@@ -363,11 +399,97 @@ class ControlCore:
 
     def report(self, stream: ControlStream, report: pb.Report) -> None:
         self._reports[stream.node.id] = (report, self._clock.monotonic())
+        self.observer.report(stream.node.id, report)
 
     def close_stream(self, stream: ControlStream) -> None:
         self._push.disconnected(stream.node.id, stream.session)
         if self._streams.get(stream.node.id) is stream:
             del self._streams[stream.node.id]
+            self._reports.pop(stream.node.id, None)
+            self.observer.disconnected(stream.node.id)
+        for query in self._queries.values():  # a sidecar that went will not answer: do not wait for it
+            query.asked.discard(stream.node.id)
+            if query.asked <= query.answered:
+                query.done.set()
+
+    # ---------------------------------------------------------------- explain and tap
+
+    async def explain(self, request_id: str, wait: float = 0.0) -> pb.ExplainResponse:
+        """Ask every connected sidecar for the hops of ``request_id``; answer when all did or at ``wait``."""
+        wait = EXPLAIN_WAIT if wait <= 0 else min(wait, MAX_EXPLAIN_WAIT)
+        query_id = uuid.uuid4().hex
+        streams = list(self._streams.values())
+        query = self._queries[query_id] = _Query({s.node.id for s in streams})
+        message = pb.ControlMessage(explain=pb.ExplainQuery(query_id=query_id, request_id=request_id))
+        for stream in streams:
+            stream.queue.put_nowait(message)
+        asked = len(query.asked)
+        try:
+            if query.asked:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await query.done.wait()
+        finally:
+            del self._queries[query_id]
+        hops = order_hops(query.hops)
+        return pb.ExplainResponse(
+            hops=hops,
+            sidecars_asked=asked,
+            sidecars_answered=len(query.answered),
+            verdict=verdict(hops),
+        )
+
+    def explain_answer(self, stream: ControlStream, answer: pb.ExplainAnswer) -> None:
+        query = self._queries.get(answer.query_id)
+        node_id = stream.node.id
+        if query is None or node_id in query.answered:
+            return  # late (the Explain already answered) or repeated
+        query.answered.add(node_id)
+        for hop in answer.hops[: max(MAX_EXPLAIN_HOPS - len(query.hops), 0)]:
+            if not hop.sidecar_id:
+                hop.sidecar_id = node_id
+            if not hop.workload:
+                hop.workload = stream.node.workload
+            query.hops.append(hop)
+        if query.asked <= query.answered:
+            query.done.set()
+
+    async def tap(self, service: str = "", count: int = 0) -> AsyncGenerator[pb.RequestLine, None]:
+        """Lines of ``service`` ("" = every one) from every sidecar as they come, ``count`` of them (0: until
+        the caller stops iterating); the taps are stopped on every sidecar when it ends."""
+        tap_id = uuid.uuid4().hex
+        tap = self._taps[tap_id] = _Tap(service)
+        start = pb.ControlMessage(tap_start=pb.TapStart(tap_id=tap_id, service=service))
+        for stream in self._streams.values():
+            stream.queue.put_nowait(start)
+        sent = 0
+        try:
+            while count <= 0 or sent < count:
+                yield await tap.lines.get()
+                sent += 1
+        finally:
+            del self._taps[tap_id]
+            stop = pb.ControlMessage(tap_stop=pb.TapStop(tap_id=tap_id))
+            for stream in self._streams.values():
+                stream.queue.put_nowait(stop)
+            if tap.dropped:
+                log.info("tap %s: %d lines dropped for a slow client", tap_id, tap.dropped)
+
+    def tap_lines(self, stream: ControlStream, lines: pb.TapLines) -> None:
+        tap = self._taps.get(lines.tap_id)
+        if tap is None:  # a tap that ended (its stop crossed these lines): make sure the sidecar stops it
+            stream.queue.put_nowait(pb.ControlMessage(tap_stop=pb.TapStop(tap_id=lines.tap_id)))
+            return
+        for line in lines.lines:
+            if not line.sidecar_id:
+                line.sidecar_id = stream.node.id
+            if not line.workload:
+                line.workload = stream.node.workload
+            try:
+                tap.lines.put_nowait(line)
+            except asyncio.QueueFull:
+                tap.dropped += 1
+        tap.dropped += lines.dropped
 
     @property
     def connected(self) -> int:

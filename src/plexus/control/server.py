@@ -4,11 +4,15 @@ A stream's first message must be a Hello naming the sidecar; the handler then wr
 for that stream (snapshots) while a reader task feeds Hellos, Acks and Reports to the core. The stream ends
 when the sidecar half-closes or goes; the core forgets a push in flight with it. Runs on the default asyncio
 loop: grpc.aio and uvloop do not mix reliably.
+
+Observability: the reader also hands TapLines and ExplainAnswers to the core; Stat and Info read the core's
+``observer`` (``plexus.control.observe``), Explain and Tap go through the core to every connected sidecar.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Final
@@ -22,6 +26,7 @@ from plexus.proto import control_pb2_grpc as pb_grpc
 log = logging.getLogger("plexus.control")
 
 MAX_APPLY_BYTES: Final = 4 * 1024 * 1024  # a policy file of thousands of resources; more is a mistake
+MAX_REQUEST_ID: Final = 256  # x-request-id values are UUIDs; anything longer is not one a sidecar kept
 
 
 def _check_node(node: pb.Node) -> str | None:
@@ -71,6 +76,10 @@ class ControlServicer(pb_grpc.ControlServicer):
                 self._core.answered(stream, message.ack)
             elif kind == "report":
                 self._core.report(stream, message.report)
+            elif kind == "tap":
+                self._core.tap_lines(stream, message.tap)
+            elif kind == "explain":
+                self._core.explain_answer(stream, message.explain)
             elif kind == "hello":
                 if message.hello.id != stream.node.id:
                     await context.abort(
@@ -114,3 +123,26 @@ class ControlServicer(pb_grpc.ControlServicer):
                 yield progress
         except StressTestError as exc:  # refused before anything changed: say why, as the caller's fault
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+
+    async def Stat(self, request: pb.StatRequest, context: grpc.aio.ServicerContext) -> pb.StatResponse:
+        return self._core.observer.stat(request.service, request.window_seconds)
+
+    async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.InfoResponse:
+        return self._core.observer.info()
+
+    async def Explain(
+        self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ExplainResponse:
+        if not request.request_id or len(request.request_id) > MAX_REQUEST_ID:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"request_id: must be 1..{MAX_REQUEST_ID} characters"
+            )
+        return await self._core.explain(request.request_id, request.wait_seconds)
+
+    async def Tap(
+        self, request: pb.TapRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.RequestLine]:
+        # aclosing: a client that cancels closes this generator, and the core then stops every sidecar's tap
+        async with contextlib.aclosing(self._core.tap(request.service, request.count)) as lines:
+            async for line in lines:
+                yield line

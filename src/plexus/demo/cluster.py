@@ -76,9 +76,12 @@ class Cluster:
         return self.control_address
 
     def start_sidecar(self, name: str, *, wait: bool = True, extra: Sequence[str] = ()) -> Child:
-        """A sidecar following the control plane; ``extra`` flags are appended (e.g. --unit u1)."""
+        """A sidecar following the control plane; ``extra`` flags are appended (e.g. --unit u1). Its workload
+        is its name without "-sidecar" (metrics, traces and the dashboard name it so) unless ``extra`` sets
+        ``--workload`` (the last one given wins)."""
         child = Child(name, [
             self.python, "-m", "plexus", "sidecar", "--control", self.control_address,
+            "--workload", name.removesuffix("-sidecar"),
             "--app-address", "127.0.0.1", "--ingress", "127.0.0.1:0", "--api", "127.0.0.1:0",
             "--admin", "127.0.0.1:0", "--egress", "127.0.0.1:0", "--drain-time", str(SIDECAR_DRAIN),
             "--health-interval", str(HEALTH_INTERVAL), *extra,

@@ -99,12 +99,21 @@ def run_demo(duration: float = 0.0, rate: float = 20.0, console: Console | None 
     return 1 if failed or crashed or totals["sent"] == 0 or None in reports else 0
 
 
+def _telemetry_flags(cluster: Cluster, name: str) -> list[str]:
+    """The demo's sidecars write their access logs and spans (at Istio's 1% sampling) into its work dir:
+    ``<name>-sidecar-access.log`` and ``<name>-sidecar-traces.jsonl``."""
+    return [
+        "--access-log", str(cluster.workdir / f"{name}-sidecar-access.log"),
+        "--trace-export", f"file:{cluster.workdir / f'{name}-sidecar-traces.jsonl'}",
+    ]
+
+
 def _start(cluster: Cluster, rate: float) -> None:
     cluster.start_control()
     # Start-ups overlap: both sidecars and both direct apps start at once; consumers wait for both providers
     # to be published before they call, so they need not wait for them here.
-    p1_sidecar = cluster.start_sidecar("p1-sidecar", wait=False)
-    c1_sidecar = cluster.start_sidecar("c1-sidecar", wait=False)
+    p1_sidecar = cluster.start_sidecar("p1-sidecar", wait=False, extra=_telemetry_flags(cluster, "p1"))
+    c1_sidecar = cluster.start_sidecar("c1-sidecar", wait=False, extra=_telemetry_flags(cluster, "c1"))
     children = [
         cluster.start_provider("p2", SERVICE, "direct", wait=False, grpc_service=GRPC_SERVICE,
                                bolt_service=BOLT_SERVICE).app,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
-from plexus.proxy.telemetry import INBOUND, OUTBOUND, UNKNOWN, RequestEntry, Telemetry
+from plexus.proxy.telemetry import INBOUND, NO_FLAGS, OUTBOUND, UNKNOWN, RequestEntry, Telemetry
 
 # Request duration buckets in milliseconds (Istio's istio_request_duration_milliseconds buckets).
 DURATION_BUCKETS_MS: Final = (
@@ -210,6 +211,8 @@ class DataPlaneStats:
         self.upstream_cx_active = 0
         self.upstream_cx_connect_fail = 0
         self.upstream_rq_retry = 0
+        # The transport's pool sizes, {(pool, state): connections}, read when rendering (None: not shown).
+        self.pool_sizes: Callable[[], Mapping[tuple[str, str], int]] | None = None
 
     def service(self, service: str, direction: str) -> ServiceStats:
         stats = self.services.get((service, direction))
@@ -309,4 +312,155 @@ class DataPlaneStats:
                 f"plexus_tcp_sent_bytes_total"
                 f"{_labels(service=t.service, direction=t.direction)} {t.bytes_sent}"
             )
+        pool_sizes = self.pool_sizes
+        if pool_sizes is not None:
+            family("plexus_upstream_pool_connections", "gauge", "Upstream connections in the pools, by state")
+            for (pool, state), value in sorted(pool_sizes().items()):
+                out.append(f"plexus_upstream_pool_connections{_labels(pool=pool, state=state)} {value}")
+        _render_telemetry(out, self.telemetry)
+        render_istio(out, self.services.values(), self.tcp.values(), self.telemetry)
         return "\n".join(out) + "\n"
+
+
+def _render_telemetry(out: list[str], t: Telemetry) -> None:
+    """What the writers behind the telemetry queues did: written, and dropped (queue full or write failed)."""
+    out.append("# HELP plexus_telemetry_dropped_total Access-log lines, spans and tap lines lost, by sink")
+    out.append("# TYPE plexus_telemetry_dropped_total counter")
+    for sink, reason, value in (
+        ("access_log", "queue_full", t.access_log_dropped),
+        ("access_log", "write_failed", t.access_log_failed),
+        ("spans", "queue_full", t.spans_dropped),
+        ("spans", "export_failed", t.spans_failed),
+        ("tap", "queue_full", t.tap_dropped),
+    ):
+        out.append(f"plexus_telemetry_dropped_total{_labels(sink=sink, reason=reason)} {value}")
+    out.append("# HELP plexus_telemetry_written_total Access-log lines written and spans exported")
+    out.append("# TYPE plexus_telemetry_written_total counter")
+    out.append(f'plexus_telemetry_written_total{{sink="access_log"}} {t.access_log_written}')
+    out.append(f'plexus_telemetry_written_total{{sink="spans"}} {t.spans_exported}')
+
+
+# -- Istio's standard metrics ---------------------------------------------------------------------------
+#
+# Names, labels and buckets as Istio's telemetry v2 writes them, so Grafana's Istio dashboards, Kiali and
+# Flagger read a Plexus sidecar unchanged. What Plexus cannot know yet gets Istio's own "unknown": principals
+# (until mTLS), versions (no version label on a workload), clusters (no multi-cluster). Plexus's registry has
+# no namespaces, so a known peer workload and every service live in this sidecar's namespace.
+
+ISTIO_REQUEST_FAMILIES: Final = (
+    "istio_requests_total",
+    "istio_request_duration_milliseconds",
+    "istio_request_bytes",
+    "istio_response_bytes",
+)
+ISTIO_TCP_FAMILIES: Final = (
+    "istio_tcp_connections_opened_total",
+    "istio_tcp_connections_closed_total",
+    "istio_tcp_received_bytes_total",
+    "istio_tcp_sent_bytes_total",
+)
+_DURATION_LE: Final = (*(f"{b:g}" for b in DURATION_BUCKETS_MS), "+Inf")
+_SIZE_LE: Final = (*(f"{b:g}" for b in SIZE_BUCKETS_BYTES), "+Inf")
+LATEST: Final = "latest"  # Istio's canonical revision when a workload has no version label
+
+
+def istio_peer_labels(t: Telemetry, service: str, outbound: bool, peer: str, protocol: str) -> str:
+    """The labels of one (service, direction, peer) without the response's: ``k="v",...`` (no braces)."""
+    peer = peer or UNKNOWN
+    peer_ns = UNKNOWN if peer in (UNKNOWN, OVERFLOW) else t.namespace
+    # connection_security_policy: the source cannot know it ("unknown"); the destination knows it got
+    # plaintext ("none") until mTLS.
+    if outbound:
+        reporter, policy = "source", UNKNOWN
+        src, src_ns, dst, dst_ns = t.workload, t.namespace, peer, peer_ns
+    else:
+        reporter, policy = "destination", "none"
+        src, src_ns, dst, dst_ns = peer, peer_ns, t.workload, t.namespace
+    pairs = (
+        ("reporter", reporter),
+        ("source_workload", src),
+        ("source_workload_namespace", src_ns),
+        ("source_principal", UNKNOWN),
+        ("source_app", src),
+        ("source_version", UNKNOWN),
+        ("source_canonical_service", src),
+        ("source_canonical_revision", LATEST),
+        ("source_cluster", UNKNOWN),
+        ("destination_workload", dst),
+        ("destination_workload_namespace", dst_ns),
+        ("destination_principal", UNKNOWN),
+        ("destination_app", dst),
+        ("destination_version", UNKNOWN),
+        ("destination_service", service),
+        ("destination_service_name", service),
+        ("destination_service_namespace", t.namespace),
+        ("destination_canonical_service", dst),
+        ("destination_canonical_revision", LATEST),
+        ("destination_cluster", UNKNOWN),
+        ("request_protocol", protocol),
+        ("connection_security_policy", policy),
+    )
+    return ",".join(f'{k}="{_escape(v)}"' for k, v in pairs)
+
+
+def render_istio(
+    out: list[str], services: Iterable[ServiceStats], tcp: Iterable[TcpStats], telemetry: Telemetry
+) -> None:
+    """Append Istio's request and TCP families for every series (bounded per service, see ``done``)."""
+    rows: list[tuple[str, Series]] = []
+    for s in services:
+        outbound = s.direction == "egress"
+        bases: dict[str, str] = {}
+        for (peer, status, grpc_status, flags), series in s.series.items():
+            base = bases.get(peer)
+            if base is None:
+                base = bases[peer] = istio_peer_labels(telemetry, s.service, outbound, peer, s.protocol)
+            response = (
+                f'response_code="{status}",grpc_response_status="{_escape(grpc_status)}",'
+                f'response_flags="{_escape(flags)}"'
+            )
+            rows.append((f"{base},{response}", series))
+    out.append("# HELP istio_requests_total Requests, as Istio counts them")
+    out.append("# TYPE istio_requests_total counter")
+    for labels, series in rows:
+        out.append(f"istio_requests_total{{{labels}}} {series.count}")
+    _histogram(out, "istio_request_duration_milliseconds", "Request duration, milliseconds", _DURATION_LE,
+               ((labels, x.duration_buckets, f"{x.duration_sum_ms:.3f}") for labels, x in rows))
+    _histogram(out, "istio_request_bytes", "Request body sizes, bytes", _SIZE_LE,
+               ((labels, x.request_buckets, str(x.request_bytes)) for labels, x in rows))
+    _histogram(out, "istio_response_bytes", "Response body sizes, bytes", _SIZE_LE,
+               ((labels, x.response_buckets, str(x.response_bytes)) for labels, x in rows))
+    tcp_rows: list[tuple[str, list[int]]] = []
+    for t in tcp:
+        outbound = t.direction == "egress"
+        for peer, counters in t.peers.items():
+            base = istio_peer_labels(telemetry, t.service, outbound, peer, "tcp")
+            tcp_rows.append((f'{base},response_flags="{NO_FLAGS}"', counters))
+    for name, index, help_text in (
+        ("istio_tcp_connections_opened_total", 0, "TCP connections opened"),
+        ("istio_tcp_connections_closed_total", 1, "TCP connections closed"),
+        ("istio_tcp_received_bytes_total", 2, "TCP bytes received from the downstream"),
+        ("istio_tcp_sent_bytes_total", 3, "TCP bytes sent to the downstream"),
+    ):
+        out.append(f"# HELP {name} {help_text}")
+        out.append(f"# TYPE {name} counter")
+        for labels, counters in tcp_rows:
+            out.append(f"{name}{{{labels}}} {counters[index]}")
+
+
+def _histogram(
+    out: list[str],
+    name: str,
+    help_text: str,
+    les: tuple[str, ...],
+    rows: Iterable[tuple[str, list[int], str]],
+) -> None:
+    out.append(f"# HELP {name} {help_text}")
+    out.append(f"# TYPE {name} histogram")
+    for labels, buckets, total in rows:
+        running = 0
+        for le, count in zip(les, buckets, strict=True):
+            running += count
+            out.append(f'{name}_bucket{{{labels},le="{le}"}} {running}')
+        out.append(f"{name}_sum{{{labels}}} {total}")
+        out.append(f"{name}_count{{{labels}}} {running}")

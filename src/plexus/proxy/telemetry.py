@@ -88,6 +88,7 @@ class RequestEntry:
         "duration_ms",
         "flags",
         "grpc_status",
+        "http_version",
         "method",
         "parent_span_id",
         "path",
@@ -133,6 +134,7 @@ class RequestEntry:
         parent_span_id: str = "",
         sampled: bool = False,
         attempts: int = 1,
+        http_version: str = "",
     ) -> None:
         self.direction = direction
         self.service = service
@@ -157,6 +159,9 @@ class RequestEntry:
         self.parent_span_id = parent_span_id
         self.sampled = sampled
         self.attempts = attempts
+        # "2" when the request came over HTTP/2 (plain HTTP on an h2c listener): the access log's protocol
+        # says HTTP/2. "" = the protocol's usual wire: HTTP/1.1 for "http", HTTP/2 for "grpc".
+        self.http_version = http_version
 
     @property
     def failed(self) -> bool:
@@ -207,8 +212,18 @@ class Telemetry:
         self.taps: dict[str, Tap] = {}
         self.tapping = False  # fast test on the hot path: any tap open
         self.spans: list[RequestEntry] = []
+        # Sampled entries are queued only while a span exporter drains them (--trace-export): without one
+        # the sampling decision still travels to the next hop, but nothing is kept here.
+        self.exporting_spans = False
+        # What the writers did (plexus_telemetry_* families): dropped = the queue was full; failed = the
+        # writer could not write or export them; written/exported = delivered.
         self.spans_dropped = 0
+        self.spans_failed = 0
+        self.spans_exported = 0
         self.access_log_dropped = 0
+        self.access_log_failed = 0
+        self.access_log_written = 0
+        self.tap_dropped = 0
 
     def set_clock(self, loop_time: float) -> None:
         """Call once from the loop: ``loop_time`` is ``loop.time()`` now."""
@@ -228,7 +243,7 @@ class Telemetry:
                 self.access_log_dropped += 1
         if self.tapping:
             self._tap(entry)
-        if entry.sampled:
+        if entry.sampled and self.exporting_spans:
             if len(self.spans) < SPAN_BUFFER:
                 self.spans.append(entry)
             else:
@@ -242,6 +257,7 @@ class Telemetry:
                 tap.lines.append(entry)
             else:
                 tap.dropped += 1
+                self.tap_dropped += 1
 
     def open_tap(self, tap_id: str, service: str) -> None:
         self.taps[tap_id] = Tap(tap_id, service)

@@ -31,6 +31,7 @@ B3_SINGLE: Final = "b3"
 
 DEFAULT_SAMPLE_PERCENT: Final = 1.0  # Istio's default sampling
 _HEX: Final = frozenset("0123456789abcdef")
+_HEX_DIGITS: Final = "0123456789abcdef"
 _ZERO_TRACE: Final = "0" * 32
 _ZERO_SPAN: Final = "0" * 16
 MAX_REQUEST_ID: Final = 128  # longer incoming ids are replaced (they land in logs and labels)
@@ -52,7 +53,8 @@ class TraceStart:
 
 
 def _is_hex(value: str, length: int) -> bool:
-    return len(value) == length and set(value) <= _HEX
+    # (str.strip in C: nothing is left when every character is a lower-case hex digit; no set built)
+    return len(value) == length and not value.strip(_HEX_DIGITS)
 
 
 def parse_traceparent(value: str) -> tuple[str, str, bool] | None:

@@ -28,6 +28,7 @@ from plexus.config.sidecar_settings import ResolvedSettings
 from plexus.core.address import HostPort, parse_host_port
 from plexus.core.errors import ConfigError, PlexusError
 from plexus.core.ready_file import write_ready_file
+from plexus.sidecar.access_log import AccessLogError, AccessLogWriter
 from plexus.sidecar.admin import build_admin_api
 from plexus.sidecar.load_sampler import LoadSampler
 from plexus.sidecar.local_api import build_local_api
@@ -35,6 +36,7 @@ from plexus.sidecar.mesh import LocalMesh
 from plexus.sidecar.mosn_api import MosnAppInfo, build_mosn_api
 from plexus.sidecar.policy import PolicyAgent, default_node_id, policy_destinations
 from plexus.sidecar.stats import SidecarStats
+from plexus.sidecar.trace_export import SpanExport, TraceExportError
 from plexus.transport.control_http import bound_port, serve_control_http
 from plexus.transport.dataplane import DataPlane, DataPlaneSettings
 
@@ -77,10 +79,14 @@ class Sidecar:
                 workload=self.config.workload,
                 zone=self.config.zone,
                 unit=self.config.unit,
+                namespace=self.config.namespace,
+                trace_sample_percent=self.config.trace_sample_percent,
             ),
             on_unknown_service=self._on_unknown_service,
         )
         self.client: AsyncRegistryClient | None = None
+        self.access_log: AccessLogWriter | None = None  # --access-log
+        self.span_export: SpanExport | None = None  # --trace-export
         self.mesh: LocalMesh | None = None
         self.control: AsyncControlClient | None = None  # --control: policy pushed by the control plane
         self.policy: PolicyAgent | None = None
@@ -151,6 +157,7 @@ class Sidecar:
     async def start(self) -> dict[str, str]:
         """Open every listener, then start the registry client. Raises ListenError naming the listener."""
         config = self.config
+        self._start_telemetry_writers()
         with _listening("--ingress", config.ingress):
             ingress = await self.dp.listen_ingress(*parse_host_port(config.ingress))
         with _listening("--egress", config.egress):
@@ -170,7 +177,8 @@ class Sidecar:
                 advertised=advertised,
             )
             self.control = AsyncControlClient(
-                config.control, self.policy.node, self.policy.install, self.policy.traffic
+                config.control, self.policy.node, self.policy.install, self.policy.traffic,
+                observed=self.policy,  # CONTROLOBS: edges/paths/tcp in reports, taps, explain
             )
             self.mesh.on_change = self.control.node_changed
             self.quota = self.dp.quota = AsyncQuotaClient(config.control, default_node_id(advertised))
@@ -216,6 +224,17 @@ class Sidecar:
         self._ready = True
         return self.addresses
 
+    def _start_telemetry_writers(self) -> None:
+        """Access log and span export; raises AccessLogError/TraceExportError naming the flag."""
+        loop = asyncio.get_running_loop()
+        telemetry = self.dp.stats.telemetry
+        if self.config.access_log is not None:
+            self.access_log = AccessLogWriter.open(self.config.access_log, telemetry)
+            self.access_log.start(loop)
+        self.span_export = SpanExport.open(self.config.trace_export, telemetry)
+        if self.span_export is not None:
+            self.span_export.start(loop)
+
     def request_stop(self) -> None:
         if self._stopping.is_set():
             self._hurry.set()
@@ -244,6 +263,10 @@ class Sidecar:
         if self.mesh is not None:
             await self.mesh.close()
         await self.dp.close(0.0 if self._hurry.is_set() else drain_time)
+        if self.access_log is not None:
+            self.access_log.close()  # after the data plane: the last requests' lines are written
+        if self.span_export is not None:
+            await self.span_export.aclose()
         if self.control is not None:
             await self.control.aclose(CLIENT_CLOSE_TIMEOUT)
         await self.load_sampler.aclose()
@@ -376,6 +399,10 @@ async def serve(resolved: ResolvedSettings) -> int:
         print(f"plexus sidecar: cannot listen: {exc}", file=sys.stderr)
         await sidecar.stop(drain=False)
         return 1
+    except (AccessLogError, TraceExportError) as exc:
+        print(f"plexus sidecar: invalid configuration: {exc}", file=sys.stderr)
+        await sidecar.stop(drain=False)
+        return 2
     _tune_gc()
     if resolved.settings.ready_file:
         write_ready_file(resolved.settings.ready_file, addresses)

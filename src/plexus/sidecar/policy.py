@@ -11,6 +11,10 @@
    by the previous policy may still retry into them.
 
 Any exception propagates to the client, which NACKs with its text; the last good policy keeps serving.
+
+It is also what the control stream reads of the data plane's telemetry (``Observed``): the report's edges
+(each ``ServiceStats.series`` summed per peer workload), paths, TCP summaries and active connections; taps
+(``Telemetry.open_tap``/``close_tap``, drained into TapLines); and the hops of a request id for ``explain``.
 """
 
 from __future__ import annotations
@@ -26,12 +30,67 @@ from plexus.clients.control_async import NodeInfo, SnapshotIn, Traffic
 from plexus.config.resources import PolicySet
 from plexus.core import reasons
 from plexus.core.address import HostPort
+from plexus.proto import control_pb2 as pb
+from plexus.proxy.stats import OVERFLOW, ServiceStats
+from plexus.proxy.telemetry import INBOUND, UNKNOWN, RequestEntry
 from plexus.sidecar.mesh import LocalMesh
 from plexus.transport.dataplane import DataPlane
 
 FIRST_SET_WAIT: Final = 2.0  # seconds a snapshot waits for a new destination's first registry set
 UNWATCH_DELAY: Final = 5.0  # seconds a destination dropped by a snapshot stays watched (in-flight retries)
 DIRECTIONS: Final = {"egress": "outbound", "ingress": "inbound"}
+NOT_FAILED_FLAGS: Final = ("-", "DC", "URX")  # RequestEntry.failed: no reason, or only the retry budget's
+
+
+def series_failed(status: int, grpc_status: str, flags: str) -> bool:
+    """``RequestEntry.failed`` from a series key: flags stand for the reason (``response_flag(reason)``)."""
+    return status >= 500 or status == 0 or grpc_status not in ("", "0") or flags not in NOT_FAILED_FLAGS
+
+
+def edges_of(stats: ServiceStats, workload: str) -> list[pb.EdgeSummary]:
+    """One edge per peer workload of one service and direction (``workload`` is this sidecar's).
+
+    Errors per peer are counted from the series keys; the overflow series (peers and codes past the cap)
+    gets what is left of ``stats.failures``. A service counted only by ``record()`` (no series) is one edge
+    with an unknown peer, its errors the 5xx and never-answered requests."""
+    direction = DIRECTIONS.get(stats.direction, stats.direction)
+    inbound = direction == INBOUND
+    by_peer: dict[str, pb.EdgeSummary] = {}
+    counted_errors = 0
+
+    def edge(peer: str) -> pb.EdgeSummary:
+        found = by_peer.get(peer)
+        if found is None:
+            source, destination = (peer, workload) if inbound else (workload, peer)
+            found = by_peer[peer] = pb.EdgeSummary(
+                direction=direction,
+                source_workload=source,
+                destination_service=stats.service,
+                destination_workload=destination,
+                protocol=stats.protocol,
+                duration_buckets=[0] * len(stats.buckets),
+            )
+        return found
+
+    for (peer, status, grpc_status, flags), series in list(stats.series.items()):
+        e = edge(peer or UNKNOWN)
+        e.requests += series.count
+        if peer != OVERFLOW and series_failed(status, grpc_status, flags):
+            e.errors += series.count
+            counted_errors += series.count
+        for i, count in enumerate(series.duration_buckets):
+            e.duration_buckets[i] += count
+        e.duration_sum_ms += series.duration_sum_ms
+    if OVERFLOW in by_peer:
+        by_peer[OVERFLOW].errors = max(stats.failures - counted_errors, 0)
+    recorded: int = sum(stats.by_class)
+    if not by_peer and recorded > 0:
+        e = edge(UNKNOWN)
+        e.requests = recorded
+        e.errors = stats.by_class[5] + stats.by_class[0]
+        e.duration_buckets[:] = stats.buckets
+        e.duration_sum_ms = stats.duration_sum_ms
+    return list(by_peer.values())
 
 
 def policy_destinations(policy: PolicySet) -> frozenset[str]:
@@ -69,6 +128,9 @@ class PolicyAgent:
         self.installed_at: float | None = None
         self.last_wait_missing: list[str] = []  # new destinations with no registry set after the wait
         self.on_installed: Callable[[int], None] | None = None
+        telemetry = dp.stats.telemetry
+        if telemetry.loop_clock_offset == 0.0:  # nobody set it yet: tap and explain lines need Unix times
+            telemetry.set_clock(self._loop.time())
 
     # ----------------------------------------------------------------- installing
     async def install(self, snap: SnapshotIn) -> None:
@@ -147,6 +209,80 @@ class PolicyAgent:
                 )
             )
         return out
+
+    # ----------------------------------------------------------------- observability (control_async.Observed)
+    def fill_report(self, report: pb.Report) -> None:
+        stats = self._dp.stats
+        workload = self._workload or UNKNOWN
+        for service_stats in list(stats.services.values()):
+            report.edges.extend(edges_of(service_stats, workload))
+            direction = DIRECTIONS.get(service_stats.direction, service_stats.direction)
+            for (method, path), p in list(service_stats.paths.items()):
+                report.paths.add(
+                    service=service_stats.service,
+                    direction=direction,
+                    method=method,
+                    path=path,
+                    requests=p.count,
+                    errors=p.failures,
+                    duration_buckets=p.buckets,
+                    duration_sum_ms=p.duration_sum_ms,
+                )
+        for t in list(stats.tcp.values()):
+            report.tcp.add(
+                service=t.service,
+                direction=DIRECTIONS.get(t.direction, t.direction),
+                opened=t.connections,
+                closed=t.closed,
+                active=max(t.active, 0),
+                bytes_received=t.bytes_received,
+                bytes_sent=t.bytes_sent,
+            )
+        report.active_connections = max(stats.downstream_cx_active, 0)
+
+    def open_tap(self, tap_id: str, service: str) -> None:
+        self._dp.stats.telemetry.open_tap(tap_id, service)
+
+    def close_tap(self, tap_id: str) -> None:
+        self._dp.stats.telemetry.close_tap(tap_id)
+
+    def take_tap_lines(self) -> list[pb.TapLines]:
+        out: list[pb.TapLines] = []
+        for tap in list(self._dp.stats.telemetry.taps.values()):
+            if not tap.lines and not tap.dropped:
+                continue
+            entries, tap.lines = tap.lines, []
+            dropped, tap.dropped = tap.dropped, 0
+            out.append(pb.TapLines(tap_id=tap.tap_id, lines=map(self.request_line, entries), dropped=dropped))
+        return out
+
+    def explain(self, request_id: str) -> list[pb.RequestLine]:
+        return [self.request_line(e) for e in self._dp.stats.telemetry.find(request_id)]
+
+    def request_line(self, e: RequestEntry) -> pb.RequestLine:
+        return pb.RequestLine(
+            start_unix=self._dp.stats.telemetry.wall(e.start),
+            sidecar_id=self._node_id,
+            workload=self._workload or UNKNOWN,
+            direction=e.direction,
+            service=e.service,
+            protocol=e.protocol,
+            method=e.method,
+            path=e.path,
+            authority=e.authority,
+            status=max(e.status, 0),
+            grpc_status=e.grpc_status,
+            response_flags=e.flags,
+            reason=e.reason,
+            duration_ms=e.duration_ms,
+            request_bytes=max(e.request_bytes, 0),
+            response_bytes=max(e.response_bytes, 0),
+            upstream=e.upstream,
+            request_id=e.request_id,
+            trace_id=e.trace_id,
+            peer_workload=e.peer_workload,
+            attempts=max(e.attempts, 0),
+        )
 
     def view(self) -> dict[str, Any]:
         return {

@@ -26,6 +26,8 @@ from plexus.proxy.adaptive import LoadSignal
 from plexus.proxy.locality import compile_locality
 from plexus.proxy.ratelimit import Gate, QuotaSource, compile_gates, render_metrics
 from plexus.proxy.route_table import compile_routing
+from plexus.proxy.telemetry import Telemetry
+from plexus.proxy.tracing import DEFAULT_SAMPLE_PERCENT, Tracer
 from plexus.transport.context import DataPlaneContext
 from plexus.transport.h2_downstream import Http2Downstream, Http2Proxy
 from plexus.transport.http_downstream import HttpDownstream
@@ -80,6 +82,9 @@ class DataPlaneSettings:
     workload: str = ""
     zone: str = ""
     unit: str = ""
+    # Telemetry: the namespace in Istio's labels, and the percent of new traces sampled (Istio's 1%).
+    namespace: str = "default"
+    trace_sample_percent: float = DEFAULT_SAMPLE_PERCENT
 
 
 class _SharedEgressRouter:
@@ -151,7 +156,9 @@ class DataPlane:
         self.settings = settings
         self.on_unknown_service = on_unknown_service
         self.clusters = ClusterManager(settings.lb_policy, settings.hash_header)
-        self.stats = DataPlaneStats()
+        self.stats = DataPlaneStats(
+            Telemetry(settings.workload, settings.namespace, tracer=Tracer(settings.trace_sample_percent))
+        )
         limits = Http1Limits(
             settings.max_header_bytes, settings.max_headers, MAX_REQUEST_LINE, settings.max_body_bytes
         )
@@ -159,6 +166,9 @@ class DataPlane:
         with contextlib.suppress(RuntimeError):
             loop = asyncio.get_running_loop()
         self.ctx = DataPlaneContext(loop, settings, self.stats, limits, UpstreamPool(self.stats, limits))
+        if loop is not None:
+            self.stats.telemetry.set_clock(loop.time())
+        self.stats.pool_sizes = self._pool_sizes
         self.rpc_stats = RpcStats()
         self.rpc_pool = RpcUpstreamPool(self.ctx, self.rpc_stats)
         self.h2 = Http2Proxy(self.ctx)
@@ -345,6 +355,7 @@ class DataPlane:
     def _loop(self) -> asyncio.AbstractEventLoop:
         if self.ctx.loop is None:
             self.ctx.loop = asyncio.get_running_loop()
+            self.stats.telemetry.set_clock(self.ctx.loop.time())
         return self.ctx.loop
 
     async def _serve(
@@ -523,6 +534,17 @@ class DataPlane:
             + render_metrics(self.gates)
             + self.clusters.render_metrics()
         )
+
+    def _pool_sizes(self) -> dict[tuple[str, str], int]:
+        """Upstream pool sizes for plexus_upstream_pool_connections, read when /stats/prometheus renders."""
+        pool, rpc = self.ctx.pool, self.rpc_pool
+        return {
+            ("http1", "open"): sum(pool.open.values()),
+            ("http1", "idle"): sum(len(idle) for idle in pool.idle.values()),
+            ("http1", "waiting"): sum(len(waiters) for waiters in pool.waiters.values()),
+            ("rpc", "open"): len(rpc.conns),
+            ("rpc", "draining"): len(rpc.draining),
+        }
 
     def clusters_view(self) -> list[dict[str, Any]]:
         return self.clusters.view()

@@ -29,10 +29,27 @@ from plexus.codec.http2 import (
 )
 from plexus.core import reasons
 from plexus.core.errors import ProtocolError
-from plexus.proxy import DataPlaneStats
+from plexus.proxy import DataPlaneStats, ServiceStats
 from plexus.proxy.stream import AUTHORITY, METHOD, PATH, HeaderLookup, lookup_from_pairs
+from plexus.proxy.telemetry import INBOUND, OUTBOUND, UNKNOWN
+from plexus.proxy.tracing import (
+    B3_PARENT_SPAN_ID,
+    B3_SAMPLED,
+    B3_SPAN_ID,
+    B3_TRACE_ID,
+    REQUEST_ID,
+    TRACEPARENT,
+    Tracer,
+    TraceStart,
+)
 from plexus.transport.h2_codecs import server_codec
-from plexus.transport.h2_stream import HOP_BY_HOP, SERVICE_HEADER, H2Stream, service_from_authority
+from plexus.transport.h2_stream import (
+    CALLER_HEADER,
+    HOP_BY_HOP,
+    SERVICE_HEADER,
+    H2Stream,
+    service_from_authority,
+)
 from plexus.transport.h2_upstream import Http2UpstreamPool
 from plexus.transport.routes import Route
 
@@ -43,8 +60,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("plexus.dataplane")
 
 _TIMER_SLACK: Final = 0.001  # libuv timers have millisecond resolution
-CALLER_HEADER: Final = b"x-plexus-caller"
 EGRESS_DROPPED: Final = HOP_BY_HOP | {CALLER_HEADER}
+# The trace-context fields a stream's headers may carry (plexus.proxy.tracing): read once when it opens, and
+# replaced by what Tracer.begin says to forward. ``tracestate`` and B3's single ``b3`` pass through untouched.
+_B3_NAMES: Final = (B3_TRACE_ID, B3_SPAN_ID, B3_PARENT_SPAN_ID, B3_SAMPLED)
+TRACE_FIELDS: Final = frozenset(n.encode() for n in (TRACEPARENT, REQUEST_ID, *_B3_NAMES))
+_B3_FIELDS: Final = frozenset(n.encode() for n in _B3_NAMES)
+# Header names Tracer.begin writes, as bytes (it names them in str).
+_WIRE_NAME: Final = {n: n.encode() for n in (TRACEPARENT, REQUEST_ID, *_B3_NAMES)}
 NOT_IMPLEMENTED_H2_TO_HTTP1: Final = (
     "HTTP/2 to an HTTP/1.1 app is not supported (no h2 to HTTP/1.1 translation): call it over HTTP/1.1"
 )
@@ -131,6 +154,7 @@ class Http2Downstream(asyncio.Protocol):
         self.loop = proxy.loop
         self.router = router
         self.direction = direction
+        self.traffic_direction = OUTBOUND if direction == "egress" else INBOUND  # Istio's words, for entries
         # A per-service egress names its service: error texts say it even when no route exists.
         self.fixed_service: str = getattr(router, "service", "") or ""
         self.codec = server_codec(proxy.engine, proxy.limits)
@@ -267,6 +291,7 @@ class Http2Downstream(asyncio.Protocol):
         method = path = authority = service = host = timeout_raw = None
         timeout_at: int | None = None
         grpc = False
+        traced: dict[bytes, int] | None = None  # trace-context fields the caller sent -> index in ``up``
         up: Headers = []
         dropped = self.dropped
         for name, value in headers:
@@ -293,13 +318,22 @@ class Http2Downstream(asyncio.Protocol):
                 timeout_at = len(up)
             elif name == b"te" and value.strip().lower() != b"trailers":
                 continue
+            elif name in TRACE_FIELDS:
+                if traced is None:
+                    traced = {}
+                elif name in traced:
+                    continue  # a repeated trace field: the first one counts, the rest would go stale
+                traced[name] = len(up)
             up.append((name, value))
         authority = authority or host
+        trace = self._trace(up, traced)
+        if timeout_at is not None and (timeout_at >= len(up) or up[timeout_at][0] != b"grpc-timeout"):
+            timeout_at = next(i for i, (n, _) in enumerate(up) if n == b"grpc-timeout")  # up was rebuilt
         if service is not None:
             named = service.decode("latin-1")
         else:
             named = self.fixed_service or service_from_authority(authority)
-        stream = H2Stream(self, sid, up, grpc, end_stream, named)
+        stream = H2Stream(self, sid, up, grpc, end_stream, named, trace, method, path, authority)
         stream.timeout_at = timeout_at
         self.streams[sid] = stream
         if method == b"CONNECT":  # a tunnel (RFC 9113 §8.5), as HTTP/1.1's CONNECT: not proxied
@@ -328,6 +362,49 @@ class Http2Downstream(asyncio.Protocol):
             service,
         )
         self.opened.append((stream, head, timeout))
+
+    def _trace(self, up: Headers, traced: dict[bytes, int] | None) -> TraceStart:
+        """This hop's trace context (plexus.proxy.tracing), begun from the fields the caller sent; the fields
+        to forward go into ``up``: appended when none came (the common case at an egress), else each in
+        place of the caller's field of the same name (``traced``: name -> index in ``up``)."""
+        tracer: Tracer = self.proxy.stats.telemetry.tracer
+        wire = _WIRE_NAME
+        if traced is None:
+            start = tracer.begin(None, None)
+            for name, value in start.headers:
+                up.append((wire[name], value.encode()))
+            return start
+
+        def text(name: str) -> str | None:
+            at = traced.get(wire[name])
+            return up[at][1].decode("latin-1") if at is not None else None
+
+        start = tracer.begin(
+            text(TRACEPARENT),
+            text(REQUEST_ID),
+            b3_trace_id=text(B3_TRACE_ID),
+            b3_span_id=text(B3_SPAN_ID),
+            b3_sampled=text(B3_SAMPLED),
+        )
+        written: set[str] = set()
+        for name, value in start.headers:
+            field = wire[name]
+            written.add(name)
+            at = traced.get(field)
+            if at is None:
+                up.append((field, value.encode()))
+            else:
+                up[at] = (field, value.encode())
+        stale = wire[B3_PARENT_SPAN_ID]
+        if B3_TRACE_ID in written and B3_PARENT_SPAN_ID not in written and stale in traced:
+            # B3 rewritten for the next hop with no parent: the caller's parent id would be stale (rare).
+            up[:] = [pair for pair in up if pair[0] != stale]
+        return start
+
+    def unrouted_stats(self) -> ServiceStats:
+        """Where a stream no route took is counted: one series per listener's own service (a per-service
+        egress) or "unknown", never the authority a caller chose (label cardinality stays bounded)."""
+        return self.proxy.stats.service(self.fixed_service or UNKNOWN, self.direction)
 
     def _route(self, stream: H2Stream, head: RequestHead, timeout: float) -> None:
         route = self.router.resolve(head)

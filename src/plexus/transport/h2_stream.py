@@ -57,10 +57,13 @@ from plexus.core import reasons
 from plexus.core.errors import ProtocolError
 from plexus.proxy import Endpoint, service_from_host
 from plexus.proxy.stream import HeaderLookup
+from plexus.proxy.telemetry import DOWNSTREAM_DISCONNECT, UNKNOWN, RequestEntry, response_flag
 from plexus.transport.h2_upstream import OVERFLOW, PENDING
 
 if TYPE_CHECKING:
+    from plexus.proxy import ServiceStats
     from plexus.proxy.route_table import Rule
+    from plexus.proxy.tracing import TraceStart
     from plexus.transport.h2_downstream import Http2Downstream
     from plexus.transport.h2_upstream import Http2UpstreamConnection
     from plexus.transport.routes import Route
@@ -87,6 +90,9 @@ HOP_BY_HOP: Final = frozenset(
     }
 )
 SERVICE_HEADER: Final = b"x-plexus-service"
+CALLER_HEADER: Final = b"x-plexus-caller"  # who calls (a consumer sidecar's workload): the inbound peer
+_USER_AGENT: Final = b"user-agent"
+_GRPC_STATUS: Final = b"grpc-status"
 _ERROR_HEADER: Final = reasons.ERROR_HEADER.encode()
 _HOP_HEADER: Final = reasons.HOP_HEADER.encode()
 _CANCELLED: Final = b"1"  # grpc-status CANCELLED
@@ -144,6 +150,8 @@ def filter_headers(headers: Headers) -> Headers:
 class H2Stream:
     __slots__ = (
         "attempts",
+        "authority",
+        "client_reset",
         "conn",
         "credit_conn",
         "credit_sid",
@@ -153,12 +161,19 @@ class H2Stream:
         "endpoint",
         "gov",
         "grpc",
+        "grpc_code",
         "lookup",
+        "method",
+        "path",
+        "picked",
+        "reason",
         "refusals",
+        "req_bytes",
         "req_end_sent",
         "req_ended",
         "req_q",
         "req_trailers",
+        "resp_bytes",
         "resp_done",
         "resp_end",
         "resp_q",
@@ -171,12 +186,23 @@ class H2Stream:
         "started",
         "status",
         "timeout_at",
+        "trace",
         "up_headers",
         "up_sid",
     )
 
     def __init__(
-        self, down: Http2Downstream, sid: int, up_headers: Headers, grpc: bool, ended: bool, service: str
+        self,
+        down: Http2Downstream,
+        sid: int,
+        up_headers: Headers,
+        grpc: bool,
+        ended: bool,
+        service: str,
+        trace: TraceStart | None = None,
+        method: bytes | None = None,
+        path: bytes | None = None,
+        authority: bytes | None = None,
     ) -> None:
         self.down = down
         self.sid = sid
@@ -210,6 +236,17 @@ class H2Stream:
         self.deadline = 0.0
         self.timeout_at: int | None = None  # index of grpc-timeout in up_headers
         self.gov: _Gov | None = None  # the request policy's state, only on a policed route
+        # For the stream's RequestEntry (plexus.proxy.telemetry), built once when it ends.
+        self.trace = trace  # this hop's trace context (ids, request id), from Tracer.begin
+        self.method = method
+        self.path = path
+        self.authority = authority
+        self.picked: Endpoint | None = None  # the last try's endpoint (``endpoint`` is cleared as it ends)
+        self.req_bytes = 0  # DATA payload from the caller
+        self.resp_bytes = 0  # DATA payload toward the caller
+        self.reason = ""  # the reason code when this hop failed or limited the stream
+        self.grpc_code: bytes | None = None  # a trailers-only answer's grpc-status (upstream's or ours)
+        self.client_reset = False  # the caller reset the stream (or left) before it ended: flag DC
 
     # -- routing ------------------------------------------------------------------------------------
 
@@ -241,7 +278,7 @@ class H2Stream:
         if isinstance(picked, str):
             self.fail(picked)
             return
-        self.endpoint = picked
+        self.endpoint = self.picked = picked
         picked.active += 1
         picked.total += 1
         self.attempts += 1
@@ -397,7 +434,7 @@ class H2Stream:
         if picked is None:
             self.fail(reasons.NO_HEALTHY_UPSTREAM)
             return
-        self.endpoint = picked
+        self.endpoint = self.picked = picked
         picked.active += 1
         picked.total += 1
         self.attempts += 1
@@ -498,12 +535,15 @@ class H2Stream:
         self.down.codec.send_headers(self.sid, filter_headers(headers), end_stream)
         self.down.want_flush()
         if end_stream:
+            if self.grpc:
+                self.grpc_code = _grpc_status_value(headers)  # trailers-only: the status is in the headers
             self.resp_end = self.resp_done = True
             self.finish()
 
     def on_upstream_data(self, data: bytes, flow_controlled_length: int, end_stream: bool) -> None:
         if self.done:
             return
+        self.resp_bytes += len(data)
         self.resp_q.append([data, flow_controlled_length])
         if end_stream:
             self.resp_end = True
@@ -555,6 +595,7 @@ class H2Stream:
                 return
         if failed is not None and error_code != ErrorCodes.CANCEL:
             failed.failures += 1
+        self.reason = reasons.UPSTREAM_RESET
         self.reset_downstream(error_code)
 
     def on_upstream_window(self) -> None:
@@ -602,6 +643,7 @@ class H2Stream:
             self.down.codec.acknowledge(self.sid, flow_controlled_length)
             return
         if data or flow_controlled_length:
+            self.req_bytes += len(data)
             self.req_q.append([data, flow_controlled_length])
         if end_stream:
             self.req_ended = True
@@ -623,6 +665,7 @@ class H2Stream:
         if self.done:
             return
         self.done = True
+        self.client_reset = True
         self._drop_upstream(ErrorCodes.CANCEL)
         self._record()
 
@@ -755,6 +798,8 @@ class H2Stream:
             return False
         if not gov.start_retry(kind):
             self.down.proxy.stats.local_reply(reasons.RETRY_BUDGET_EXHAUSTED, self.service)
+            if not self.reason:
+                self.reason = reasons.RETRY_BUDGET_EXHAUSTED  # the answer passed on is flagged URX
             return False
         return True
 
@@ -846,8 +891,76 @@ class H2Stream:
         route = self.route
         down = self.down
         down.stream_done(self)
-        if route is not None:
-            route.stats.record(self.status, (down.loop.time() - self.started) * 1000.0)
+        self._report(route.stats if route is not None else down.unrouted_stats())
+
+    def _report(self, stats: ServiceStats) -> None:
+        """The stream's one RequestEntry: counted (``ServiceStats.done``), then to the telemetry sinks."""
+        down = self.down
+        started = self.started
+        ms = (down.loop.time() - started) * 1000.0
+        counted = status = self.status
+        grpc_status = ""
+        if self.grpc:
+            if status and not self.resp_started:
+                status = 200  # our trailers-only local reply: HTTP 200, the error is in grpc-status
+            code = self.grpc_code
+            trailers = self.resp_trailers
+            if code is None and trailers is not None:
+                code = _grpc_status_value(trailers)
+            if code is not None:
+                grpc_status = code.decode("latin-1")
+        reason = self.reason
+        flags = DOWNSTREAM_DISCONNECT if self.client_reset else response_flag(reason)
+        user_agent = ""
+        caller: bytes | None = None
+        inbound = down.direction != "egress"
+        for name, value in self.up_headers:
+            if name == _USER_AGENT:
+                user_agent = value.decode("latin-1")
+            elif name == CALLER_HEADER and inbound and caller is None:
+                caller = value
+        picked = self.picked
+        if inbound:
+            peer = caller.decode("latin-1") if caller else UNKNOWN
+        else:
+            peer = (picked.instance.workload or UNKNOWN) if picked is not None else UNKNOWN
+        trace = self.trace
+        method = self.method
+        path = self.path
+        authority = self.authority
+        entry = RequestEntry(
+            down.traffic_direction,
+            stats.service,
+            "grpc" if self.grpc else "http",
+            method.decode("latin-1") if method else "",
+            path.decode("latin-1") if path else "",
+            started,
+            ms,
+            status,
+            grpc_status=grpc_status,
+            reason=reason,
+            flags=flags,
+            request_bytes=self.req_bytes,
+            response_bytes=self.resp_bytes,
+            peer_workload=peer,
+            upstream=picked.key if picked is not None else "",
+            request_id=trace.request_id if trace is not None else "",
+            authority=authority.decode("latin-1") if authority else "",
+            user_agent=user_agent,
+            trace_id=trace.trace_id if trace is not None else "",
+            span_id=trace.span_id if trace is not None else "",
+            parent_span_id=trace.parent_span_id if trace is not None else "",
+            sampled=trace.sampled if trace is not None else False,
+            attempts=self.attempts,
+        )
+        stats.done(entry)
+        if counted != status:
+            # plexus_requests_total keeps counting a gRPC local reply by the HTTP status it stands for (503,
+            # 504...), as before entries existed; the entry (Istio's response_code) has the 200 sent.
+            by_class = stats.by_class
+            by_class[2] -= 1
+            cls = counted // 100
+            by_class[cls if 0 < cls < 6 else 0] += 1
 
     def finish(self) -> None:
         """The response ended toward the caller."""
@@ -922,6 +1035,7 @@ class H2Stream:
         ``status`` (HTTP/2) or ``grpc`` (a gRPC status) when the reason's own mapping is not the answer."""
         if self.done:
             return
+        self.reason = reason
         down = self.down
         proxy = down.proxy
         self._drop_upstream(ErrorCodes.CANCEL)
@@ -952,6 +1066,7 @@ class H2Stream:
         try:
             if self.grpc:
                 headers = self._grpc_reply(reason, service, message, grpc)
+                self.grpc_code = _grpc_status_value(headers)
                 headers += [(_ERROR_HEADER, error), (_HOP_HEADER, hop)]
                 codec.send_headers(self.sid, headers, end_stream=True)
             else:
@@ -969,6 +1084,7 @@ class H2Stream:
                 codec.send_headers(self.sid, headers, end_stream=not fits)
                 if fits:
                     codec.send_data(self.sid, body, end_stream=True)
+                    self.resp_bytes = len(body)
         except h2x.StreamClosedError:
             pass  # the caller reset meanwhile
         if not self.req_ended:
@@ -1013,6 +1129,14 @@ def pick_untried(
 
 def http_for_grpc(code: int) -> int:
     return HTTP_FOR_GRPC[code] if 0 <= code < len(HTTP_FOR_GRPC) else 500
+
+
+def _grpc_status_value(headers: Headers) -> bytes | None:
+    """The raw ``grpc-status`` of a header block (None without one), as the entry reports it."""
+    for name, value in headers:
+        if name == _GRPC_STATUS:
+            return value
+    return None
 
 
 def grpc_status_of(headers: Headers) -> int | None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Final, cast
 from plexus.codec.http1 import RequestDecoder, RequestHead, local_reply
 from plexus.core import reasons
 from plexus.core.errors import ProtocolError
+from plexus.proxy.telemetry import INBOUND, OUTBOUND, UNKNOWN, RequestEntry, response_flag
 from plexus.transport.http_exchange import Exchange
 
 if TYPE_CHECKING:
@@ -38,7 +39,9 @@ class HttpDownstream(asyncio.Protocol):
         self.ctx = ctx
         self.loop = ctx.loop
         self.router = router
-        self.direction = direction
+        self.direction = direction  # "egress" | "ingress"
+        self.outbound = direction == "egress"
+        self.traffic = OUTBOUND if self.outbound else INBOUND  # RequestEntry.direction (Istio's words)
         self.transport: asyncio.Transport | None = None
         self.decoder = RequestDecoder(self, ctx.limits)
         self.current: Exchange | None = None
@@ -172,15 +175,36 @@ class HttpDownstream(asyncio.Protocol):
         broken = self.decoding
         if broken is not None and not broken.request_done:
             if broken is self.current:
-                broken.abort_request(reply)
+                broken.abort_request(reply, error.reason, error.status_hint)
                 return
             if broken in self.pending:
                 self.pending.remove(broken)
+        self._report_refused(error, broken.head if broken is not None and not broken.request_done else None)
         if self.current is None and not self.pending:
             self.transport_write(reply)
             self.close()
         else:
             self.error_reply = reply  # answered after the requests before it, then the connection closes
+
+    def _report_refused(self, error: ProtocolError, head: RequestHead | None) -> None:
+        """A request refused before it became an exchange (its head is None when it never parsed): counted
+        under the direction's one "unknown" service, never under a name the client chose."""
+        now = self.loop.time()
+        self.ctx.stats.service(UNKNOWN, self.direction).done(
+            RequestEntry(
+                self.traffic,
+                UNKNOWN,
+                "http",
+                head.method.decode("latin-1") if head is not None else "",
+                head.target.partition(b"?")[0].decode("latin-1") if head is not None else "",
+                now,
+                0.0,
+                error.status_hint,
+                reason=error.reason,
+                flags=response_flag(error.reason),
+                attempts=0,
+            )
+        )
 
     # -- used by exchanges --------------------------------------------------------------------------
 

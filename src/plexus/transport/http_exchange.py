@@ -10,6 +10,11 @@ upstream_reset).
 
 A route that carries policy (``Route.policed``: a rule policy, a gate, connection limits, outlier detection)
 turns its exchange into a ``PolicedExchange`` (see its docstring): the plain path pays one attribute test.
+
+Telemetry (issue 5): ``start`` begins the trace context (``Tracer.begin`` on the headers the decoder held
+apart: traceparent, B3, x-request-id) and forwards the tracer's headers in their place; every end of a
+request (response done, local reply, client gone, upstream reset) builds one ``RequestEntry`` and hands it
+to ``ServiceStats.done`` (``_ended``). No clock call beyond the loop's cached time, no header re-scan.
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ import asyncio
 import dataclasses
 import logging
 import random
-from bisect import bisect_left
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
@@ -27,7 +31,23 @@ from plexus.codec.http1.encode import LAST_CHUNK, STATUS_LINES
 from plexus.core import reasons
 from plexus.core.errors import ProtocolError
 from plexus.proxy import Endpoint, service_from_host
-from plexus.proxy.stats import DURATION_BUCKETS_MS
+from plexus.proxy.telemetry import (
+    DOWNSTREAM_DISCONNECT,
+    NO_FLAGS,
+    UNKNOWN,
+    RequestEntry,
+    response_flag,
+)
+from plexus.proxy.tracing import (
+    B3_PARENT_SPAN_ID,
+    B3_SAMPLED,
+    B3_SPAN_ID,
+    B3_TRACE_ID,
+    REQUEST_ID,
+    TRACEPARENT,
+    Tracer,
+    TraceStart,
+)
 from plexus.transport.routes import HeadLookup, Route, lookup_from_head
 
 if TYPE_CHECKING:
@@ -53,8 +73,16 @@ _CHUNKED_LINE: Final = b"\r\ntransfer-encoding: chunked"
 _CLOSE_LINE: Final = b"\r\nconnection: close"
 _KEEP_ALIVE_LINE: Final = b"\r\nconnection: keep-alive"
 _END_OF_HEAD: Final = b"\r\n\r\n"
-# Index into ServiceStats.by_class for every status llhttp can report (3 digits): 1..5 for 1xx..5xx, else 0.
-_STATUS_CLASS: Final = [s // 100 if 100 <= s < 600 else 0 for s in range(1000)]
+# The tracer's header names as the bytes they are forwarded as (a lookup, no encode per request).
+_TRACE_NAME: Final = {
+    name: name.encode()
+    for name in (TRACEPARENT, REQUEST_ID, B3_TRACE_ID, B3_SPAN_ID, B3_PARENT_SPAN_ID, B3_SAMPLED)
+}
+_B3_NAMES: Final = frozenset({B3_TRACE_ID, B3_SPAN_ID, B3_PARENT_SPAN_ID, B3_SAMPLED})
+# Methods as the str a RequestEntry carries, without a decode for the usual ones.
+_METHOD_TEXT: Final = {
+    m: m.decode() for m in (b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"PATCH", b"OPTIONS")
+}
 _STATUS_FOR: Final = {
     reasons.UNKNOWN_SERVICE: 503,
     reasons.NO_HEALTHY_UPSTREAM: 503,
@@ -118,7 +146,9 @@ class Exchange:
         "pending_held",
         "piping",
         "policy",
+        "req_bytes",
         "request_done",
+        "resp_bytes",
         "resp_out",
         "response_done",
         "response_started",
@@ -131,8 +161,10 @@ class Exchange:
         "started",
         "status",
         "swallow",
+        "trace",
         "tries",
         "try_deadline",
+        "upstream",
         "waiting",
     )
     # The slots that __init__ leaves unset are PolicedExchange's state: set by its begin(), never read on the
@@ -184,6 +216,12 @@ class Exchange:
         self.sent_continue = False
         self.status = 0
         self.started = 0.0
+        self.upstream: Endpoint | None = None  # the last try's endpoint (telemetry: peer and address)
+        self.req_bytes = 0  # body bytes read from the client
+        # Bytes written to the client, minus heads and chunk framing (subtracted as they are queued): the
+        # response body bytes once the response is over.
+        self.resp_bytes = 0
+        self.trace: TraceStart | None = None  # set by start()
 
     # -- request side -------------------------------------------------------------------------------
 
@@ -192,7 +230,19 @@ class Exchange:
         self.started = down.loop.time()
         if down.request_timer is None:
             down.arm_request_timer()  # one timer per connection, re-armed lazily: no timer per request
-        route = down.router.resolve(self.head)
+        # Trace context first, so a local reply carries ids too. The common case (the client sent no trace
+        # header): the tracer's lines are appended to the headers forwarded, nothing else is touched.
+        tracer: Tracer = down.ctx.stats.telemetry.tracer
+        head = self.head
+        incoming = head.trace
+        if incoming is None:
+            trace = self.trace = tracer.begin(None, None)
+            headers = head.headers
+            for name, value in trace.headers:
+                headers.append((_TRACE_NAME[name], value.encode()))
+        else:
+            self.trace = _trace_from(tracer, head, incoming)
+        route = down.router.resolve(head)
         if isinstance(route, str):
             waiter = down.router.unknown_hook(self.head)
             if waiter is None:
@@ -206,7 +256,6 @@ class Exchange:
             self.__class__ = PolicedExchange  # same slots: the exchange changes behaviour, no new object
             self.begin(route)
             return
-        head = self.head
         self.out.insert(0, encode_request_head(head, route.extra))
         self.dispatch(None)
         if head.expect_continue and not self.done and not self.sent_continue:
@@ -262,7 +311,7 @@ class Exchange:
         if endpoint is None:
             self.fail(reasons.NO_HEALTHY_UPSTREAM)
             return
-        self.endpoint = endpoint
+        self.endpoint = self.upstream = endpoint
         endpoint.active += 1
         endpoint.total += 1
         self.attempts += 1
@@ -355,6 +404,7 @@ class Exchange:
         conn.transport.write(data)
 
     def on_request_body(self, data: bytes) -> None:
+        self.req_bytes += len(data)
         if not self.done:
             self.send(encode_chunk(data) if self.head.chunked else data)
 
@@ -367,8 +417,9 @@ class Exchange:
         if self.response_done:
             self.finish()
 
-    def abort_request(self, reply: bytes) -> None:
-        """The request's own framing broke mid-body: reset the upstream, answer ``reply`` if we still can."""
+    def abort_request(self, reply: bytes, reason: str = "", status: int = 0) -> None:
+        """The request's own framing broke mid-body: reset the upstream, answer ``reply`` if we still can
+        (``reason`` and ``status``: the refusal's, for telemetry)."""
         if self.done:
             return
         self.done = True
@@ -376,8 +427,11 @@ class Exchange:
         if self.response_started:
             self.down.abort()
         else:
+            self.status = status
+            self.resp_bytes = _body_length(reply)
             self.down.transport_write(reply)
             self.down.close()
+        self._ended(self.down.loop.time(), reason, response_flag(reason))
 
     # -- response side ------------------------------------------------------------------------------
 
@@ -390,6 +444,7 @@ class Exchange:
             if self.head.version == "1.1":
                 line = _STATUS_BARE.get(status) or status_line(status)[:-2]
                 self.resp_out += (line, head.raw, _END_OF_HEAD)
+                self.resp_bytes -= len(line) + len(head.raw) + 4
             return
         if status >= 502 and head.error_reason is not None and self._may_retry():
             reason = reasons.parse_error_header(head.error_reason.decode("latin-1"))
@@ -403,19 +458,25 @@ class Exchange:
         # The head goes out as the upstream wrote it (hop-by-hop lines already cut), behind our status line,
         # then whatever framing and connection lines this client needs: no per-header work.
         resp_out = self.resp_out
-        resp_out += (_STATUS_BARE.get(status) or status_line(status)[:-2], head.raw)
+        line = _STATUS_BARE.get(status) or status_line(status)[:-2]
+        resp_out += (line, head.raw)
+        head_bytes = len(line) + len(head.raw) + 4  # + _END_OF_HEAD
         if not head.has_length and not (self.is_head or status == 204 or status == 304):
             if self.head.version == "1.1":
                 self.out_chunked = True
                 resp_out.append(_CHUNKED_LINE)
+                head_bytes += len(_CHUNKED_LINE)
             else:
                 self.close_after = True  # an HTTP/1.0 client reads this body until close
         if self.close_after or self.down.draining:
             self.close_after = True
             resp_out.append(_CLOSE_LINE)
+            head_bytes += len(_CLOSE_LINE)
         elif self.head.version != "1.1":
             resp_out.append(_KEEP_ALIVE_LINE)
+            head_bytes += len(_KEEP_ALIVE_LINE)
         resp_out.append(_END_OF_HEAD)
+        self.resp_bytes -= head_bytes
         if not self.out_chunked and self.conn is not None:
             self.conn.decoder.body_out = resp_out  # the body goes out as it came: no call per read
 
@@ -431,7 +492,12 @@ class Exchange:
 
     def on_response_body(self, data: bytes) -> None:
         if not self.swallow:
-            self.resp_out.append(encode_chunk(data) if self.out_chunked else data)
+            if self.out_chunked:
+                chunk = encode_chunk(data)
+                self.resp_bytes -= len(chunk) - len(data)  # the framing is not body
+                self.resp_out.append(chunk)
+            else:
+                self.resp_out.append(data)
 
     def flush_response(self) -> None:
         resp_out = self.resp_out
@@ -441,6 +507,7 @@ class Exchange:
             transport = self.down.transport
             if transport is not None and not transport.is_closing():
                 transport.write(data)
+                self.resp_bytes += len(data)
 
     def on_response_end(self) -> None:
         if self.swallow:
@@ -449,12 +516,14 @@ class Exchange:
         resp_out = self.resp_out
         if self.out_chunked:
             resp_out.append(LAST_CHUNK)
+            self.resp_bytes -= len(LAST_CHUNK)
         if resp_out:  # flush_response(), inlined
             data = resp_out[0] if len(resp_out) == 1 else b"".join(resp_out)
             resp_out.clear()
             transport = self.down.transport
             if transport is not None and not transport.is_closing():
                 transport.write(data)
+                self.resp_bytes += len(data)
         self.response_done = True
         if not self.request_done:
             # The upstream answered before the request ended: neither connection can carry another exchange.
@@ -534,6 +603,7 @@ class Exchange:
             self.done = True
             self._end_attempt()
             self.down.abort()
+            self._ended(self.down.loop.time(), reasons.UPSTREAM_RESET, response_flag(reasons.UPSTREAM_RESET))
             return
         self.fail(reasons.UPSTREAM_RESET)
 
@@ -562,6 +632,7 @@ class Exchange:
         """The client went away: the upstream exchange cannot complete."""
         self.done = True
         self._drop_upstream()
+        self._ended(self.down.loop.time(), "", DOWNSTREAM_DISCONNECT)
 
     # -- ends ---------------------------------------------------------------------------------------
 
@@ -577,12 +648,10 @@ class Exchange:
             conn.close()
         self._end_attempt()
 
-    def _finish_bookkeeping(self) -> None:
+    def _finish_bookkeeping(self, reason: str = "") -> None:
         self.done = True
         self._end_attempt()
-        route = self.route
-        if route is not None:
-            route.stats.record(self.status, (self.down.loop.time() - self.started) * 1000.0)
+        self._ended(self.down.loop.time(), reason, response_flag(reason))
 
     def finish(self) -> None:
         conn = self.conn
@@ -594,16 +663,65 @@ class Exchange:
         if endpoint is not None:
             self.endpoint = None
             endpoint.active -= 1
-        route = self.route
         down = self.down
         now = down.loop.time()  # uvloop: the loop's cached clock, not a system call
-        if route is not None:  # ServiceStats.record(), inlined
-            stats = route.stats
-            stats.by_class[_STATUS_CLASS[self.status]] += 1
-            ms = (now - self.started) * 1000.0
-            stats.buckets[bisect_left(DURATION_BUCKETS_MS, ms)] += 1
-            stats.duration_sum_ms += ms
+        self._ended(now, "", NO_FLAGS)
         down.exchange_finished(self, now)
+
+    def _ended(self, now: float, reason: str, flags: str) -> None:
+        """The request ended: one RequestEntry to its service's stats (every count, then the telemetry
+        sinks). A request no route took counts under the one "unknown" service of its direction, so a
+        client-chosen Host never becomes a new label set."""
+        down = self.down
+        route = self.route
+        if route is not None:
+            stats = route.stats
+            service = route.service
+        else:
+            stats = down.ctx.stats.service(UNKNOWN, down.direction)
+            service = UNKNOWN
+        head = self.head
+        upstream = self.upstream
+        if down.outbound:
+            peer = (upstream.instance.workload or UNKNOWN) if upstream is not None else UNKNOWN
+        else:
+            caller = head.caller
+            peer = caller.decode("latin-1") if caller else UNKNOWN
+        target = head.target
+        query = target.find(b"?")
+        host = head.host
+        user_agent = head.user_agent
+        trace = self.trace
+        started = self.started
+        resp_bytes = self.resp_bytes
+        if trace is None:  # (a request refused before it started)
+            trace = _NO_TRACE
+        stats.done(
+            RequestEntry(
+                down.traffic,
+                service,
+                "http",
+                _METHOD_TEXT.get(head.method) or head.method.decode("latin-1"),
+                (target if query < 0 else target[:query]).decode("latin-1"),
+                started,
+                (now - started) * 1000.0,
+                self.status,
+                reason=reason,
+                flags=flags,
+                request_bytes=self.req_bytes,
+                response_bytes=resp_bytes if resp_bytes > 0 else 0,
+                peer_workload=peer,
+                upstream=upstream.key if upstream is not None else "",
+                request_id=trace.request_id,
+                authority=host.decode("latin-1") if host is not None else "",
+                user_agent=user_agent.decode("latin-1") if user_agent is not None else "",
+                trace_id=trace.trace_id,
+                span_id=trace.span_id,
+                parent_span_id=trace.parent_span_id,
+                sampled=trace.sampled,
+                attempts=self.attempts,
+            )
+        )
 
     def fail(self, reason: str, status: int = 0) -> None:
         """Answer with a local reply naming ``reason`` (or reset the client if the response already began);
@@ -621,9 +739,8 @@ class Exchange:
         down.ctx.stats.local_reply(reason, service)
         if self.response_started:
             self.done = True
-            if route is not None:
-                route.stats.record(self.status, (down.loop.time() - self.started) * 1000.0)
             down.abort()
+            self._ended(down.loop.time(), reason, response_flag(reason))
             return
         if log.isEnabledFor(logging.DEBUG):
             log.debug("local reply %d %s service=%s", status, reason, service)
@@ -631,16 +748,16 @@ class Exchange:
         if not self.request_done and self.head.has_body:
             self.close_after = True  # the rest of the body is not read: the connection cannot go on
         self.resp_out.clear()
-        down.transport_write(
-            local_reply(
-                status,
-                error=reasons.error_header_value(reason, service),
-                hop=down.ctx.settings.hop_name,
-                close=self.close_after or down.draining,
-                head_only=self.is_head,
-            )
+        reply = local_reply(
+            status,
+            error=reasons.error_header_value(reason, service),
+            hop=down.ctx.settings.hop_name,
+            close=self.close_after or down.draining,
+            head_only=self.is_head,
         )
-        self._finish_bookkeeping()
+        self.resp_bytes = _body_length(reply)
+        down.transport_write(reply)
+        self._finish_bookkeeping(reason)
         down.exchange_finished(self)
 
 
@@ -759,7 +876,7 @@ class PolicedExchange(Exchange):
         self.head_len = len(data)
         self.out.insert(0, data)
         # the first try
-        self.endpoint = endpoint
+        self.endpoint = self.upstream = endpoint
         endpoint.active += 1
         endpoint.total += 1
         self.attempts += 1
@@ -817,7 +934,7 @@ class PolicedExchange(Exchange):
     # -- one try -------------------------------------------------------------------------------------
 
     def _attempt(self, endpoint: Endpoint) -> None:
-        self.endpoint = endpoint
+        self.endpoint = self.upstream = endpoint
         endpoint.active += 1
         endpoint.total += 1
         self.attempts += 1
@@ -1252,18 +1369,68 @@ class PolicedExchange(Exchange):
         super().fail(reason, status)
         self._wake()
 
-    def _finish_bookkeeping(self) -> None:
+    def _finish_bookkeeping(self, reason: str = "") -> None:
         self._release_policy()
-        super()._finish_bookkeeping()
+        super()._finish_bookkeeping(reason)
 
-    def abort_request(self, reply: bytes) -> None:
+    def abort_request(self, reply: bytes, reason: str = "", status: int = 0) -> None:
         if not self.done:
             self._release_policy()
-        super().abort_request(reply)
+        super().abort_request(reply, reason, status)
 
     def abandon(self) -> None:
         self._release_policy()
         super().abandon()
+
+
+_NO_TRACE: Final = TraceStart("", "", "", False, "", [])
+
+
+def _trace_from(tracer: Tracer, head: RequestHead, incoming: dict[bytes, bytes]) -> TraceStart:
+    """The client sent trace headers (held apart by the decoder, see RequestHead.trace): begin from them,
+    then forward the tracer's headers and those incoming ones it did not replace (all of B3 when it wrote
+    B3), so no name is sent twice."""
+    get = incoming.get
+    headers = head.headers
+    parent = get(b"traceparent")
+    request_id = get(b"x-request-id")
+    b3_trace_id = get(b"x-b3-traceid")
+    if b3_trace_id is None:
+        trace = tracer.begin(_text(parent), _text(request_id))
+        out = trace.headers
+        if len(out) == 1:  # the usual inbound hop: traceparent replaced, the request id kept
+            for name, value in incoming.items():
+                if name != b"traceparent":
+                    headers.append((name, value))
+            headers.append((b"traceparent", out[0][1].encode("latin-1")))
+            return trace
+    else:
+        trace = tracer.begin(
+            _text(parent),
+            _text(request_id),
+            b3_trace_id=b3_trace_id.decode("latin-1"),
+            b3_span_id=_text(get(b"x-b3-spanid")),
+            b3_sampled=_text(get(b"x-b3-sampled")),
+        )
+    replaced = {name for name, _ in trace.headers}
+    if B3_TRACE_ID in replaced:
+        replaced |= _B3_NAMES
+    for name, value in incoming.items():
+        if name.decode("latin-1") not in replaced:
+            headers.append((name, value))
+    for trace_name, text in trace.headers:
+        headers.append((_TRACE_NAME[trace_name], text.encode("latin-1")))
+    return trace
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode("latin-1") if value is not None else None
+
+
+def _body_length(reply: bytes) -> int:
+    """The body bytes of a whole local reply (what follows its head)."""
+    end = reply.find(b"\r\n\r\n")
+    return len(reply) - end - 4 if end >= 0 else 0
 
 
 def _shadow_host(host: bytes) -> bytes:

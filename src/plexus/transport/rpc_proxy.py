@@ -50,6 +50,7 @@ from plexus.codec import bolt, dubbo
 from plexus.codec.bolt import BoltCodec, BoltStatus
 from plexus.codec.dubbo import DubboCodec, DubboStatus
 from plexus.codec.rpc import (
+    RPC_METHOD,
     SERVICE,
     FrameKind,
     LocalError,
@@ -62,6 +63,7 @@ from plexus.core import reasons
 from plexus.proxy import DataPlaneStats, Endpoint, ServiceStats
 from plexus.proxy.resilience import DEFAULT_RETRY_ON
 from plexus.proxy.route_table import Rule
+from plexus.proxy.telemetry import DOWNSTREAM_DISCONNECT, UNKNOWN, RequestEntry, response_flag
 from plexus.transport.context import DataPlaneContext
 from plexus.transport.h2_stream import pick_untried
 from plexus.transport.routes import Route
@@ -85,6 +87,12 @@ _STATUS_UNAVAILABLE: Final = 503
 _STATUS_TIMEOUT: Final = 504
 # Why an upstream connection was closed by its keepalive (core.reasons holds the HTTP-wide codes).
 UPSTREAM_HEARTBEAT_TIMEOUT: Final = "upstream_heartbeat_timeout"
+# What SOFA RPC clients put in a Bolt request's header map: the trace id (the request's id in entries, so
+# `plexus explain` finds it by the id the app logs) and the calling app (the inbound peer workload). The
+# proxy never writes headers into a frame (re-encoding it would cost more than the hop), so a request
+# without a trace id gets an id of its own that only this sidecar's entries carry.
+SOFA_TRACE_ID: Final = "rpc_trace_context.sofaTraceId"
+SOFA_CALLER_APP: Final = "rpc_trace_context.sofaCallerApp"
 
 # -- the request policy in RPC terms ---------------------------------------------------------------------
 # How a governed try failed (RpcDownstream.retry_governed): no connection; refused unseen by a provider
@@ -469,7 +477,9 @@ class RpcUpstream(_Batched):
                 if entry.down.retry_governed(entry.frame, entry.route, gov, entry.endpoint, RETRY_AFTER_SEND):
                     return
                 reason = reasons.UPSTREAM_PER_TRY_TIMEOUT
-        entry.down.local_error(entry.frame, LocalError.TIMEOUT, reason, entry.started, entry.route, gov)
+        entry.down.local_error(
+            entry.frame, LocalError.TIMEOUT, reason, entry.started, entry.route, gov, entry.endpoint
+        )
 
     # -- keepalive ----------------------------------------------------------------------------------
 
@@ -549,12 +559,15 @@ class RpcUpstream(_Batched):
                     continue
                 if not down.retry_governed(frame, route, gov, self.endpoint, RETRY_CONNECT):
                     reason = route.connect_fail_reason
-                    down.local_error(frame, LocalError.UNAVAILABLE, reason, gov.started, route, gov)
+                    down.local_error(
+                        frame, LocalError.UNAVAILABLE, reason, gov.started, route, gov, self.endpoint
+                    )
                 continue
             if down.closed:
                 continue
             if retried or not route.retry:
-                down.local_error(frame, LocalError.UNAVAILABLE, route.connect_fail_reason, now, route)
+                reason = route.connect_fail_reason
+                down.local_error(frame, LocalError.UNAVAILABLE, reason, now, route, None, self.endpoint)
             else:
                 self.pool.ctx.stats.upstream_rq_retry += 1
                 down.dispatch(frame, route, exclude=self.endpoint, retried=True)
@@ -615,7 +628,9 @@ class RpcUpstream(_Batched):
                 # The frame was written: the app may have run it. Retried only when retryOn names resets.
                 if entry.down.retry_governed(entry.frame, entry.route, gov, entry.endpoint, RETRY_AFTER_SEND):
                     continue
-            entry.down.local_error(entry.frame, LocalError.UNAVAILABLE, reason, now, entry.route, gov)
+            entry.down.local_error(
+                entry.frame, LocalError.UNAVAILABLE, reason, now, entry.route, gov, entry.endpoint
+            )
 
     def close(self) -> None:
         if self.transport is not None:
@@ -820,7 +835,8 @@ class RpcDownstream(_Batched):
                 reason, error = route.connect_fail_reason, LocalError.UNAVAILABLE
             else:
                 reason, error = reasons.NO_HEALTHY_UPSTREAM, LocalError.NO_UPSTREAM
-            self.local_error(frame, error, reason, self.pool.ctx.loop.time(), route, gov)
+            last = exclude if retried else None  # a retry that found nowhere else: the last try's endpoint
+            self.local_error(frame, error, reason, self.pool.ctx.loop.time(), route, gov, last)
             return
         endpoint = picked
         self.inflight += 1
@@ -916,14 +932,16 @@ class RpcDownstream(_Batched):
         """A fault abort in the protocol's own terms: the rule's HTTP status as the nearest Bolt response
         status or Dubbo status byte (see FAULT_STATUS)."""
         self.pool.ctx.stats.local_reply(reasons.FAULT_INJECTED, route.service)
-        route.stats.record(status, (self.pool.ctx.loop.time() - gov.started) * 1000.0)
         gov.release(self)
-        if self.closed or self.transport is None:
-            return
-        table, fallback4, fallback5 = FAULT_STATUS[self.codec.name]
-        raw = table.get(status, fallback4 if status < 500 else fallback5)
-        message = reasons.error_header_value(reasons.FAULT_INJECTED, route.service)
-        self.emit(ERROR_REPLY[self.codec.name](frame, raw, message))
+        reply = b""
+        if not self.closed and self.transport is not None:
+            table, fallback4, fallback5 = FAULT_STATUS[self.codec.name]
+            raw = table.get(status, fallback4 if status < 500 else fallback5)
+            message = reasons.error_header_value(reasons.FAULT_INJECTED, route.service)
+            reply = ERROR_REPLY[self.codec.name](frame, raw, message)
+        self.report(route.stats, frame, gov.started, status, reasons.FAULT_INJECTED, len(reply), None, gov)
+        if reply:
+            self.emit(reply)
 
     def retry_governed(
         self, frame: RpcFrame, route: Route, gov: _RpcGov, failed: Endpoint, kind: int
@@ -958,10 +976,9 @@ class RpcDownstream(_Batched):
         gov = entry.gov
         if gov is not None and self._governed_response(entry, response, gov):
             return  # retried
-        entry.route.stats.record(
-            _STATUS_OK if response.status == self.ok_status else _STATUS_UPSTREAM_ERROR,
-            (self.pool.ctx.loop.time() - entry.started) * 1000.0,
-        )
+        status = _STATUS_OK if response.status == self.ok_status else _STATUS_UPSTREAM_ERROR
+        size = len(response.raw)
+        self.report(entry.route.stats, entry.frame, entry.started, status, "", size, entry.endpoint, gov)
         if not self.closed:
             self.emit_with_id(response, entry.frame.request_id)
         if gov is not None:
@@ -992,9 +1009,11 @@ class RpcDownstream(_Batched):
         started: float,
         route: Route | None,
         gov: _RpcGov | None = None,
+        endpoint: Endpoint | None = None,
     ) -> None:
         """Answer ``frame`` here, in its protocol's terms; a one-way request is only counted. ``gov``: the
-        request's policy state, released now that it is answered."""
+        request's policy state, released now that it is answered; ``endpoint``: where its try went, if
+        anywhere."""
         if gov is not None:
             gov.release(self)
         if route is not None:
@@ -1004,11 +1023,58 @@ class RpcDownstream(_Batched):
         stats = route.stats if route is not None else self.stats
         self.pool.ctx.stats.local_reply(reason, service)
         status = _STATUS_TIMEOUT if error is LocalError.TIMEOUT else _STATUS_UNAVAILABLE
-        stats.record(status, (self.pool.ctx.loop.time() - started) * 1000.0)
-        if frame.kind is not FrameKind.REQUEST or self.closed or self.transport is None:
-            return
-        message = reasons.error_header_value(reason, service)
-        self.emit(self.codec.error_reply(frame, error, message))
+        reply = b""
+        if frame.kind is FrameKind.REQUEST and not self.closed and self.transport is not None:
+            message = reasons.error_header_value(reason, service)
+            reply = self.codec.error_reply(frame, error, message)
+        self.report(stats, frame, started, status, reason, len(reply), endpoint, gov)
+        if reply:
+            self.emit(reply)
+
+    def report(
+        self,
+        stats: ServiceStats,
+        frame: RpcFrame,
+        started: float,
+        status: int,
+        reason: str,
+        response_bytes: int,
+        endpoint: Endpoint | None,
+        gov: _RpcGov | None,
+    ) -> None:
+        """One request/response pair's RequestEntry (plexus.proxy.telemetry): counted by ``stats.done``,
+        then handed to the telemetry sinks. Trace ids stay empty: RPC frames carry no W3C context. A caller
+        whose connection closed before its answer is flagged DC."""
+        headers = frame.headers
+        outbound = stats.direction == "egress"
+        if outbound:
+            peer = (endpoint.instance.workload or UNKNOWN) if endpoint is not None else UNKNOWN
+        else:
+            peer = headers.get(SOFA_CALLER_APP) or UNKNOWN
+        request_id = headers.get(SOFA_TRACE_ID) or stats.telemetry.tracer.new_request_id()
+        attempts = 1
+        if gov is not None:
+            attempts += (gov.policy.retries if gov.policy is not None else 1) - gov.retries_left
+        stats.done(
+            RequestEntry(
+                stats.traffic_direction,
+                stats.service,
+                frame.protocol,
+                headers.get(RPC_METHOD, ""),
+                headers.get(SERVICE, ""),
+                started,
+                (self.pool.ctx.loop.time() - started) * 1000.0,
+                status,
+                reason=reason,
+                flags=DOWNSTREAM_DISCONNECT if self.closed and not reason else response_flag(reason),
+                request_bytes=len(frame.raw),
+                response_bytes=response_bytes,
+                peer_workload=peer,
+                upstream=endpoint.key if endpoint is not None else "",
+                request_id=request_id,
+                attempts=attempts,
+            )
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
         # Requests in flight stay pending upstream; their answers are dropped when they come.

@@ -2,6 +2,11 @@
 
 The downstream's bytes are held (reading paused past HOLD_BYTES) until the upstream connects; a failed
 connect is retried once on another endpoint (egress) before the downstream is closed.
+
+Counters (istio_tcp_*): the service's ``TcpStats`` (opened when accepted, bytes each way, closed) and the
+same split by peer workload (``TcpStats.peer``): outbound the connected upstream instance's workload, inbound
+"unknown" (nothing on a plain TCP connection says who called). The peer is known once the upstream is
+connected (or has failed: then "unknown"); bytes read before that are added to it then.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from collections.abc import Callable
 from typing import Final, cast
 
 from plexus.proxy import Endpoint, TcpStats
+from plexus.proxy.telemetry import UNKNOWN
 from plexus.transport.context import DataPlaneContext
 
 log = logging.getLogger("plexus.dataplane")
@@ -67,6 +73,11 @@ class TcpPipe(asyncio.Protocol):
         self.up_eof = False
         self.endpoint: Endpoint | None = None
         self.closed = False
+        # The peer's [opened, closed, bytes_received, bytes_sent] (TcpStats.peer), once the peer is known;
+        # ``early`` / ``early_sent`` count the bytes moved each way before that.
+        self.peer: list[int] | None = None
+        self.early = len(initial)
+        self.early_sent = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
@@ -106,6 +117,7 @@ class TcpPipe(asyncio.Protocol):
                 return
             self.ctx.stats.upstream_cx_total += 1
             self.upstream = side
+            self._peer_known(endpoint.instance.workload if self.stats.direction == "egress" else UNKNOWN)
             if self.held:
                 self._write_up(b"".join(self.held))
                 self.held = []
@@ -118,13 +130,29 @@ class TcpPipe(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def _peer_known(self, workload: str) -> list[int]:
+        peer = self.peer
+        if peer is None:
+            peer = self.peer = self.stats.peer(workload or UNKNOWN)
+            peer[0] += 1
+            peer[2] += self.early
+            peer[3] += self.early_sent
+            self.early = self.early_sent = 0
+        return peer
+
     def _write_up(self, data: bytes) -> None:
         side = self.upstream
         if side is not None and side.transport is not None:
             side.transport.write(data)
 
     def data_received(self, data: bytes) -> None:
-        self.stats.bytes_received += len(data)
+        size = len(data)
+        self.stats.bytes_received += size
+        peer = self.peer
+        if peer is not None:
+            peer[2] += size
+        else:
+            self.early += size
         if self.upstream is not None:
             self._write_up(data)
             return
@@ -143,7 +171,10 @@ class TcpPipe(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.ctx.tcp_connections.discard(self)
-        self.stats.active -= 1
+        stats = self.stats
+        stats.active -= 1
+        stats.closed += 1
+        self._peer_known(UNKNOWN)[1] += 1  # no upstream ever connected: the peer stays unknown
         if self.endpoint is not None:
             self.endpoint.active -= 1
             self.endpoint = None
@@ -167,7 +198,13 @@ class TcpPipe(asyncio.Protocol):
     # -- from the upstream side ---------------------------------------------------------------------
 
     def from_upstream(self, data: bytes) -> None:
-        self.stats.bytes_sent += len(data)
+        size = len(data)
+        self.stats.bytes_sent += size
+        peer = self.peer
+        if peer is not None:
+            peer[3] += size
+        else:
+            self.early_sent += size  # the upstream answered before its connect completed for us
         if self.transport is not None:
             self.transport.write(data)
 

@@ -7,6 +7,18 @@ without re-encoding text; the fields a proxy decides on (framing, keep-alive, ho
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
+
+# Headers held apart from ``RequestHead.headers`` (see ``RequestHead.trace``): W3C and B3 trace context and
+# the request id. ``tracestate`` is not among them: it passes through untouched.
+TRACE_HEADERS: Final = (
+    b"traceparent",
+    b"x-request-id",
+    b"x-b3-traceid",
+    b"x-b3-spanid",
+    b"x-b3-parentspanid",
+    b"x-b3-sampled",
+)
 
 
 @dataclass(slots=True)
@@ -22,6 +34,13 @@ class RequestHead:
     expect_continue: bool  # "Expect: 100-continue" was sent (and stripped)
     upgrade: bytes | None  # the Upgrade header value when the client asks to switch protocols
     service: bytes | None  # the x-plexus-service header value, when present
+    # Captured while parsing, for telemetry (no second scan of the headers):
+    user_agent: bytes | None = None  # forwarded as is (also in ``headers``)
+    caller: bytes | None = None  # x-plexus-caller (a consumer sidecar's workload); forwarded as is
+    # The trace-context headers (``TRACE_HEADERS``) by lower-case name, None when the client sent none. They
+    # are NOT in ``headers``: the proxy forwards the ones its tracer does not replace (see
+    # plexus.proxy.tracing), so an incoming traceparent is never sent on next to the new one.
+    trace: dict[bytes, bytes] | None = None
 
     @property
     def has_body(self) -> bool:

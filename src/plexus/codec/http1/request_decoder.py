@@ -20,7 +20,7 @@ from typing import Final, Protocol
 import httptools
 
 from plexus.codec.http1 import errors
-from plexus.codec.http1.heads import RequestHead
+from plexus.codec.http1.heads import TRACE_HEADERS, RequestHead
 from plexus.codec.http1.limits import Http1Limits
 from plexus.core.errors import ProtocolError
 
@@ -34,6 +34,9 @@ _EXPECT: Final = 5
 _UPGRADE: Final = 6
 _SERVICE: Final = 7
 _DROP: Final = 8  # hop-by-hop (RFC 9110 §7.6.1) or proxy-owned
+_USER_AGENT: Final = 9  # forwarded, and kept on the head for telemetry
+_CALLER: Final = 10  # x-plexus-caller: forwarded, and kept on the head (the inbound peer's workload)
+_TRACE: Final = 11  # trace context (heads.TRACE_HEADERS): held apart on the head, forwarded by the proxy
 _ACTIONS: Final = {
     b"content-length": _CONTENT_LENGTH,
     b"transfer-encoding": _TRANSFER_ENCODING,
@@ -46,12 +49,14 @@ _ACTIONS: Final = {
     b"proxy-connection": _DROP,
     b"te": _DROP,
     b"trailer": _DROP,
+    b"user-agent": _USER_AGENT,
+    b"x-plexus-caller": _CALLER,
+    **dict.fromkeys(TRACE_HEADERS, _TRACE),
 }
 # Common spellings looked up as sent, before paying for lower(); _FORWARD entries are spelled out too.
 _ACTIONS.update({k.title(): v for k, v in list(_ACTIONS.items())})
 _ACTIONS.update(
     {
-        b"User-Agent": _FORWARD,
         b"Accept": _FORWARD,
         b"Content-Type": _FORWARD,
         b"Accept-Encoding": _FORWARD,
@@ -83,6 +88,7 @@ class _Refused(Exception):
 class RequestDecoder:
     __slots__ = (
         "_body_bytes",
+        "_caller",
         "_conn_tokens",
         "_content_length",
         "_count",
@@ -106,8 +112,10 @@ class RequestDecoder:
         "_sink",
         "_special",
         "_te",
+        "_trace",
         "_upgrade",
         "_url",
+        "_user_agent",
         "body_sink",
         "dead",
     )
@@ -143,6 +151,7 @@ class RequestDecoder:
         self._host_count = 0
         self._in_trailers = False
         self._body_bytes = 0
+        self._user_agent: bytes | None = None  # most clients send one: reset here, not behind _special
         if self._special:  # only a header other than Host sets these: most requests leave them as they are
             self._special = False
             self._content_length: bytes | None = None
@@ -151,6 +160,8 @@ class RequestDecoder:
             self._upgrade: bytes | None = None
             self._service: bytes | None = None
             self._conn_tokens: list[bytes] | None = None
+            self._caller: bytes | None = None
+            self._trace: dict[bytes, bytes] | None = None
 
     # -- input --------------------------------------------------------------------------------------
 
@@ -232,8 +243,17 @@ class RequestDecoder:
             self._host = value
             headers.append((name, value))
             return
+        if action == _USER_AGENT:
+            self._user_agent = value
+            headers.append((name, value))
+            return
         self._special = True
-        if action == _CONTENT_LENGTH:
+        if action == _TRACE:  # first: a meshed request carries two of these (traceparent, x-request-id)
+            trace = self._trace
+            if trace is None:
+                trace = self._trace = {}
+            trace[name.lower()] = value  # (a repeated one: the last wins; the tracer replaces it)
+        elif action == _CONTENT_LENGTH:
             if self._content_length is not None:
                 raise self._refuse(errors.bad_request("two Content-Length headers", errors.AMBIGUOUS_FRAMING))
             self._content_length = value
@@ -263,6 +283,9 @@ class RequestDecoder:
             self._upgrade = value
         elif action == _SERVICE:
             self._service = value
+        elif action == _CALLER:
+            self._caller = value
+            headers.append((name, value))
         # _DROP: hop-by-hop, not forwarded
 
     def on_headers_complete(self) -> None:
@@ -319,6 +342,9 @@ class RequestDecoder:
             self._expect and (chunked or bool(content_length)),
             upgrade,
             self._service,
+            self._user_agent,
+            self._caller,
+            self._trace,
         )
         self._in_trailers = True  # any header after this point is a trailer
         self._sink.on_request_head(head)

@@ -1,0 +1,228 @@
+"""The access log: JSON lines with Envoy's fields, written in batches off the hot path, to a file or stdout.
+
+The writer's own tests run it on a loop of this process; the end-to-end test runs real sidecars with
+``--access-log`` and reads what they wrote for real requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from telemetry_mesh import APP_BODY, TelemetryMesh, telemetry_mesh
+
+from plexus.core import reasons
+from plexus.proxy import DataPlaneStats
+from plexus.proxy.telemetry import INBOUND, OUTBOUND, RequestEntry, Telemetry, response_flag
+from plexus.sidecar.access_log import FLUSH_INTERVAL, AccessLogError, AccessLogWriter, protocol_name
+from plexus.testing.procs import wait_for
+
+ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+ENVOY_FIELDS = {
+    "start_time",
+    "method",
+    "path",
+    "protocol",
+    "response_code",
+    "response_flags",
+    "response_code_details",
+    "bytes_received",
+    "bytes_sent",
+    "duration",
+    "upstream_host",
+    "upstream_cluster",
+    "authority",
+    "user_agent",
+    "request_id",
+    "trace_id",
+}
+
+
+def _lines(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def test_writer_formats_batches_on_its_timer_and_flushes_on_close(tmp_path: Path) -> None:
+    log_path = tmp_path / "access.log"
+
+    async def run() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        loop = asyncio.get_running_loop()
+        telemetry = Telemetry("shop-v1", "prod")
+        telemetry.set_clock(loop.time())
+        writer = AccessLogWriter.open(str(log_path), telemetry)
+        writer.start(loop)
+        stats = DataPlaneStats(telemetry).service("orders", "egress")
+        began = loop.time()
+        stats.done(
+            RequestEntry(
+                OUTBOUND,
+                "orders",
+                "http",
+                "POST",
+                "/cart?x=1",
+                began,
+                12.3456,
+                201,
+                request_bytes=17,
+                response_bytes=230,
+                peer_workload="orders-v2",
+                upstream="10.0.0.7:15006",
+                request_id="req-1",
+                authority="orders:8080",
+                user_agent="curl/8",
+                trace_id="ab" * 16,
+                span_id="cd" * 8,
+                attempts=2,
+            )
+        )
+        assert _lines(log_path) == []  # nothing on the hot path: the timer writes
+        await asyncio.sleep(FLUSH_INTERVAL * 4)
+        first = _lines(log_path)
+        stats.done(
+            RequestEntry(
+                INBOUND,
+                "orders",
+                "grpc",
+                "Get",
+                "/shop.Orders/Get",
+                loop.time(),
+                0.2,
+                200,
+                grpc_status="14",
+                reason=reasons.LOCAL_APP_UNAVAILABLE,
+                flags=response_flag(reasons.LOCAL_APP_UNAVAILABLE),
+            )
+        )
+        writer.close()  # written at once, not lost with the timer
+        assert telemetry.access_log is None and telemetry.access_log_written == 2
+        return first, _lines(log_path)
+
+    first, both = asyncio.run(run())
+    assert len(first) == 1 and len(both) == 2
+    line = first[0]
+    assert set(line) >= ENVOY_FIELDS
+    assert ISO_MS.match(line["start_time"])
+    assert (
+        abs(
+            time.mktime(time.strptime(line["start_time"][:19], "%Y-%m-%dT%H:%M:%S"))
+            - time.mktime(time.gmtime())
+        )
+        < 60
+    )
+    assert (line["method"], line["path"], line["protocol"]) == ("POST", "/cart?x=1", "HTTP/1.1")
+    assert (line["response_code"], line["response_flags"], line["response_code_details"]) == (
+        201,
+        "-",
+        "via_upstream",
+    )
+    assert (line["bytes_received"], line["bytes_sent"], line["duration"]) == (17, 230, 12)
+    assert line["duration_ms"] == 12.346
+    assert line["upstream_host"] == "10.0.0.7:15006" and line["upstream_cluster"] == "outbound|||orders"
+    assert (line["authority"], line["user_agent"], line["request_id"]) == ("orders:8080", "curl/8", "req-1")
+    assert line["trace_id"] == "ab" * 16 and line["direction"] == "outbound"
+    assert (line["workload"], line["peer_workload"], line["attempts"]) == ("shop-v1", "orders-v2", 2)
+    assert line["grpc_status"] is None
+    failed = both[1]
+    assert failed["protocol"] == "HTTP/2" and failed["grpc_status"] == "14"
+    assert failed["response_flags"] == "UF" and failed["response_code_details"] == "local_app_unavailable"
+    assert failed["upstream_host"] is None and failed["direction"] == "inbound"
+
+
+def test_dash_writes_to_stdout(monkeypatch: pytest.MonkeyPatch) -> None:
+    out = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(out))
+    telemetry = Telemetry("w")
+    writer = AccessLogWriter.open("-", telemetry)
+    telemetry.access_log = [RequestEntry(OUTBOUND, "s", "http", "GET", "/p", 0.0, 1.0, 204)]
+    writer.close()  # flushes, and leaves stdout open
+    (line,) = out.getvalue().splitlines()
+    assert orjson.loads(line)["response_code"] == 204 and not sys.stdout.closed
+
+
+def test_protocol_names() -> None:
+    def entry(protocol: str, version: str = "") -> RequestEntry:
+        return RequestEntry(OUTBOUND, "s", protocol, "GET", "/", 0.0, 1.0, 200, http_version=version)
+
+    assert [protocol_name(entry(p)) for p in ("http", "grpc", "bolt", "dubbo")] == [
+        "HTTP/1.1",
+        "HTTP/2",
+        "bolt",
+        "dubbo",
+    ]
+    assert protocol_name(entry("http", "2")) == "HTTP/2"
+
+
+def test_open_error_names_the_flag_and_a_failed_write_is_counted(tmp_path: Path) -> None:
+    telemetry = Telemetry()
+    with pytest.raises(AccessLogError, match=r"--access-log .*/missing/access\.log: cannot open"):
+        AccessLogWriter.open(str(tmp_path / "missing" / "access.log"), telemetry)
+    writer = AccessLogWriter.open(str(tmp_path / "a.log"), telemetry)
+    telemetry.access_log = [RequestEntry(OUTBOUND, "s", "http", "GET", "/", 0.0, 1.0, 200)] * 3
+    writer._stream.close()  # the file went away under the writer: its batch is lost and counted
+    assert writer.flush() == 0
+    assert telemetry.access_log_failed == 3 and telemetry.access_log == []
+
+
+# -- end to end --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mesh(request: pytest.FixtureRequest) -> TelemetryMesh:
+    mesh = telemetry_mesh(request)
+    mesh.provide("hello-log")
+    return mesh
+
+
+def test_sidecars_log_real_requests_and_a_failure(mesh: TelemetryMesh) -> None:
+    a, b, a_log, b_log = mesh.a, mesh.b, mesh.a_log, mesh.b_log
+    shared = a.address("egress")
+    response = wait_for(
+        lambda: _ok(
+            httpx.get(
+                f"http://{shared}/whoami", headers={"Host": "hello-log", "User-Agent": "t/1"}, timeout=5
+            )
+        ),
+        timeout=15,
+        what="a call through A and B",
+    )
+    request_id = response.request.headers.get("x-request-id")
+    failed = httpx.get(f"http://{shared}/x", headers={"Host": "no-such-service"}, timeout=10)
+    assert failed.status_code >= 400
+
+    def logged() -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
+        mine = [x for x in _lines(a_log) if x["path"] == "/whoami" and x["response_code"] == 200]
+        theirs = [x for x in _lines(b_log) if x["path"] == "/whoami" and x["response_code"] == 200]
+        refused = [x for x in _lines(a_log) if x["path"] == "/x"]
+        return (mine + refused, theirs) if mine and theirs and refused else None
+
+    found = wait_for(logged, timeout=10, what="access-log lines of both sidecars (do the transports report?)")
+    assert found is not None
+    ours, theirs = found
+    out, refused = ours[-2], ours[-1]
+    inbound = theirs[-1]
+    assert set(out) >= ENVOY_FIELDS and ISO_MS.match(out["start_time"])
+    assert out["direction"] == "outbound" and inbound["direction"] == "inbound"
+    assert out["method"] == "GET" and out["protocol"] == "HTTP/1.1" and out["user_agent"] == "t/1"
+    assert out["upstream_host"] == b.address("ingress") and out["upstream_cluster"] == "outbound|||hello-log"
+    assert out["bytes_sent"] == len(APP_BODY) and out["workload"] == "web"
+    assert out["peer_workload"] == "hello-v1" and inbound["peer_workload"] == "web"
+    assert out["request_id"] and out["request_id"] == inbound["request_id"]  # one id across both hops
+    if request_id is not None:
+        assert out["request_id"] == request_id
+    assert out["trace_id"] and out["trace_id"] == inbound["trace_id"]
+    assert refused["response_code"] == failed.status_code
+    assert refused["response_flags"] == "NR" and refused["response_code_details"] == reasons.UNKNOWN_SERVICE
+
+
+def _ok(response: httpx.Response) -> httpx.Response | None:
+    return response if response.status_code == 200 else None
