@@ -36,7 +36,6 @@ NO_FLAGS: Final = "-"
 INBOUND: Final = "inbound"
 OUTBOUND: Final = "outbound"
 UNKNOWN: Final = "unknown"  # a peer the hop could not know (Istio's word)
-CLOCK_SLACK: Final = 0.001  # s: access logs round durations; a call made as the inbound hop ends still counts
 # response_code_details that are no Plexus reason: "via_upstream" (the upstream answered) and
 # "downstream_remote_disconnect" (the client left; response_flags says DC) are Envoy's own words
 NO_REASON: Final = frozenset({"", "-", "via_upstream", "downstream_remote_disconnect"})
@@ -108,44 +107,8 @@ def hop_from_record(record: dict[str, Any]) -> pb.RequestLine:
 
 
 def path_order(hops: Sequence[pb.RequestLine]) -> list[pb.RequestLine]:
-    """The hops in the order the request went through them.
-
-    By start time (``order_hops``), except that a hop always comes after the hop that led to it, whatever
-    the sidecars' clocks say: they are separate processes whose Unix times differ by a millisecond or more,
-    and a callee's inbound hop often starts within that much of its caller's outbound one. Leads to:
-
-    - a caller's outbound hop -> the inbound hop of the same service whose workload is its peer and whose
-      peer is its workload ("unknown" or empty matches anything: a peer the hop could not know);
-    - an inbound hop -> the outbound hops the same sidecar started while serving it (one clock: exact).
-    """
-    waiting = order_hops(hops)
-    placed: list[pb.RequestLine] = []
-    while waiting:
-        free = (h for h in waiting if not any(_leads_to(o, h) for o in waiting if o is not h))
-        hop = next(free, waiting[0])  # a request that loops back through a sidecar: start order decides
-        waiting.remove(hop)
-        placed.append(hop)
-    return placed
-
-
-def _leads_to(first: pb.RequestLine, then: pb.RequestLine) -> bool:
-    if first.direction == OUTBOUND and then.direction == INBOUND:
-        return (
-            first.service == then.service
-            and _same_peer(then.peer_workload, first.workload)
-            and _same_peer(first.peer_workload, then.workload)
-        )
-    if first.direction == INBOUND and then.direction == OUTBOUND:
-        same_sidecar = (
-            first.sidecar_id == then.sidecar_id if first.sidecar_id else first.workload == then.workload
-        )
-        end = first.start_unix + first.duration_ms / 1000 + CLOCK_SLACK
-        return same_sidecar and first.start_unix <= then.start_unix <= end
-    return False
-
-
-def _same_peer(seen: str, actual: str) -> bool:
-    return seen in ("", UNKNOWN) or actual in ("", UNKNOWN) or seen == actual
+    """The hops in the order the request went through them (``plexus.control.observe.order_hops``)."""
+    return order_hops(hops)
 
 
 def verdict(hops: Sequence[pb.RequestLine]) -> str:

@@ -318,8 +318,7 @@ def explain(
     else:
         ctl = client(control)
         answer = calling(lambda: ctl.explain(request_id, seconds))
-        # callers before callees: the control plane orders by the sidecars' clocks, which differ a little
-        hops = access_logs.path_order(answer.hops)
+        hops = list(answer.hops)  # in path order, callers before callees (control.observe.order_hops)
         source = f"{answer.sidecars_answered} of {answer.sidecars_asked} sidecars answered"
         if not hops:
             fail(
@@ -327,7 +326,7 @@ def explain(
                 "requests (try --log with their access logs)",
                 EXIT_FAILED,
             )
-        verdict = access_logs.verdict(hops)  # on the path order (the same as answer.verdict when that agrees)
+        verdict = answer.verdict
     if shown == "json":
         document = {
             "request_id": request_id,

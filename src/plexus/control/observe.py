@@ -457,9 +457,48 @@ def _path_rank(hop: pb.RequestLine) -> tuple[float, int]:
     return (hop.start_unix, 0 if hop.direction == OUTBOUND else 1)
 
 
+CLOCK_SLACK: Final = 0.001  # s: access logs round durations; a call made as the inbound hop ends still counts
+
+
 def order_hops(hops: Iterable[pb.RequestLine]) -> list[pb.RequestLine]:
-    """Oldest first; at the same start the caller's outbound hop before the provider's inbound one."""
-    return sorted(hops, key=_path_rank)
+    """The hops in the order the request went through them.
+
+    By start time, except that a hop always comes after the hop that led to it, whatever the sidecars'
+    clocks say: they are separate processes whose Unix times differ by a millisecond or more, and a callee's
+    inbound hop often starts within that much of its caller's outbound one. Leads to:
+
+    - a caller's outbound hop -> the inbound hop of the same service whose workload is its peer and whose
+      peer is its workload ("unknown" or empty matches anything: a peer the hop could not know);
+    - an inbound hop -> the outbound hops the same sidecar started while serving it (one clock: exact).
+    """
+    waiting = sorted(hops, key=_path_rank)
+    placed: list[pb.RequestLine] = []
+    while waiting:
+        free = (h for h in waiting if not any(_leads_to(o, h) for o in waiting if o is not h))
+        hop = next(free, waiting[0])  # a request that loops back through a sidecar: start order decides
+        waiting.remove(hop)
+        placed.append(hop)
+    return placed
+
+
+def _leads_to(first: pb.RequestLine, then: pb.RequestLine) -> bool:
+    if first.direction == OUTBOUND and then.direction == INBOUND:
+        return (
+            first.service == then.service
+            and _same_peer(then.peer_workload, first.workload)
+            and _same_peer(first.peer_workload, then.workload)
+        )
+    if first.direction == INBOUND and then.direction == OUTBOUND:
+        same_sidecar = (
+            first.sidecar_id == then.sidecar_id if first.sidecar_id else first.workload == then.workload
+        )
+        end = first.start_unix + first.duration_ms / 1000 + CLOCK_SLACK
+        return same_sidecar and first.start_unix <= then.start_unix <= end
+    return False
+
+
+def _same_peer(seen: str, actual: str) -> bool:
+    return seen in ("", UNKNOWN) or actual in ("", UNKNOWN) or seen == actual
 
 
 def _failed(hop: pb.RequestLine) -> bool:

@@ -135,9 +135,11 @@ def _render(cluster: Cluster, started: float, duration: float) -> Group:
                            f" {BOLT_SERVICE!r} (Bolt): providers p1 (mesh), p2 (direct); consumers c1 (mesh),"
                            f" c2 (direct)  {elapsed:5.1f}s{limit}")
     reports = [c.last_report for c in cluster.consumers]
-    hint = Text(f"control plane {cluster.control_address}: try `plexus proxy-status --control "
-                f"{cluster.control_address}` or `plexus apply -f FILE --control {cluster.control_address}`",
-                style="dim")
+    control = cluster.control_address
+    admin = cluster.registry.address("admin") if cluster.registry is not None else "?"
+    hint = Text(f"control plane {control}, dashboard http://{admin}/ : try `plexus stat --control {control}`,"
+                f" `plexus top`, `plexus tap echo`, `plexus check`, `plexus proxy-status` or"
+                f" `plexus apply -f FILE` (each with --control {control})", style="dim")
     return Group(header, hint, _table(reports, title="calls per path"))
 
 
