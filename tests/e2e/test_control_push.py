@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from plexus.clients.control import ControlClient, ControlUnavailable
 from plexus.demo.cluster import Cluster
@@ -240,11 +241,24 @@ def test_a_snapshot_the_sidecar_cannot_install_is_nacked_and_the_last_good_route
     dump = mesh.client.get(f"http://{mesh.consumer.address('admin')}/config_dump").json()
     assert dump["control"]["last_nack"]["version"] == status["nacked"]
     assert dump["control"]["applied_version"] < status["nacked"]
+    metrics = _sidecar_metrics(mesh)  # the push as the sidecar counts it, parsed by prometheus_client
+    assert metrics[("plexus_sidecar_policy_version", ())] == dump["control"]["applied_version"]
+    assert metrics[("plexus_sidecar_policy_snapshots_total", (("result", "nacked"),))] >= 1
+    assert metrics[("plexus_sidecar_control_connected", ())] == 1
     assert mesh.who(20, {"x-canary": "1"}) == Counter({"app-v2": 20})  # the last good routes still serve
 
     deleted = plexus_cli("delete", "UnitRouting", "cells", "--control", mesh.control_address)
     assert deleted.returncode == 0 and deleted.stdout.strip() == "unitrouting/cells deleted", deleted.stderr
     mesh.synced()
+
+
+def _sidecar_metrics(mesh: Mesh) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = mesh.client.get(f"http://{mesh.consumer.address('admin')}/stats/prometheus").text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def test_control_plane_down_under_traffic_then_a_change_after_its_return(mesh: Mesh) -> None:

@@ -145,6 +145,7 @@ class AsyncControlClient:
         self.applied_nonce = ""
         self.last_nack: Nack | None = None
         self.snapshots_received = 0
+        self.snapshots_nacked = 0  # refused: the last good snapshot kept serving
         self.connects = 0
         self.report_interval_ms = 0
         self._sent_node: NodeInfo | None = None
@@ -377,6 +378,7 @@ class AsyncControlClient:
                 except Exception as exc:  # every failure is a NACK; what was installed keeps serving
                     error = (str(exc) or repr(exc))[:ERROR_LIMIT]
                     self.last_nack = Nack(snap.version, snap.nonce, error)
+                    self.snapshots_nacked += 1
                     log.error("control %s: snapshot %d refused: %s", self.address, snap.version, error)
                     self._send_ack(snap.version, snap.nonce, error)
                 else:

@@ -302,7 +302,25 @@ class Sidecar:
         text = self.dp.metrics_text()
         if text and not text.endswith("\n"):
             text += "\n"
-        return text + own
+        return text + own + self._control_metrics()
+
+    def _control_metrics(self) -> str:
+        """The policy push as this sidecar sees it (``plexus_sidecar_policy_*``); empty without --control."""
+        control = self.control
+        if control is None:
+            return ""
+        return "\n".join([
+            "# HELP plexus_sidecar_control_connected Whether the control-plane stream is up.",
+            "# TYPE plexus_sidecar_control_connected gauge",
+            f"plexus_sidecar_control_connected {int(control.connected)}",
+            "# HELP plexus_sidecar_policy_version The policy snapshot version this sidecar serves (0: none).",
+            "# TYPE plexus_sidecar_policy_version gauge",
+            f"plexus_sidecar_policy_version {control.applied_version}",
+            "# HELP plexus_sidecar_policy_snapshots_total Snapshots pushed to this sidecar, by result.",
+            "# TYPE plexus_sidecar_policy_snapshots_total counter",
+            f'plexus_sidecar_policy_snapshots_total{{result="received"}} {control.snapshots_received}',
+            f'plexus_sidecar_policy_snapshots_total{{result="nacked"}} {control.snapshots_nacked}',
+        ]) + "\n"
 
     def config_dump(self) -> dict[str, Any]:
         return {
