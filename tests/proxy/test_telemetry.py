@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from plexus.core import reasons
 from plexus.proxy import DataPlaneStats
 from plexus.proxy.telemetry import (
     ACCESS_LOG_BUFFER,
     INBOUND,
     OUTBOUND,
+    RECENT_FAILURES,
     RECENT_REQUESTS,
     SPAN_BUFFER,
     TAP_BUFFER,
@@ -67,10 +70,17 @@ def test_recent_ring_finds_a_request_and_forgets_old_ones() -> None:
     telemetry = Telemetry("w")
     telemetry.observe(_entry(request_id="r-1"))
     telemetry.observe(RequestEntry(INBOUND, "orders", "http", "GET", "/", 0.0, 1.0, 503, request_id="r-1"))
+    telemetry.observe(_entry(request_id="ok-1"))
     assert [e.direction for e in telemetry.find("r-1")] == [OUTBOUND, INBOUND]
     for i in range(RECENT_REQUESTS):
         telemetry.observe(_entry(request_id=f"x-{i}"))
-    assert telemetry.find("r-1") == [] and len(telemetry.recent) == RECENT_REQUESTS
+    # The successes are forgotten with the short ring; the failure stays in the failures' ring.
+    assert telemetry.find("ok-1") == [] and len(telemetry.recent) == RECENT_REQUESTS
+    assert [(e.direction, e.status) for e in telemetry.find("r-1")] == [(INBOUND, 503)]
+    for i in range(RECENT_FAILURES):
+        telemetry.observe(_entry(status=502, request_id=f"f-{i}"))
+    assert telemetry.find("r-1") == [] and len(telemetry.recent_failures) == RECENT_FAILURES
+    assert [e.status for e in telemetry.find(f"f-{RECENT_FAILURES - 1}")] == [502]  # in both rings: once
 
 
 def test_wall_clock_from_the_loop_clock() -> None:
@@ -90,3 +100,25 @@ def test_response_flags_and_failure() -> None:
     assert _entry(status=200, grpc_status="2").failed and not _entry(status=200, grpc_status="0").failed
     assert _entry(status=429, reason=reasons.RATE_LIMITED).failed
     assert not _entry(status=200, reason=reasons.RETRY_BUDGET_EXHAUSTED).failed
+
+
+def test_lazy_fields_are_filled_once_on_first_read() -> None:
+    """A transport may leave the fields that cost a decode to RequestEntry._lazy (HTTP/1 does)."""
+    calls: list[object] = []
+
+    def fill(entry: RequestEntry, source: object) -> None:
+        calls.append(source)
+        entry.authority, entry.user_agent = "orders:8080", "curl"
+        entry.request_id = entry.trace_id = entry.span_id = entry.parent_span_id = "id"
+
+    entry = _entry()
+    entry._lazy = (fill, "src")
+    del entry._authority, entry._user_agent, entry._request_id  # as a transport that never set them
+    del entry._trace_id, entry._span_id, entry._parent_span_id
+    assert entry.status == 200 and entry.method == "GET" and calls == []  # the other fields: plain slots
+    assert entry.authority == "orders:8080" and entry.user_agent == "curl" and calls == ["src"]
+    assert entry.request_id == entry.parent_span_id == "id" and calls == ["src"]  # filled once
+    bare = _entry()
+    del bare._trace_id
+    with pytest.raises(AttributeError):
+        _ = bare.trace_id  # unset, and nothing to fill it from

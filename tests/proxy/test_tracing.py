@@ -14,7 +14,9 @@ from plexus.proxy.tracing import (
     REQUEST_ID,
     TRACEPARENT,
     Tracer,
+    ids_from_lines,
     parse_traceparent,
+    sampled_in_lines,
 )
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -76,3 +78,54 @@ def test_sample_percent_is_checked_and_roughly_followed() -> None:
     tracer = Tracer(10.0, random.Random(7))
     sampled = sum(tracer.begin(None, "r").sampled for _ in range(2000))
     assert 100 < sampled < 300
+
+
+def _lines(block: bytes) -> dict[str, str]:
+    assert block.endswith(b"\r\n")
+    return dict(line.split(": ", 1) for line in block.decode().split("\r\n")[:-1])
+
+
+def test_fresh_lines_are_begin_without_headers_as_ready_bytes() -> None:
+    """HTTP/1's first hop: the forwarded lines as one block, ids read back from it, sampling at the rate."""
+    always, never = Tracer(100.0, random.Random(5)), Tracer(0.0, random.Random(5))
+    block = always.fresh_lines()
+    lines = _lines(block)
+    assert list(lines) == [REQUEST_ID, TRACEPARENT]
+    request_id, trace_id, span_id, sampled = ids_from_lines(block)
+    assert lines[REQUEST_ID] == request_id and len(request_id) == 36 and request_id[14] == "4"
+    assert request_id[19] in "89ab" and [len(p) for p in request_id.split("-")] == [8, 4, 4, 4, 12]
+    assert parse_traceparent(lines[TRACEPARENT]) == (trace_id, span_id, True) and sampled
+    assert sampled_in_lines(block) and not sampled_in_lines(never.fresh_lines()) and not sampled_in_lines(b"")
+    assert ids_from_lines(always.fresh_lines())[:3] != (request_id, trace_id, span_id)  # new ids each time
+
+
+def test_follow_lines_keep_the_trace_and_request_id_and_name_this_hop_the_parent() -> None:
+    tracer = Tracer(0.0, random.Random(6))  # the incoming sampled flag wins over this hop's rate
+    block = tracer.follow_lines(f"00-{TRACE}-{PARENT}-01".encode(), b"req-7")
+    assert block is not None
+    request_id, trace_id, span_id, sampled = ids_from_lines(block)
+    assert (request_id, trace_id, sampled) == ("req-7", TRACE, True) and span_id != PARENT
+    assert _lines(block) == {REQUEST_ID: "req-7", TRACEPARENT: f"00-{TRACE}-{span_id}-01"}
+    unsampled = tracer.follow_lines(f"00-{TRACE}-{PARENT}-00".encode(), b"r")
+    assert unsampled is not None and not sampled_in_lines(unsampled)
+    # What begin must judge (it also decides what to forward then): None, never a guess.
+    for traceparent, request_id in (
+        (f"00-{TRACE.upper()}-{PARENT}-01", b"r"),  # upper case: begin lower-cases it
+        (f"01-{TRACE}-{PARENT}-01", b"r"),  # a later version
+        (f"00-{'0' * 32}-{PARENT}-01", b"r"),
+        (f"00-{TRACE}-{'0' * 16}-01", b"r"),
+        (f"00-{TRACE}-{PARENT}-01", b""),
+        (f"00-{TRACE}-{PARENT}-01", b"a\nb"),
+        (f"00-{TRACE}-{PARENT}-01", b"x" * (MAX_REQUEST_ID + 1)),
+    ):
+        assert tracer.follow_lines(traceparent.encode(), request_id) is None, (traceparent, request_id)
+
+
+def test_b3_that_came_with_traceparent_names_this_hop_for_the_next() -> None:
+    """A second hop gets both (the first hop added traceparent): B3 must not keep the first hop's span."""
+    incoming = f"00-{TRACE}-{PARENT}-01"
+    start = Tracer(0.0).begin(incoming, "r", b3_trace_id=TRACE, b3_span_id="1" * 16, b3_sampled="1")
+    headers = dict(start.headers)
+    assert start.trace_id == TRACE and start.parent_span_id == PARENT and start.sampled
+    assert headers[B3_TRACE_ID] == TRACE and headers[B3_SPAN_ID] == start.span_id != "1" * 16
+    assert headers[B3_SAMPLED] == "1"

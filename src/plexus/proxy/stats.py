@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import bisect
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
-from plexus.proxy.telemetry import INBOUND, NO_FLAGS, OUTBOUND, UNKNOWN, RequestEntry, Telemetry
+from plexus.proxy.telemetry import (
+    ACCESS_LOG_BUFFER,
+    INBOUND,
+    NO_FLAGS,
+    OUTBOUND,
+    UNKNOWN,
+    RequestEntry,
+    Telemetry,
+)
 
 # Request duration buckets in milliseconds (Istio's istio_request_duration_milliseconds buckets).
 DURATION_BUCKETS_MS: Final = (
@@ -105,36 +114,51 @@ class ServiceStats:
     def done(self, entry: RequestEntry) -> None:
         """A request ended: count it everywhere and hand it to the telemetry sinks."""
         ms = entry.duration_ms
-        cls = entry.status // 100
+        status = entry.status
+        cls = status // 100
         self.by_class[cls if 0 < cls < 6 else 0] += 1
-        duration_bucket = bisect.bisect_left(DURATION_BUCKETS_MS, ms)
+        duration_bucket = bisect_left(DURATION_BUCKETS_MS, ms) if ms > 1.0 else 0
         self.buckets[duration_bucket] += 1
         self.duration_sum_ms += ms
-        failed = entry.failed
+        grpc_status = entry.grpc_status
+        # RequestEntry.failed, asked only when one of its conditions can hold (not on the success path).
+        failed = bool(status >= 500 or not status or entry.reason or grpc_status) and entry.failed
         if failed:
             self.failures += 1
         self.protocol = entry.protocol
-        key = (entry.peer_workload, entry.status, entry.grpc_status, entry.flags)
-        series = self.series.get(key)
-        if series is None:
-            series = self._new_series(key)
+        key = (entry.peer_workload, status, grpc_status, entry.flags)
+        series = self.series.get(key) or self._new_series(key)
         series.count += 1
         series.duration_buckets[duration_bucket] += 1
         series.duration_sum_ms += ms
-        series.request_buckets[bisect.bisect_left(SIZE_BUCKETS_BYTES, entry.request_bytes)] += 1
-        series.request_bytes += entry.request_bytes
-        series.response_buckets[bisect.bisect_left(SIZE_BUCKETS_BYTES, entry.response_bytes)] += 1
-        series.response_bytes += entry.response_bytes
+        size = entry.request_bytes
+        series.request_buckets[bisect_left(SIZE_BUCKETS_BYTES, size) if size > 1 else 0] += 1
+        series.request_bytes += size
+        size = entry.response_bytes
+        series.response_buckets[bisect_left(SIZE_BUCKETS_BYTES, size) if size > 1 else 0] += 1
+        series.response_bytes += size
         path_key = (entry.method, entry.path)
-        path = self.paths.get(path_key)
-        if path is None:
-            path = self._new_path(path_key)
+        path = self.paths.get(path_key) or self._new_path(path_key)
         path.count += 1
         if failed:
             path.failures += 1
         path.buckets[duration_bucket] += 1
         path.duration_sum_ms += ms
-        self.telemetry.observe(entry)
+        # Telemetry.observe(entry, failed), inlined: once per request.
+        t = self.telemetry
+        t.recent.append(entry)
+        if failed:
+            t.recent_failures.append(entry)
+        log = t.access_log
+        if log is not None:
+            if len(log) < ACCESS_LOG_BUFFER:
+                log.append(entry)
+            else:
+                t.access_log_dropped += 1
+        if t.tapping:
+            t.tap(entry)
+        if entry.sampled and t.exporting_spans:
+            t.queue_span(entry)
 
     def _new_series(self, key: tuple[str, int, str, str]) -> Series:
         if len(self.series) >= MAX_SERIES_PER_SERVICE:

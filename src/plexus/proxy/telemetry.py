@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Final
+from collections.abc import Callable
+from typing import Any, Final
 
 from plexus.core import reasons
 from plexus.proxy.tracing import Tracer
@@ -63,7 +64,12 @@ def response_flag(reason: str) -> str:
     return RESPONSE_FLAG_FOR.get(reason, reason)
 
 
-RECENT_REQUESTS: Final = 4096  # entries kept for `plexus explain` (~1 MB); older ones are forgotten
+# Entries kept for `plexus explain`. Every request lands in a short ring (also what tests and debugging read);
+# failed ones (RequestEntry.failed: what explain is for) also in a longer one, so a failure is remembered
+# long after the successes around it. Holding thousands of every request's entries made the data path
+# slower (each request's objects outlived the CPU caches) while remembering about a second of traffic.
+RECENT_REQUESTS: Final = 256
+RECENT_FAILURES: Final = 4096  # (~1 MB at most)
 TAP_BUFFER: Final = 1000  # tap lines held per tap between two flushes; more are counted as dropped
 SPAN_BUFFER: Final = 10_000  # sampled spans held between two exports; more are dropped (and counted)
 
@@ -82,30 +88,31 @@ class RequestEntry:
     """
 
     __slots__ = (
+        "_authority",
+        "_lazy",
+        "_parent_span_id",
+        "_request_id",
+        "_span_id",
+        "_trace_id",
+        "_user_agent",
         "attempts",
-        "authority",
         "direction",
         "duration_ms",
         "flags",
         "grpc_status",
         "http_version",
         "method",
-        "parent_span_id",
         "path",
         "peer_workload",
         "protocol",
         "reason",
         "request_bytes",
-        "request_id",
         "response_bytes",
         "sampled",
         "service",
-        "span_id",
         "start",
         "status",
-        "trace_id",
         "upstream",
-        "user_agent",
     )
 
     def __init__(
@@ -151,17 +158,103 @@ class RequestEntry:
         self.response_bytes = response_bytes
         self.peer_workload = peer_workload
         self.upstream = upstream
-        self.request_id = request_id
-        self.authority = authority
-        self.user_agent = user_agent
-        self.trace_id = trace_id
-        self.span_id = span_id
-        self.parent_span_id = parent_span_id
+        self._request_id = request_id
+        self._authority = authority
+        self._user_agent = user_agent
+        self._trace_id = trace_id
+        self._span_id = span_id
+        self._parent_span_id = parent_span_id
         self.sampled = sampled
         self.attempts = attempts
+        self._lazy: tuple[Callable[[RequestEntry, Any], None], Any] | None = None
         # "2" when the request came over HTTP/2 (plain HTTP on an h2c listener): the access log's protocol
         # says HTTP/2. "" = the protocol's usual wire: HTTP/1.1 for "http", HTTP/2 for "grpc".
         self.http_version = http_version
+
+    # The fields a transport may leave to ``_lazy`` = (fill, source) because they cost a decode per request
+    # (HTTP/1: authority, user agent, the trace ids): ``fill(entry, source)`` sets them all on the first read
+    # of one, which happens in the sinks' writers, off the hot path. Properties on these six only: the
+    # other fields stay plain slots, read at full speed on the hot path (ServiceStats.done).
+
+    def _fill(self) -> None:
+        lazy = self._lazy
+        if lazy is None:
+            raise AttributeError("RequestEntry: a lazy field was never set and nothing can fill it")
+        self._lazy = None
+        fill, source = lazy
+        fill(self, source)
+
+    @property
+    def authority(self) -> str:
+        try:
+            return self._authority
+        except AttributeError:
+            self._fill()
+            return self._authority
+
+    @authority.setter
+    def authority(self, value: str) -> None:
+        self._authority = value
+
+    @property
+    def user_agent(self) -> str:
+        try:
+            return self._user_agent
+        except AttributeError:
+            self._fill()
+            return self._user_agent
+
+    @user_agent.setter
+    def user_agent(self, value: str) -> None:
+        self._user_agent = value
+
+    @property
+    def request_id(self) -> str:
+        try:
+            return self._request_id
+        except AttributeError:
+            self._fill()
+            return self._request_id
+
+    @request_id.setter
+    def request_id(self, value: str) -> None:
+        self._request_id = value
+
+    @property
+    def trace_id(self) -> str:
+        try:
+            return self._trace_id
+        except AttributeError:
+            self._fill()
+            return self._trace_id
+
+    @trace_id.setter
+    def trace_id(self, value: str) -> None:
+        self._trace_id = value
+
+    @property
+    def span_id(self) -> str:
+        try:
+            return self._span_id
+        except AttributeError:
+            self._fill()
+            return self._span_id
+
+    @span_id.setter
+    def span_id(self, value: str) -> None:
+        self._span_id = value
+
+    @property
+    def parent_span_id(self) -> str:
+        try:
+            return self._parent_span_id
+        except AttributeError:
+            self._fill()
+            return self._parent_span_id
+
+    @parent_span_id.setter
+    def parent_span_id(self, value: str) -> None:
+        self._parent_span_id = value
 
     @property
     def failed(self) -> bool:
@@ -208,6 +301,7 @@ class Telemetry:
         # loop.time() + offset = Unix time; set once when the loop starts (uvloop's clock is monotonic).
         self.loop_clock_offset = loop_clock_offset
         self.recent: deque[RequestEntry] = deque(maxlen=RECENT_REQUESTS)
+        self.recent_failures: deque[RequestEntry] = deque(maxlen=RECENT_FAILURES)
         self.access_log: list[RequestEntry] | None = None  # a list while an access log is configured
         self.taps: dict[str, Tap] = {}
         self.tapping = False  # fast test on the hot path: any tap open
@@ -232,9 +326,12 @@ class Telemetry:
     def wall(self, loop_time: float) -> float:
         return loop_time + self.loop_clock_offset
 
-    def observe(self, entry: RequestEntry) -> None:
-        """Every sink but the counters (``ServiceStats.done`` calls this after counting)."""
+    def observe(self, entry: RequestEntry, failed: bool | None = None) -> None:
+        """Every sink but the counters (``ServiceStats.done`` calls this after counting, with ``failed``:
+        ``entry.failed``, already known there)."""
         self.recent.append(entry)
+        if failed or (failed is None and entry.failed):
+            self.recent_failures.append(entry)
         log = self.access_log
         if log is not None:
             if len(log) < ACCESS_LOG_BUFFER:
@@ -242,14 +339,19 @@ class Telemetry:
             else:
                 self.access_log_dropped += 1
         if self.tapping:
-            self._tap(entry)
+            self.tap(entry)
         if entry.sampled and self.exporting_spans:
-            if len(self.spans) < SPAN_BUFFER:
-                self.spans.append(entry)
-            else:
-                self.spans_dropped += 1
+            self.queue_span(entry)
 
-    def _tap(self, entry: RequestEntry) -> None:
+    def queue_span(self, entry: RequestEntry) -> None:
+        """A sampled entry for the span exporter (bounded)."""
+        if len(self.spans) < SPAN_BUFFER:
+            self.spans.append(entry)
+        else:
+            self.spans_dropped += 1
+
+    def tap(self, entry: RequestEntry) -> None:
+        """An entry for every open tap of its service (bounded per tap)."""
         for tap in self.taps.values():
             if tap.service and tap.service != entry.service:
                 continue
@@ -268,8 +370,14 @@ class Telemetry:
         self.tapping = bool(self.taps)
 
     def find(self, request_id: str) -> list[RequestEntry]:
-        """The recent entries of one request (every attempt and direction this sidecar saw), oldest first."""
-        return [e for e in self.recent if e.request_id == request_id]
+        """The recent entries of one request (every attempt and direction this sidecar saw), oldest first:
+        its failed ones from the longer ring, the rest while the short ring still holds them."""
+        recent = [e for e in self.recent if e.request_id == request_id]
+        # A failure the short ring no longer holds ended before everything in it: it goes first.
+        older = [
+            e for e in self.recent_failures if e.request_id == request_id and not any(e is r for r in recent)
+        ]
+        return older + recent
 
 
 ACCESS_LOG_BUFFER: Final = 50_000  # entries waiting for the writer; more are dropped and counted

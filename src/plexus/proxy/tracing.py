@@ -10,7 +10,8 @@ expect:
 - The sampling decision is made once, by the first hop that sees no ``traceparent`` (``sample_percent``, 1%
   by default as in Istio), and then followed: an incoming sampled flag is kept, whatever this hop's rate.
 - ``tracestate`` is passed through untouched (it belongs to the vendors that wrote it).
-- B3 (``x-b3-traceid``...) is read only when there is no ``traceparent``, and then updated for the next hop.
+- B3 (``x-b3-traceid``...) decides the trace only when there is no ``traceparent``; when it came in, it is
+  updated for the next hop either way (this hop's span id, the sampling decision followed).
 - ``x-request-id`` is generated when absent and kept when present: it names the request in access logs and
   in ``plexus explain``.
 """
@@ -18,6 +19,7 @@ expect:
 from __future__ import annotations
 
 import random
+import re
 from typing import Final
 
 TRACEPARENT: Final = "traceparent"
@@ -35,6 +37,36 @@ _HEX_DIGITS: Final = "0123456789abcdef"
 _ZERO_TRACE: Final = "0" * 32
 _ZERO_SPAN: Final = "0" * 16
 MAX_REQUEST_ID: Final = 128  # longer incoming ids are replaced (they land in logs and labels)
+
+
+# Per-request fast paths for HTTP/1 (``Tracer.fresh_lines``, ``Tracer.follow_lines``): ids from one random
+# draw, the forwarded lines as one ready bytes block (the ids are read back from it only when a sink asks),
+# an incoming traceparent checked by one precompiled match.
+_TRACEPARENT_00: Final = re.compile(rb"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_PLAIN_REQUEST_ID: Final = re.compile(rb"[\x20-\x7e]{1,%d}" % MAX_REQUEST_ID)  # printable ASCII
+_ZERO_TRACE_B: Final = b"0" * 32
+_ZERO_SPAN_B: Final = b"0" * 16
+_SAMPLED_FLAGS: Final = frozenset(b"13579bdf")  # the last hex digit of the flags: bit 0 = sampled
+# A UUID's variant digit (10xx) from any hex digit: its two low bits kept.
+_VARIANT: Final = {d: "89ab"[int(d, 16) & 3] for d in _HEX_DIGITS}
+# Where the ids sit in a block of lines (fresh_lines/follow_lines), counted from its end:
+# "traceparent: 00-" TRACE(32) "-" SPAN(16) "-" FLAGS(2) "\r\n"; before it, "x-request-id: " ID "\r\n".
+_LINES_TAIL: Final = len("traceparent: 00-") + 32 + 1 + 16 + 1 + 2 + 2
+
+
+def ids_from_lines(lines: bytes) -> tuple[str, str, str, bool]:
+    """(request id, trace id, span id, sampled) of a block that ``fresh_lines``/``follow_lines`` wrote."""
+    return (
+        lines[len("x-request-id: ") : -_LINES_TAIL - 2].decode("latin-1"),
+        lines[-54:-22].decode(),
+        lines[-21:-5].decode(),
+        lines[-3] in _SAMPLED_FLAGS,
+    )
+
+
+def sampled_in_lines(lines: bytes) -> bool:
+    """The sampled flag of a block that ``fresh_lines``/``follow_lines`` wrote (b"" = not sampled)."""
+    return len(lines) > 3 and lines[-3] in _SAMPLED_FLAGS
 
 
 class TraceStart:
@@ -83,7 +115,9 @@ class Tracer:
         if not 0.0 <= sample_percent <= 100.0:
             raise ValueError(f"tracing sample percent must be within 0..100, got {sample_percent}")
         self.sample_rate = sample_percent / 100.0
-        self._rand = rand or random.Random()
+        self._rand = rand = rand or random.Random()
+        self._getrandbits = rand.getrandbits  # bound once: the fast paths call them per request
+        self._random = rand.random
 
     def new_trace_id(self) -> str:
         return f"{self._rand.getrandbits(128) or 1:032x}"
@@ -94,7 +128,34 @@ class Tracer:
     def new_request_id(self) -> str:
         """A UUID4-shaped id, from the fast generator (not for secrets: it only names a request)."""
         h = f"{self._rand.getrandbits(128):032x}"
-        return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
+        return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+    def fresh_lines(self) -> bytes:
+        """``begin(None, None)`` for HTTP/1 (no trace header came in), as the lines to forward:
+        ``x-request-id: ID\r\ntraceparent: 00-TRACE-SPAN-FLAGS\r\n`` (``ids_from_lines`` reads the ids back).
+        All ids come from one draw; an all-zero trace or span id, which W3C forbids, has odds of 2**-64 or
+        less and is not tested for."""
+        h = self._getrandbits(320).to_bytes(40, "little").hex()  # (Random.randbytes, without its frame)
+        return (
+            f"x-request-id: {h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}\r\n"
+            f"traceparent: 00-{h[32:64]}-{h[64:80]}-{'01' if self._random() < self.sample_rate else '00'}\r\n"
+        ).encode()
+
+    def follow_lines(self, traceparent: bytes, request_id: bytes) -> bytes | None:
+        """``begin`` for HTTP/1 when the request came with a version-00 ``traceparent`` (lower-case, as W3C
+        tracers write it) and an ``x-request-id`` of printable ASCII (the usual inbound hop), as the lines to
+        forward (same shape as ``fresh_lines``; the request id kept, the sampled flag followed, this hop's
+        span the parent); None when either value needs ``begin``'s full checks."""
+        if (
+            _TRACEPARENT_00.fullmatch(traceparent) is None
+            or _PLAIN_REQUEST_ID.fullmatch(request_id) is None
+            or traceparent.startswith(_ZERO_TRACE_B, 3)
+            or traceparent.startswith(_ZERO_SPAN_B, 36)
+        ):
+            return None
+        return b"x-request-id: %b\r\ntraceparent: %b%016x%b\r\n" % (
+            request_id, traceparent[:36], self._getrandbits(64) or 1, traceparent[52:]
+        )
 
     def begin(
         self,
@@ -111,11 +172,12 @@ class Tracer:
             headers.append((REQUEST_ID, request_id))
         span_id = self.new_span_id()
         parsed = parse_traceparent(traceparent) if traceparent is not None else None
-        b3 = False
+        # B3 that came in is rewritten for the next hop too, even when traceparent decides the trace: an app
+        # reading only B3 must see this hop's span as its parent, not the previous hop's.
+        b3 = b3_trace_id is not None and _is_b3_trace(b3_trace_id.lower())
         if parsed is not None:
             trace_id, parent, sampled = parsed
-        elif b3_trace_id is not None and _is_b3_trace(b3_trace_id.lower()):
-            b3 = True
+        elif b3 and b3_trace_id is not None:
             trace_id = b3_trace_id.lower().rjust(32, "0")
             parent = b3_span_id.lower() if b3_span_id is not None and _is_hex(b3_span_id.lower(), 16) else ""
             sampled = (

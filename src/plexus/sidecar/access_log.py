@@ -42,7 +42,21 @@ class AccessLogError(PlexusError):
 def start_time(wall: float) -> str:
     """ISO 8601 in UTC with milliseconds, as Envoy writes %START_TIME%: 2026-11-26T04:18:00.123Z."""
     seconds = int(wall)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int((wall - seconds) * 1000):03d}Z"
+    return f"{_second(seconds)}.{int((wall - seconds) * 1000):03d}Z"
+
+
+_seconds_cache: dict[int, str] = {}
+_SECONDS_CACHED: Final = 64  # a batch spans 0.1 s: a few seconds at most; the cache is emptied past this
+
+
+def _second(seconds: int) -> str:
+    """The date and time of a whole second, formatted once per second (a batch shares a few)."""
+    text = _seconds_cache.get(seconds)
+    if text is None:
+        if len(_seconds_cache) >= _SECONDS_CACHED:
+            _seconds_cache.clear()
+        text = _seconds_cache[seconds] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    return text
 
 
 def protocol_name(entry: RequestEntry) -> str:
@@ -64,31 +78,42 @@ def response_code_details(entry: RequestEntry) -> str:
 
 def entry_record(entry: RequestEntry, telemetry: Telemetry) -> dict[str, Any]:
     """One request as an access-log object (what ``AccessLogWriter`` writes as a line)."""
+    wall = entry.start + telemetry.loop_clock_offset  # Telemetry.wall, inlined: once per line
+    seconds = int(wall)
+    reason = entry.reason
+    status = entry.status
+    duration_ms = entry.duration_ms
+    direction = entry.direction
+    service = entry.service
+    protocol = entry.protocol
     return {
-        "start_time": start_time(telemetry.wall(entry.start)),
+        "start_time": f"{_second(seconds)}.{int((wall - seconds) * 1000):03d}Z",
         "method": entry.method,
         "path": entry.path,
-        "protocol": protocol_name(entry),
-        "response_code": entry.status,
+        "protocol": "HTTP/2"
+        if entry.http_version == "2"
+        else PROTOCOL_NAMES.get(protocol, protocol),  # protocol_name(entry)
+        "response_code": status,
         "response_flags": entry.flags or NO_FLAGS,
-        "response_code_details": response_code_details(entry),
+        # response_code_details(entry), inlined
+        "response_code_details": reason or ("via_upstream" if status else "downstream_remote_disconnect"),
         "bytes_received": entry.request_bytes,
         "bytes_sent": entry.response_bytes,
-        "duration": round(entry.duration_ms),
+        "duration": round(duration_ms),
         "upstream_host": entry.upstream or None,
         # Istio's cluster names read direction|port||host; Plexus's clusters are per service, not per port.
-        "upstream_cluster": f"{entry.direction}|||{entry.service}",
+        "upstream_cluster": f"{direction}|||{service}",
         "authority": entry.authority or None,
         "user_agent": entry.user_agent or None,
         "request_id": entry.request_id or None,
         "trace_id": entry.trace_id or None,
-        "direction": entry.direction,
-        "service": entry.service,
+        "direction": direction,
+        "service": service,
         "workload": telemetry.workload,
         "peer_workload": entry.peer_workload,
         "attempts": entry.attempts,
         "grpc_status": entry.grpc_status or None,
-        "duration_ms": round(entry.duration_ms, 3),
+        "duration_ms": round(duration_ms, 3),
     }
 
 
@@ -137,7 +162,7 @@ class AccessLogWriter:
             return 0
         telemetry.access_log = []
         dumps = orjson.dumps
-        data = b"".join(dumps(entry_record(entry, telemetry)) + b"\n" for entry in batch)
+        data = b"\n".join([dumps(entry_record(entry, telemetry)) for entry in batch]) + b"\n"
         try:
             self._stream.write(data)
             self._stream.flush()

@@ -42,6 +42,7 @@ class HttpDownstream(asyncio.Protocol):
         self.direction = direction  # "egress" | "ingress"
         self.outbound = direction == "egress"
         self.traffic = OUTBOUND if self.outbound else INBOUND  # RequestEntry.direction (Istio's words)
+        self.tracer = ctx.stats.telemetry.tracer  # (read once per request by Exchange.start)
         self.transport: asyncio.Transport | None = None
         self.decoder = RequestDecoder(self, ctx.limits)
         self.current: Exchange | None = None

@@ -47,6 +47,7 @@ from plexus.proxy.tracing import (
     TRACEPARENT,
     Tracer,
     TraceStart,
+    ids_from_lines,
 )
 from plexus.transport.routes import HeadLookup, Route, lookup_from_head
 
@@ -232,16 +233,26 @@ class Exchange:
             down.arm_request_timer()  # one timer per connection, re-armed lazily: no timer per request
         # Trace context first, so a local reply carries ids too. The common case (the client sent no trace
         # header): the tracer's lines are appended to the headers forwarded, nothing else is touched.
-        tracer: Tracer = down.ctx.stats.telemetry.tracer
+        tracer: Tracer = down.tracer
         head = self.head
         incoming = head.trace
+        # The two usual cases forward one ready block of lines (head.trace_lines) and keep no TraceStart: the
+        # entry reads the ids back from the block only when a sink asks (see _ended).
         if incoming is None:
-            trace = self.trace = tracer.begin(None, None)
-            headers = head.headers
-            for name, value in trace.headers:
-                headers.append((_TRACE_NAME[name], value.encode()))
+            head.trace_lines = tracer.fresh_lines()
         else:
-            self.trace = _trace_from(tracer, head, incoming)
+            # The usual inbound hop: a consumer sidecar sent exactly traceparent and x-request-id.
+            parent = incoming.get(b"traceparent")
+            request_id = incoming.get(b"x-request-id")
+            lines = (
+                tracer.follow_lines(parent, request_id)
+                if parent is not None and request_id is not None and len(incoming) == 2
+                else None
+            )
+            if lines is not None:
+                head.trace_lines = lines
+            else:
+                self.trace = _trace_from(tracer, head, incoming)
         route = down.router.resolve(head)
         if isinstance(route, str):
             waiter = down.router.unknown_hook(self.head)
@@ -689,39 +700,38 @@ class Exchange:
             peer = caller.decode("latin-1") if caller else UNKNOWN
         target = head.target
         query = target.find(b"?")
-        host = head.host
-        user_agent = head.user_agent
-        trace = self.trace
         started = self.started
         resp_bytes = self.resp_bytes
-        if trace is None:  # (a request refused before it started)
-            trace = _NO_TRACE
-        stats.done(
-            RequestEntry(
-                down.traffic,
-                service,
-                "http",
-                _METHOD_TEXT.get(head.method) or head.method.decode("latin-1"),
-                (target if query < 0 else target[:query]).decode("latin-1"),
-                started,
-                (now - started) * 1000.0,
-                self.status,
-                reason=reason,
-                flags=flags,
-                request_bytes=self.req_bytes,
-                response_bytes=resp_bytes if resp_bytes > 0 else 0,
-                peer_workload=peer,
-                upstream=upstream.key if upstream is not None else "",
-                request_id=trace.request_id,
-                authority=host.decode("latin-1") if host is not None else "",
-                user_agent=user_agent.decode("latin-1") if user_agent is not None else "",
-                trace_id=trace.trace_id,
-                span_id=trace.span_id,
-                parent_span_id=trace.parent_span_id,
-                sampled=trace.sampled,
-                attempts=self.attempts,
-            )
-        )
+        # RequestEntry's fields set one by one on a bare object (its keyword constructor, once per request,
+        # cost more than all of them), and the ones that need a decode left to _fill_entry, which runs only
+        # when a sink reads one of them (the access-log writer, a tap, explain, the span exporter).
+        entry = _new_entry(RequestEntry)
+        entry.direction = down.traffic
+        entry.service = service
+        entry.protocol = "http"
+        entry.method = _METHOD_TEXT.get(head.method) or head.method.decode("latin-1")
+        entry.path = (target if query < 0 else target[:query]).decode("latin-1")
+        entry.start = started
+        entry.duration_ms = (now - started) * 1000.0
+        entry.status = self.status
+        entry.grpc_status = ""
+        entry.reason = reason
+        entry.flags = flags
+        entry.request_bytes = self.req_bytes
+        entry.response_bytes = resp_bytes if resp_bytes > 0 else 0
+        entry.peer_workload = peer
+        entry.upstream = upstream.key if upstream is not None else ""
+        entry.attempts = self.attempts
+        entry.http_version = ""
+        trace = self.trace
+        # Only what the fill needs is held, not the head (its headers list is freed now).
+        entry._lazy = (_fill_entry, (head.host, head.user_agent, head.trace_lines, head.trace, trace))
+        if trace is None:
+            lines = head.trace_lines  # (b"" when the request was refused before it started)
+            entry.sampled = len(lines) > 3 and lines[-3] in _SAMPLED_FLAGS  # tracing.sampled_in_lines
+        else:
+            entry.sampled = trace.sampled
+        stats.done(entry)
 
     def fail(self, reason: str, status: int = 0) -> None:
         """Answer with a local reply naming ``reason`` (or reset the client if the response already began);
@@ -1383,7 +1393,32 @@ class PolicedExchange(Exchange):
         super().abandon()
 
 
-_NO_TRACE: Final = TraceStart("", "", "", False, "", [])
+_new_entry: Final = object.__new__
+_SAMPLED_FLAGS: Final = frozenset(b"13579bdf")  # a traceparent's last flags digit with bit 0 (sampled) set
+
+
+# host, user agent, trace lines (RequestHead.trace_lines), the incoming trace headers (RequestHead.trace),
+# the TraceStart of a request the general path began (_trace_from; else None)
+_LazySource = tuple[bytes | None, bytes | None, bytes, dict[bytes, bytes] | None, TraceStart | None]
+
+
+def _fill_entry(entry: RequestEntry, source: _LazySource) -> None:
+    """The fields _ended leaves unset, from the request's head (RequestEntry._lazy): on first read only."""
+    host, user_agent, lines, incoming, trace = source
+    entry.authority = host.decode("latin-1") if host is not None else ""
+    entry.user_agent = user_agent.decode("latin-1") if user_agent is not None else ""
+    if trace is not None:
+        entry.request_id = trace.request_id
+        entry.trace_id = trace.trace_id
+        entry.span_id = trace.span_id
+        entry.parent_span_id = trace.parent_span_id
+    elif lines:
+        entry.request_id, entry.trace_id, entry.span_id, _ = ids_from_lines(lines)
+        # (follow_lines checked the incoming traceparent: its parent span id is at a fixed place)
+        parent = incoming.get(b"traceparent") if incoming is not None else None
+        entry.parent_span_id = parent[36:52].decode() if parent is not None else ""
+    else:  # refused before it started
+        entry.request_id = entry.trace_id = entry.span_id = entry.parent_span_id = ""
 
 
 def _trace_from(tracer: Tracer, head: RequestHead, incoming: dict[bytes, bytes]) -> TraceStart:

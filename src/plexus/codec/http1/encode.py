@@ -29,7 +29,8 @@ def header_block(headers: list[tuple[bytes, bytes]], parts: list[bytes]) -> None
 
 
 def encode_request_head(head: RequestHead, extra: bytes = b"") -> bytes:
-    """The head to send upstream: HTTP/1.1, the end-to-end headers, framing, then ``extra`` header lines."""
+    """The head to send upstream: HTTP/1.1, the end-to-end headers, framing, the trace lines
+    (``head.trace_lines``), then ``extra`` header lines."""
     parts = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
     for name, value in head.headers:
         parts += (name, b": ", value, b"\r\n")
@@ -37,7 +38,7 @@ def encode_request_head(head: RequestHead, extra: bytes = b"") -> bytes:
         parts.append(CHUNKED_HEADER)
     if head.upgrade is not None:
         parts += (b"connection: upgrade\r\nupgrade: ", head.upgrade, b"\r\n")
-    parts += (extra, b"\r\n")
+    parts += (head.trace_lines, extra, b"\r\n")
     return b"".join(parts)
 
 

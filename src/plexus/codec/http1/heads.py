@@ -41,6 +41,9 @@ class RequestHead:
     # are NOT in ``headers``: the proxy forwards the ones its tracer does not replace (see
     # plexus.proxy.tracing), so an incoming traceparent is never sent on next to the new one.
     trace: dict[bytes, bytes] | None = None
+    # Header lines the proxy adds after ``headers`` when it forwards the head (``name: value\r\n`` each, ready
+    # bytes): the trace context its tracer wrote (see plexus.proxy.tracing, TraceStart.block).
+    trace_lines: bytes = b""
 
     @property
     def has_body(self) -> bool:
