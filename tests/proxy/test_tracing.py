@@ -129,3 +129,12 @@ def test_b3_that_came_with_traceparent_names_this_hop_for_the_next() -> None:
     assert start.trace_id == TRACE and start.parent_span_id == PARENT and start.sampled
     assert headers[B3_TRACE_ID] == TRACE and headers[B3_SPAN_ID] == start.span_id != "1" * 16
     assert headers[B3_SAMPLED] == "1"
+
+
+def test_fresh_start_is_begin_without_trace_fields_from_one_draw() -> None:
+    start, request_id, traceparent = Tracer(100.0).fresh_start()
+    assert parse_traceparent(traceparent.decode()) == (start.trace_id, start.span_id, True)
+    assert request_id.decode() == start.request_id and len(start.request_id) == 36
+    assert start.parent_span_id == "" and dict(start.headers)[REQUEST_ID] == start.request_id
+    unsampled, _, line = Tracer(0.0).fresh_start()
+    assert not unsampled.sampled and line.endswith(b"-00")

@@ -141,6 +141,19 @@ class Tracer:
             f"traceparent: 00-{h[32:64]}-{h[64:80]}-{'01' if self._random() < self.sample_rate else '00'}\r\n"
         ).encode()
 
+    def fresh_start(self) -> tuple[TraceStart, bytes, bytes]:
+        """``begin(None, None)`` from one draw (HTTP/2, gRPC: no trace field came in): the TraceStart and the
+        two values to forward as bytes, ``x-request-id`` then ``traceparent`` (``TraceStart.headers`` holds
+        the same as text)."""
+        h = self._getrandbits(320).to_bytes(40, "little").hex()
+        request_id = f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
+        trace_id, span_id = h[32:64], h[64:80]
+        sampled = self._random() < self.sample_rate
+        traceparent = f"00-{trace_id}-{span_id}-{'01' if sampled else '00'}"
+        start = TraceStart(trace_id, span_id, "", sampled, request_id,
+                           [(REQUEST_ID, request_id), (TRACEPARENT, traceparent)])
+        return start, request_id.encode(), traceparent.encode()
+
     def follow_lines(self, traceparent: bytes, request_id: bytes) -> bytes | None:
         """``begin`` for HTTP/1 when the request came with a version-00 ``traceparent`` (lower-case, as W3C
         tracers write it) and an ``x-request-id`` of printable ASCII (the usual inbound hop), as the lines to

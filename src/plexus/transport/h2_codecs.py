@@ -195,6 +195,21 @@ def _ngh2() -> Any:
     return ngh2
 
 
+_never_indexed_type: Any = None
+
+
+def never_indexed(name: bytes, value: bytes) -> tuple[bytes, bytes]:
+    """A header field HPACK must not add to its dynamic table (ngh2's NeverIndexedHeader). For values new
+    on every request (trace ids, request ids): indexed, each would evict fields that repeat on every stream
+    (content-type, :authority, te, user-agent), which then go out as literals again on both hops. The pure
+    h2 engine, kept as a reference, indexes it like any pair."""
+    global _never_indexed_type
+    kind = _never_indexed_type
+    if kind is None:
+        kind = _never_indexed_type = _ngh2().NeverIndexedHeader
+    return kind(name, value)  # type: ignore[no-any-return]
+
+
 class _NgCodec:
     """Plexus codec events and commands over one ``ngh2.Connection``."""
 

@@ -42,7 +42,7 @@ from plexus.proxy.tracing import (
     Tracer,
     TraceStart,
 )
-from plexus.transport.h2_codecs import server_codec
+from plexus.transport.h2_codecs import never_indexed, server_codec
 from plexus.transport.h2_stream import (
     CALLER_HEADER,
     HOP_BY_HOP,
@@ -370,9 +370,9 @@ class Http2Downstream(asyncio.Protocol):
         tracer: Tracer = self.proxy.stats.telemetry.tracer
         wire = _WIRE_NAME
         if traced is None:
-            start = tracer.begin(None, None)
-            for name, value in start.headers:
-                up.append((wire[name], value.encode()))
+            start, request_id, traceparent = tracer.fresh_start()  # one random draw for every id
+            up.append(never_indexed(wire[REQUEST_ID], request_id))
+            up.append(never_indexed(wire[TRACEPARENT], traceparent))
             return start
 
         def text(name: str) -> str | None:
@@ -392,9 +392,9 @@ class Http2Downstream(asyncio.Protocol):
             written.add(name)
             at = traced.get(field)
             if at is None:
-                up.append((field, value.encode()))
+                up.append(never_indexed(field, value.encode()))
             else:
-                up[at] = (field, value.encode())
+                up[at] = never_indexed(field, value.encode())
         stale = wire[B3_PARENT_SPAN_ID]
         if B3_TRACE_ID in written and B3_PARENT_SPAN_ID not in written and stale in traced:
             # B3 rewritten for the next hop with no parent: the caller's parent id would be stale (rare).
