@@ -207,7 +207,8 @@ def never_indexed(name: bytes, value: bytes) -> tuple[bytes, bytes]:
     kind = _never_indexed_type
     if kind is None:
         kind = _never_indexed_type = _ngh2().NeverIndexedHeader
-    return kind(name, value)  # type: ignore[no-any-return]
+    # tuple.__new__ directly: the namedtuple's own __new__ is a Python-level call costing several times more
+    return tuple.__new__(kind, (name, value))  # type: ignore[no-any-return]
 
 
 class _NgCodec:
