@@ -161,6 +161,10 @@ def test_stat_counts_the_traffic_and_the_failures_of_a_dead_app(mesh: Mesh) -> N
         hello, frail = found.get("hello"), found.get("frail")
         if hello is None or frail is None or hello.requests < 30 or frail.requests < 30:
             return None
+        # the edge is the caller's (outbound) view: its sidecar reports at its own phase, so wait for it too
+        edge = [e for e in stat.edges if (e.source_workload, e.destination_service) == ("shop", "hello")]
+        if not edge or edge[0].requests < 30:
+            return None
         return stat
 
     stat = wait_for(settled, timeout=WAIT, what="both services' traffic in Stat")
