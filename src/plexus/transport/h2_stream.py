@@ -76,6 +76,11 @@ RETRY_BUFFER_BYTES: Final = 64 * 1024  # request bytes kept for one replay; a lo
 # ingress tries its app again a few times after short, growing pauses before passing the refusal on.
 LOCAL_REFUSAL_RETRIES: Final = 3
 LOCAL_REFUSAL_PAUSE: Final = 0.01  # seconds before the first retry; doubled for each next one
+# How long a trailers-only CANCELLED waits for its connection's GOAWAY. A grpc server that shuts down
+# cancels the calls it accepted but never handed to a handler; about one time in forty grpc core writes that
+# answer just before its GOAWAY (measured with grpcio 1.85), and the answer alone cannot tell an app's own
+# CANCELLED from an unprocessed call. Held this long, the GOAWAY has arrived if one is coming.
+SHUTDOWN_CANCEL_WAIT: Final = 0.05
 # RFC 9113 §8.2.2: connection-specific fields must not be forwarded (h2 refuses most of them on input;
 # stripped again here so nothing an app or a peer sends can smuggle them to the other side).
 HOP_BY_HOP: Final = frozenset(
@@ -162,6 +167,7 @@ class H2Stream:
         "gov",
         "grpc",
         "grpc_code",
+        "held",
         "lookup",
         "method",
         "path",
@@ -247,6 +253,7 @@ class H2Stream:
         self.reason = ""  # the reason code when this hop failed or limited the stream
         self.grpc_code: bytes | None = None  # a trailers-only answer's grpc-status (upstream's or ours)
         self.client_reset = False  # the caller reset the stream (or left) before it ended: flag DC
+        self.held: Headers | None = None  # a CANCELLED answer waiting for its connection's GOAWAY
 
     # -- routing ------------------------------------------------------------------------------------
 
@@ -513,20 +520,17 @@ class H2Stream:
                 self.down.codec.send_headers(self.sid, filter_headers(headers))
                 self.down.want_flush()
             return
-        if end_stream and self._unprocessed_reply(headers):
-            failed = self.endpoint
-            gov = self.gov
-            if gov is not None:
-                gov.outcome(503)  # no app behind that endpoint took it: the endpoint is failing
-            if self._take_retry(_REFUSED):
-                self._drop_upstream(ErrorCodes.CANCEL)
-                self._retry(failed, False)
+        if end_stream:
+            if self._unprocessed_reply(headers):
+                if self._answer_unprocessed():
+                    return
+            elif self._cancel_before_goaway(headers):
+                self.held = headers
+                self.down.loop.call_later(SHUTDOWN_CANCEL_WAIT, self._decide_held, self.conn, self.endpoint)
                 return
-            route = self.route
-            if route is not None and route.local is not None:
-                # Ingress: tell the consumer sidecar in its terms that no app took the call (it retries).
-                self.fail(route.connect_fail_reason)
-                return
+        self._forward_headers(headers, status, end_stream)
+
+    def _forward_headers(self, headers: Headers, status: int, end_stream: bool) -> None:
         gov = self.gov
         if gov is not None and self._gov_response(gov, headers, status, end_stream):
             return
@@ -539,6 +543,44 @@ class H2Stream:
                 self.grpc_code = _grpc_status_value(headers)  # trailers-only: the status is in the headers
             self.resp_end = self.resp_done = True
             self.finish()
+
+    def _answer_unprocessed(self, failed: Endpoint | None = None) -> bool:
+        """No app took the request: retry it elsewhere, or (ingress) tell the consumer sidecar so in its
+        terms (it retries). False: neither applies, the answer goes to the caller as it is."""
+        if failed is None:
+            failed = self.endpoint
+        gov = self.gov
+        if gov is not None:
+            gov.outcome(503)  # no app behind that endpoint took it: the endpoint is failing
+        if self._take_retry(_REFUSED):
+            self._drop_upstream(ErrorCodes.CANCEL)
+            self._retry(failed, False)
+            return True
+        route = self.route
+        if route is not None and route.local is not None:
+            self.fail(route.connect_fail_reason)
+            return True
+        return False
+
+    def _cancel_before_goaway(self, headers: Headers) -> bool:
+        """A gRPC trailers-only CANCELLED on a connection that has not (yet) said it shuts down."""
+        conn = self.conn
+        if not self.grpc or conn is None or conn.codec.goaway_received:
+            return False
+        for name, value in headers:
+            if name == _GRPC_STATUS:
+                return value == _CANCELLED
+        return False
+
+    def _decide_held(self, conn: Http2UpstreamConnection | None, failed: Endpoint | None) -> None:
+        headers = self.held
+        self.held = None
+        if self.done or headers is None:
+            return
+        shut_down = conn is not None and (conn.codec.goaway_received or conn.closed)
+        if shut_down and self._answer_unprocessed(failed):
+            return
+        self._forward_headers(headers, _status_of(headers), True)
 
     def on_upstream_data(self, data: bytes, flow_controlled_length: int, end_stream: bool) -> None:
         if self.done:
@@ -568,7 +610,7 @@ class H2Stream:
             # The response is complete before the request: stop sending it (else the stream would stay
             # half-open in the codec and count against the peer's concurrent-stream limit forever).
             conn.reset(up_sid, ErrorCodes.NO_ERROR)
-        if self.done:
+        if self.done or self.held is not None:
             return
         self.resp_end = True
         self.pump_response()
@@ -1129,6 +1171,13 @@ def pick_untried(
 
 def http_for_grpc(code: int) -> int:
     return HTTP_FOR_GRPC[code] if 0 <= code < len(HTTP_FOR_GRPC) else 500
+
+
+def _status_of(headers: Headers) -> int:
+    for name, value in headers:
+        if name == b":status":
+            return int(value) if value.isdigit() else 0
+    return 0
 
 
 def _grpc_status_value(headers: Headers) -> bytes | None:
