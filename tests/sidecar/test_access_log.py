@@ -22,7 +22,7 @@ from telemetry_mesh import APP_BODY, TelemetryMesh, telemetry_mesh
 from plexus.core import reasons
 from plexus.proxy import DataPlaneStats
 from plexus.proxy.telemetry import INBOUND, OUTBOUND, RequestEntry, Telemetry, response_flag
-from plexus.sidecar.access_log import FLUSH_INTERVAL, AccessLogError, AccessLogWriter, protocol_name
+from plexus.sidecar.access_log import FLUSH_INTERVAL, AccessLogError, AccessLogWriter, entry_record
 from plexus.testing.procs import wait_for
 
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -153,13 +153,14 @@ def test_protocol_names() -> None:
     def entry(protocol: str, version: str = "") -> RequestEntry:
         return RequestEntry(OUTBOUND, "s", protocol, "GET", "/", 0.0, 1.0, 200, http_version=version)
 
-    assert [protocol_name(entry(p)) for p in ("http", "grpc", "bolt", "dubbo")] == [
+    telemetry = Telemetry()
+    assert [entry_record(entry(p), telemetry)["protocol"] for p in ("http", "grpc", "bolt", "dubbo")] == [
         "HTTP/1.1",
         "HTTP/2",
         "bolt",
         "dubbo",
     ]
-    assert protocol_name(entry("http", "2")) == "HTTP/2"
+    assert entry_record(entry("http", "2"), telemetry)["protocol"] == "HTTP/2"
 
 
 def test_open_error_names_the_flag_and_a_failed_write_is_counted(tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
 from plexus.proxy.telemetry import (
-    ACCESS_LOG_BUFFER,
     INBOUND,
     NO_FLAGS,
     OUTBOUND,
@@ -52,8 +51,15 @@ MAX_PATHS_PER_SERVICE: Final = 100
 class Series:
     """One Istio label set's counters: requests, duration, request and response sizes."""
 
-    __slots__ = ("count", "duration_buckets", "duration_sum_ms", "request_buckets", "request_bytes",
-                 "response_buckets", "response_bytes")
+    __slots__ = (
+        "count",
+        "duration_buckets",
+        "duration_sum_ms",
+        "request_buckets",
+        "request_bytes",
+        "response_buckets",
+        "response_bytes",
+    )
 
     def __init__(self) -> None:
         self.count = 0
@@ -84,8 +90,18 @@ class ServiceStats:
     ``record(status, ms)`` counts only the plexus families (callers that have no entry); ``done(entry)`` is
     what a finished request calls: every family, then the telemetry sinks."""
 
-    __slots__ = ("buckets", "by_class", "direction", "duration_sum_ms", "failures", "paths", "protocol",
-                 "series", "service", "telemetry")
+    __slots__ = (
+        "buckets",
+        "by_class",
+        "direction",
+        "duration_sum_ms",
+        "failures",
+        "paths",
+        "protocol",
+        "series",
+        "service",
+        "telemetry",
+    )
 
     def __init__(self, service: str, direction: str, telemetry: Telemetry | None = None) -> None:
         self.service = service
@@ -111,8 +127,9 @@ class ServiceStats:
         self.buckets[bisect.bisect_left(DURATION_BUCKETS_MS, duration_ms)] += 1
         self.duration_sum_ms += duration_ms
 
-    def done(self, entry: RequestEntry) -> None:
-        """A request ended: count it everywhere and hand it to the telemetry sinks."""
+    def done(self, entry: RequestEntry, line: bytes | None = None) -> None:
+        """A request ended: count it everywhere and hand it to the telemetry sinks (``line``: its access-log
+        line when the transport formatted it, see Telemetry.observe)."""
         ms = entry.duration_ms
         status = entry.status
         cls = status // 100
@@ -144,21 +161,7 @@ class ServiceStats:
             path.failures += 1
         path.buckets[duration_bucket] += 1
         path.duration_sum_ms += ms
-        # Telemetry.observe(entry, failed), inlined: once per request.
-        t = self.telemetry
-        t.recent.append(entry)
-        if failed:
-            t.recent_failures.append(entry)
-        log = t.access_log
-        if log is not None:
-            if len(log) < ACCESS_LOG_BUFFER:
-                log.append(entry)
-            else:
-                t.access_log_dropped += 1
-        if t.tapping:
-            t.tap(entry)
-        if entry.sampled and t.exporting_spans:
-            t.queue_span(entry)
+        self.telemetry.observe(entry, failed, line)
 
     def _new_series(self, key: tuple[str, int, str, str]) -> Series:
         if len(self.series) >= MAX_SERIES_PER_SERVICE:
@@ -185,8 +188,16 @@ class TcpStats:
     ``peers`` splits the same counters by peer workload (outbound: the upstream instance's workload;
     inbound: "unknown" until mTLS tells who connected), bounded like the request series."""
 
-    __slots__ = ("active", "bytes_received", "bytes_sent", "closed", "connections", "direction", "peers",
-                 "service")
+    __slots__ = (
+        "active",
+        "bytes_received",
+        "bytes_sent",
+        "closed",
+        "connections",
+        "direction",
+        "peers",
+        "service",
+    )
 
     def __init__(self, service: str, direction: str) -> None:
         self.service = service
@@ -448,12 +459,27 @@ def render_istio(
     out.append("# TYPE istio_requests_total counter")
     for labels, series in rows:
         out.append(f"istio_requests_total{{{labels}}} {series.count}")
-    _histogram(out, "istio_request_duration_milliseconds", "Request duration, milliseconds", _DURATION_LE,
-               ((labels, x.duration_buckets, f"{x.duration_sum_ms:.3f}") for labels, x in rows))
-    _histogram(out, "istio_request_bytes", "Request body sizes, bytes", _SIZE_LE,
-               ((labels, x.request_buckets, str(x.request_bytes)) for labels, x in rows))
-    _histogram(out, "istio_response_bytes", "Response body sizes, bytes", _SIZE_LE,
-               ((labels, x.response_buckets, str(x.response_bytes)) for labels, x in rows))
+    _histogram(
+        out,
+        "istio_request_duration_milliseconds",
+        "Request duration, milliseconds",
+        _DURATION_LE,
+        ((labels, x.duration_buckets, f"{x.duration_sum_ms:.3f}") for labels, x in rows),
+    )
+    _histogram(
+        out,
+        "istio_request_bytes",
+        "Request body sizes, bytes",
+        _SIZE_LE,
+        ((labels, x.request_buckets, str(x.request_bytes)) for labels, x in rows),
+    )
+    _histogram(
+        out,
+        "istio_response_bytes",
+        "Response body sizes, bytes",
+        _SIZE_LE,
+        ((labels, x.response_buckets, str(x.response_bytes)) for labels, x in rows),
+    )
     tcp_rows: list[tuple[str, list[int]]] = []
     for t in tcp:
         outbound = t.direction == "egress"

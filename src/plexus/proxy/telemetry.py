@@ -177,20 +177,15 @@ class RequestEntry:
     # other fields stay plain slots, read at full speed on the hot path (ServiceStats.done).
 
     def _fill(self) -> None:
-        lazy = self._lazy
-        if lazy is None:
-            raise AttributeError("RequestEntry: a lazy field was never set and nothing can fill it")
+        fill, source = self._lazy  # type: ignore[misc]  # (only called when it is set)
         self._lazy = None
-        fill, source = lazy
         fill(self, source)
 
     @property
     def authority(self) -> str:
-        try:
-            return self._authority
-        except AttributeError:
+        if self._lazy is not None:
             self._fill()
-            return self._authority
+        return self._authority
 
     @authority.setter
     def authority(self, value: str) -> None:
@@ -198,11 +193,9 @@ class RequestEntry:
 
     @property
     def user_agent(self) -> str:
-        try:
-            return self._user_agent
-        except AttributeError:
+        if self._lazy is not None:
             self._fill()
-            return self._user_agent
+        return self._user_agent
 
     @user_agent.setter
     def user_agent(self, value: str) -> None:
@@ -210,11 +203,9 @@ class RequestEntry:
 
     @property
     def request_id(self) -> str:
-        try:
-            return self._request_id
-        except AttributeError:
+        if self._lazy is not None:
             self._fill()
-            return self._request_id
+        return self._request_id
 
     @request_id.setter
     def request_id(self, value: str) -> None:
@@ -222,11 +213,9 @@ class RequestEntry:
 
     @property
     def trace_id(self) -> str:
-        try:
-            return self._trace_id
-        except AttributeError:
+        if self._lazy is not None:
             self._fill()
-            return self._trace_id
+        return self._trace_id
 
     @trace_id.setter
     def trace_id(self, value: str) -> None:
@@ -234,11 +223,9 @@ class RequestEntry:
 
     @property
     def span_id(self) -> str:
-        try:
-            return self._span_id
-        except AttributeError:
+        if self._lazy is not None:
             self._fill()
-            return self._span_id
+        return self._span_id
 
     @span_id.setter
     def span_id(self, value: str) -> None:
@@ -246,11 +233,9 @@ class RequestEntry:
 
     @property
     def parent_span_id(self) -> str:
-        try:
-            return self._parent_span_id
-        except AttributeError:
+        if self._lazy is not None:
             self._fill()
-            return self._parent_span_id
+        return self._parent_span_id
 
     @parent_span_id.setter
     def parent_span_id(self, value: str) -> None:
@@ -302,7 +287,9 @@ class Telemetry:
         self.loop_clock_offset = loop_clock_offset
         self.recent: deque[RequestEntry] = deque(maxlen=RECENT_REQUESTS)
         self.recent_failures: deque[RequestEntry] = deque(maxlen=RECENT_FAILURES)
-        self.access_log: list[RequestEntry] | None = None  # a list while an access log is configured
+        # A list while an access log is configured: formatted lines (plexus.proxy.access_line.http1_line)
+        # or entries that the writer formats.
+        self.access_log: list[RequestEntry | bytes] | None = None
         self.taps: dict[str, Tap] = {}
         self.tapping = False  # fast test on the hot path: any tap open
         self.spans: list[RequestEntry] = []
@@ -326,16 +313,17 @@ class Telemetry:
     def wall(self, loop_time: float) -> float:
         return loop_time + self.loop_clock_offset
 
-    def observe(self, entry: RequestEntry, failed: bool | None = None) -> None:
+    def observe(self, entry: RequestEntry, failed: bool | None = None, line: bytes | None = None) -> None:
         """Every sink but the counters (``ServiceStats.done`` calls this after counting, with ``failed``:
-        ``entry.failed``, already known there)."""
+        ``entry.failed``, already known there). ``line``: the entry's access-log line, when its transport
+        formatted it (``plexus.proxy.access_line``); the access log then holds that instead of the entry."""
         self.recent.append(entry)
         if failed or (failed is None and entry.failed):
             self.recent_failures.append(entry)
         log = self.access_log
         if log is not None:
             if len(log) < ACCESS_LOG_BUFFER:
-                log.append(entry)
+                log.append(entry if line is None else line)
             else:
                 self.access_log_dropped += 1
         if self.tapping:

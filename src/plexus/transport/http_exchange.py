@@ -31,6 +31,7 @@ from plexus.codec.http1.encode import LAST_CHUNK, STATUS_LINES
 from plexus.core import reasons
 from plexus.core.errors import ProtocolError
 from plexus.proxy import Endpoint, service_from_host
+from plexus.proxy.access_line import http1_line
 from plexus.proxy.telemetry import (
     DOWNSTREAM_DISCONNECT,
     NO_FLAGS,
@@ -700,6 +701,7 @@ class Exchange:
             peer = caller.decode("latin-1") if caller else UNKNOWN
         target = head.target
         query = target.find(b"?")
+        path = target if query < 0 else target[:query]
         started = self.started
         resp_bytes = self.resp_bytes
         # RequestEntry's fields set one by one on a bare object (its keyword constructor, once per request,
@@ -710,7 +712,7 @@ class Exchange:
         entry.service = service
         entry.protocol = "http"
         entry.method = _METHOD_TEXT.get(head.method) or head.method.decode("latin-1")
-        entry.path = (target if query < 0 else target[:query]).decode("latin-1")
+        entry.path = path.decode("latin-1")
         entry.start = started
         entry.duration_ms = (now - started) * 1000.0
         entry.status = self.status
@@ -725,13 +727,25 @@ class Exchange:
         entry.http_version = ""
         trace = self.trace
         # Only what the fill needs is held, not the head (its headers list is freed now).
-        entry._lazy = (_fill_entry, (head.host, head.user_agent, head.trace_lines, head.trace, trace))
+        host = head.host
+        agent = head.user_agent
+        lines = head.trace_lines  # (b"" when the request was refused before it started)
+        entry._lazy = (_fill_entry, (host, agent, lines, head.trace, trace))
         if trace is None:
-            lines = head.trace_lines  # (b"" when the request was refused before it started)
             entry.sampled = len(lines) > 3 and lines[-3] in _SAMPLED_FLAGS  # tracing.sampled_in_lines
         else:
             entry.sampled = trace.sampled
-        stats.done(entry)
+        if stats.telemetry.access_log is None:
+            stats.done(entry)
+            return
+        # The access log is on: the line now, from the bytes at hand (plexus.proxy.access_line says why).
+        if trace is None:
+            line = http1_line(stats.telemetry, entry, head.method, path, host, agent, lines, None, None)
+        else:
+            line = http1_line(
+                stats.telemetry, entry, head.method, path, host, agent, b"", trace.request_id, trace.trace_id
+            )
+        stats.done(entry, line)
 
     def fail(self, reason: str, status: int = 0) -> None:
         """Answer with a local reply naming ``reason`` (or reset the client if the response already began);
@@ -1209,9 +1223,7 @@ class PolicedExchange(Exchange):
             if status >= 502 and head.error_reason is not None:
                 reason = reasons.parse_error_header(head.error_reason.decode("latin-1"))
                 if reason in reasons.RETRIABLE_BEFORE_SEND or (
-                    policy is None
-                    and reason == reasons.UPSTREAM_RESET
-                    and self.head.method in IDEMPOTENT
+                    policy is None and reason == reasons.UPSTREAM_RESET and self.head.method in IDEMPOTENT
                 ):
                     kind = _BEFORE_SEND
             if kind >= 0 and self._approve(kind, status):

@@ -1,0 +1,114 @@
+"""Access-log lines: the HTTP/1.1 line formatted from raw bytes says exactly what the general one says for
+the same request, and hands a request whose text needs escaping back to the general one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from plexus.proxy.access_line import entry_line, http1_line
+from plexus.proxy.telemetry import INBOUND, OUTBOUND, RequestEntry, Telemetry
+from plexus.proxy.tracing import Tracer, ids_from_lines
+
+
+def _entry(**fields: Any) -> RequestEntry:
+    base: dict[str, Any] = {
+        "direction": INBOUND,
+        "service": "orders",
+        "protocol": "http",
+        "method": "GET",
+        "path": "/orders/42",
+        "start": 100.25,
+        "duration_ms": 1.23456,
+        "status": 200,
+        "request_bytes": 7,
+        "response_bytes": 120,
+        "peer_workload": "web",
+        "upstream": "127.0.0.1:8080",
+        "attempts": 1,
+    }
+    base.update(fields)
+    positional = [base.pop(k) for k in ("direction", "service", "protocol", "method", "path", "start")]
+    positional += [base.pop("duration_ms"), base.pop("status")]
+    return RequestEntry(*positional, **base)
+
+
+@pytest.fixture
+def telemetry() -> Telemetry:
+    return Telemetry("orders-v1", loop_clock_offset=1_764_000_000.0)
+
+
+def test_the_raw_line_equals_the_general_one(telemetry: Telemetry) -> None:
+    lines = Tracer(sample_percent=0).fresh_lines()
+    request_id, trace_id, _, _ = ids_from_lines(lines)
+    raw = http1_line(telemetry, _entry(), b"GET", b"/orders/42", b"orders", b"wrk/4.2", lines, None, None)
+    assert raw is not None
+    general = entry_line(
+        _entry(authority="orders", user_agent="wrk/4.2", request_id=request_id, trace_id=trace_id), telemetry
+    )
+    record = orjson.loads(raw)
+    assert record == orjson.loads(general)
+    assert list(record) == list(orjson.loads(general))  # the same keys in the same order
+    assert record["request_id"] == request_id and record["trace_id"] == trace_id
+    assert record["start_time"] == "2025-11-24T16:01:40.250Z"
+    assert record["upstream_cluster"] == "inbound|||orders" and record["workload"] == "orders-v1"
+    assert record["duration_ms"] == 1.235 and record["duration"] == 1
+
+
+def test_missing_values_are_null_and_a_local_reply_names_its_reason(telemetry: Telemetry) -> None:
+    entry = _entry(direction=OUTBOUND, status=503, reason="no_healthy_upstream", flags="UH", upstream="")
+    raw = http1_line(telemetry, entry, b"POST", b"/pay", None, None, b"", None, None)
+    assert raw is not None
+    record = orjson.loads(raw)
+    assert record["authority"] is None and record["user_agent"] is None and record["upstream_host"] is None
+    assert record["request_id"] is None and record["trace_id"] is None
+    assert (record["response_flags"], record["response_code_details"]) == ("UH", "no_healthy_upstream")
+    assert record == orjson.loads(entry_line(_entry(**_same(entry)), telemetry))
+
+
+def _same(entry: RequestEntry) -> dict[str, Any]:
+    return {
+        "direction": entry.direction,
+        "method": "POST",
+        "path": "/pay",
+        "status": entry.status,
+        "reason": entry.reason,
+        "flags": entry.flags,
+        "upstream": "",
+    }
+
+
+def test_ids_of_a_trace_begun_on_the_general_path(telemetry: Telemetry) -> None:
+    raw = http1_line(telemetry, _entry(), b"GET", b"/", b"h", None, b"", "my-request", "ab" * 16)
+    assert raw is not None
+    record = orjson.loads(raw)
+    assert (record["request_id"], record["trace_id"]) == ("my-request", "ab" * 16)
+
+
+@pytest.mark.parametrize(
+    ("host", "agent", "path"),
+    [
+        (b'a"b', b"ua", b"/"),
+        (b"h", b"back\\slash", b"/"),
+        (b"h", b"ua", b"/caf\xe9"),
+        (b"h", b"tab\there", b"/"),
+    ],
+)
+def test_text_that_needs_escaping_goes_the_general_way(
+    telemetry: Telemetry, host: bytes, agent: bytes, path: bytes
+) -> None:
+    assert http1_line(telemetry, _entry(), b"GET", path, host, agent, b"", None, None) is None
+    general = entry_line(
+        _entry(
+            path=path.decode("latin-1"), authority=host.decode("latin-1"), user_agent=agent.decode("latin-1")
+        ),
+        telemetry,
+    )
+    record = orjson.loads(general)  # still one valid JSON object, with the text as it came
+    assert (record["authority"], record["user_agent"], record["path"]) == (
+        host.decode("latin-1"),
+        agent.decode("latin-1"),
+        path.decode("latin-1"),
+    )
