@@ -21,7 +21,7 @@ from telemetry_mesh import APP_BODY, TelemetryMesh, telemetry_mesh
 
 from plexus.core import reasons
 from plexus.proxy import DataPlaneStats
-from plexus.proxy.telemetry import INBOUND, OUTBOUND, RequestEntry, Telemetry, response_flag
+from plexus.proxy.telemetry import ACCESS_LOG_BATCH, INBOUND, OUTBOUND, RequestEntry, Telemetry, response_flag
 from plexus.sidecar.access_log import FLUSH_INTERVAL, AccessLogError, AccessLogWriter, entry_record
 from plexus.testing.procs import wait_for
 
@@ -227,3 +227,28 @@ def test_sidecars_log_real_requests_and_a_failure(mesh: TelemetryMesh) -> None:
 
 def _ok(response: httpx.Response) -> httpx.Response | None:
     return response if response.status_code == 200 else None
+
+
+def test_a_full_batch_is_written_before_the_timer(tmp_path: Path) -> None:
+    """ACCESS_LOG_BATCH lines queued: the writer writes them as soon as the loop is free, not 0.1 s later."""
+    log_path = tmp_path / "access.log"
+
+    async def run() -> tuple[int, int]:
+        loop = asyncio.get_running_loop()
+        telemetry = Telemetry("shop-v1")
+        telemetry.set_clock(loop.time())
+        writer = AccessLogWriter.open(str(log_path), telemetry)
+        writer.start(loop)
+        stats = DataPlaneStats(telemetry).service("orders", "ingress")
+        for i in range(ACCESS_LOG_BATCH + 1):
+            stats.done(RequestEntry(INBOUND, "orders", "http", "GET", f"/{i}", loop.time(), 0.5, 200))
+        assert _lines(log_path) == []  # never while requests are being served
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        early = len(_lines(log_path))  # well before FLUSH_INTERVAL
+        writer.close()
+        return early, len(_lines(log_path))
+
+    early, total = asyncio.run(run())
+    assert early == ACCESS_LOG_BATCH + 1
+    assert total == ACCESS_LOG_BATCH + 1

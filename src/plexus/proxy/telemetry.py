@@ -290,6 +290,8 @@ class Telemetry:
         # A list while an access log is configured: formatted lines (plexus.proxy.access_line.http1_line)
         # or entries that the writer formats.
         self.access_log: list[RequestEntry | bytes] | None = None
+        # Called once when the queue reaches ACCESS_LOG_BATCH (the writer schedules a flush then).
+        self.access_log_full: Callable[[], None] | None = None
         self.taps: dict[str, Tap] = {}
         self.tapping = False  # fast test on the hot path: any tap open
         self.spans: list[RequestEntry] = []
@@ -322,8 +324,11 @@ class Telemetry:
             self.recent_failures.append(entry)
         log = self.access_log
         if log is not None:
-            if len(log) < ACCESS_LOG_BUFFER:
+            queued = len(log)
+            if queued < ACCESS_LOG_BUFFER:
                 log.append(entry if line is None else line)
+                if queued == ACCESS_LOG_BATCH and self.access_log_full is not None:
+                    self.access_log_full()
             else:
                 self.access_log_dropped += 1
         if self.tapping:
@@ -369,3 +374,6 @@ class Telemetry:
 
 
 ACCESS_LOG_BUFFER: Final = 50_000  # entries waiting for the writer; more are dropped and counted
+# Lines a busy sidecar writes at once, before the writer's timer comes: ~80 KB, so the lines are written while
+# they are still in the CPU's caches (at 10,000 requests a second the timer's 0.1 s holds a thousand).
+ACCESS_LOG_BATCH: Final = 128

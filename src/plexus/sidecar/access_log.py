@@ -3,10 +3,11 @@
 
 Off the hot path: a finished request only lands in ``Telemetry.access_log`` (a list; see
 ``plexus.proxy.telemetry``), as its formatted line (HTTP/1.1) or as its entry (the other protocols). A timer
-on the sidecar's loop swaps that list for an empty one every ``FLUSH_INTERVAL``, formats the entries and
-writes the batch at once (one ``write`` per batch; a file write of a batch is short enough for the loop).
-``close`` writes what is left. A write that fails (disk full, closed pipe) loses that batch, counted in
-``Telemetry.access_log_failed`` and logged once; the next batch tries again.
+on the sidecar's loop swaps that list for an empty one every ``FLUSH_INTERVAL``, or as soon as
+``ACCESS_LOG_BATCH`` lines wait, formats the entries and writes the batch at once (one ``write`` per batch;
+a file write of a batch is short enough for the loop). ``close`` writes what is left. A write that fails
+(disk full, closed pipe) loses that batch, counted in ``Telemetry.access_log_failed`` and logged once; the
+next batch tries again.
 """
 
 from __future__ import annotations
@@ -68,7 +69,13 @@ class AccessLogWriter:
         self._loop = loop
         if self.telemetry.access_log is None:
             self.telemetry.access_log = []
+        self.telemetry.access_log_full = self._full
         self._timer = loop.call_later(FLUSH_INTERVAL, self._tick)
+
+    def _full(self) -> None:
+        """A batch is queued before the timer came: write it once the loop is done with what it runs now."""
+        if self._loop is not None:
+            self._loop.call_soon(self.flush)
 
     def _tick(self) -> None:
         self.flush()
@@ -110,5 +117,6 @@ class AccessLogWriter:
         self._loop = None
         self.flush()
         self.telemetry.access_log = None
+        self.telemetry.access_log_full = None
         if self._owned:
             self._stream.close()
