@@ -164,3 +164,28 @@ def test_keepalive_finds_a_peer_that_stopped_answering() -> None:
     closed, call_status = run(scenario())
     assert closed.code == grpc_h2.UNAVAILABLE and "PING" in closed.message, closed
     assert call_status == closed
+
+
+def test_goaway_followed_by_more_frames_reads_as_goaway() -> None:
+    """A server's GOAWAY and a frame after it in one read: h2 refuses every frame once it saw the GOAWAY (and
+    the GOAWAY's own event goes with that error); the channel still says GOAWAY, not "protocol error"."""
+
+    async def scenario() -> grpc_h2.GrpcStatus:
+        async def goaway(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(1 << 20)
+            settings = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+            go_away = b"\x00\x00\x08\x07\x00\x00\x00\x00\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
+            window_update = b"\x00\x00\x04\x08\x00\x00\x00\x00\x00" + b"\x00\x00\x10\x00"
+            writer.write(settings + go_away + window_update)
+            await writer.drain()
+            await asyncio.sleep(5)
+
+        server = await asyncio.start_server(goaway, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        channel = await grpc_h2.Channel.connect("127.0.0.1", port)
+        closed = await asyncio.wait_for(channel.closed, 5)
+        server.close()
+        return closed
+
+    closed = run(scenario())
+    assert closed.code == grpc_h2.UNAVAILABLE and closed.message.startswith("GOAWAY from the server"), closed

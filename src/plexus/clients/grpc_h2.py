@@ -272,7 +272,12 @@ class Channel(asyncio.Protocol):
         try:
             events = self._h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
-            self._abort(GrpcStatus(UNAVAILABLE, f"HTTP/2 protocol error from the server: {exc}"))
+            if self._h2.state_machine.state is h2.connection.ConnectionState.CLOSED:
+                # h2 closes on the server's GOAWAY and refuses any frame after it in the same read; the
+                # GOAWAY's own event is lost with that error. The server did nothing wrong: say GOAWAY.
+                self._abort(GrpcStatus(UNAVAILABLE, "GOAWAY from the server (followed by more frames)"))
+            else:
+                self._abort(GrpcStatus(UNAVAILABLE, f"HTTP/2 protocol error from the server: {exc}"))
             return
         for event in events:
             self._handle(event)
