@@ -68,7 +68,7 @@ if __name__ == "__main__":
     serve(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else None)
     sys.exit(0)
 
-from .grpc_apps import Group, _http, consume, start_registry, start_sidecar, wait_seen  # noqa: E402
+from .grpc_apps import Group, consume, provide, start_registry, start_sidecar, wait_seen  # noqa: E402
 
 
 def _routes(service: str) -> str:
@@ -89,14 +89,6 @@ def _start_app(group: Group, tmp: Path, name: str, forward_to: str | None = None
     argv = [sys.executable, str(Path(__file__)), name, str(tmp / f"{name}.ledger"), str(ready)]
     proc = group.add(ManagedProcess([*argv, *([forward_to] if forward_to else [])], ready_file=ready))
     return int(proc.address("listen").rpartition(":")[2])
-
-
-def _provide(sidecar: ManagedProcess, service: str, port: int) -> str:
-    status, reply = _http(
-        sidecar, "api", "PUT", f"/v1/providers/{service}", {"port": port, "protocol": "grpc"}
-    )
-    assert status == 200, reply
-    return str(reply["address"])
 
 
 def _received(tmp: Path, name: str) -> int:
@@ -122,10 +114,10 @@ def test_three_grpc_hops_with_the_last_failing_keep_amplification_bounded(
     car_c = start_sidecar(group, registry, "--workload", "amp-c")
     car_b = start_sidecar(group, registry, "--routes", str(tmp_path / "b.yaml"), "--workload", "amp-b")
     car_a = start_sidecar(group, registry, "--routes", str(tmp_path / "a.yaml"), "--workload", "amp-a")
-    last = _provide(car_c, "amp-last", _start_app(group, tmp_path, "last"))
+    last = provide(car_c, "amp-last", _start_app(group, tmp_path, "last"))
     to_last = consume(car_b, "amp-last")
     wait_seen(car_b, "amp-last", {last})
-    mid = _provide(car_b, "amp-mid", _start_app(group, tmp_path, "mid", to_last))
+    mid = provide(car_b, "amp-mid", _start_app(group, tmp_path, "mid", to_last))
     to_mid = consume(car_a, "amp-mid")
     wait_seen(car_a, "amp-mid", {mid})
 

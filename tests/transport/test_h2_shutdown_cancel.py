@@ -9,7 +9,6 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
 
 import grpc
 import h2.config
@@ -17,20 +16,11 @@ import h2.connection
 import h2.events
 import pytest
 
-from transport import h2_peers
 from transport.h2_peers import H2Mesh, channel, path
+from transport.test_h2_proxy import engine  # noqa: F401 - every test here runs over both HTTP/2 engines
 from transport.upstreams import LoopThread
 
 CALL_TIMEOUT = 5.0
-
-
-@pytest.fixture(autouse=True, params=["h2", "ngh2"])
-def engine(request: pytest.FixtureRequest) -> Iterator[str]:
-    h2_peers.ENGINE[0] = request.param
-    try:
-        yield request.param
-    finally:
-        h2_peers.ENGINE[0] = "h2"
 
 
 class CancellingServer:
