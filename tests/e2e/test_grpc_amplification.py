@@ -14,8 +14,6 @@ Run as a script, this module is the app::
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
 import threading
 from collections.abc import Iterator
@@ -25,7 +23,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from plexus.testing.procs import ManagedProcess, write_ready_file
+from plexus.testing.grpc_serve import serve_until_signal
+from plexus.testing.procs import ManagedProcess
 
 SERVICE = "plexus.test.Amp"
 OPTIONS = (("grpc.enable_http_proxy", 0),)
@@ -51,17 +50,7 @@ def serve(name: str, ledger_path: str, ready_file: str, forward_to: str | None) 
         return reply
 
     handlers = {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
-    server = grpc.server(ThreadPoolExecutor(max_workers=64), options=[("grpc.so_reuseport", 0)])
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    server.start()
-    write_ready_file(ready_file, {"pid": os.getpid(), "listen": f"127.0.0.1:{port}"})
-    while not stop.wait(0.2):
-        pass
-    server.stop(0.5).wait()
+    serve_until_signal(SERVICE, handlers, ready_file, workers=64)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,6 @@ cancelled; ``Stats`` answers JSON ``{"echo", "slow", "deadlines"}``. Every call'
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sys
 import threading
 import time
@@ -33,7 +31,8 @@ from typing import Any
 import grpc
 import pytest
 
-from plexus.testing.procs import ManagedProcess, wait_for, write_ready_file
+from plexus.testing.grpc_serve import serve_until_signal
+from plexus.testing.procs import ManagedProcess, wait_for
 
 SERVICE = "plexus.test.Res"
 OPTIONS = (("grpc.enable_http_proxy", 0),)
@@ -81,17 +80,7 @@ def serve(name: str, mode: str, ledger_path: str, ready_file: str) -> None:
         "Slow": grpc.unary_unary_rpc_method_handler(slow),
         "Stats": grpc.unary_unary_rpc_method_handler(stats),
     }
-    server = grpc.server(ThreadPoolExecutor(max_workers=128), options=[("grpc.so_reuseport", 0)])
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    server.start()
-    write_ready_file(ready_file, {"pid": os.getpid(), "listen": f"127.0.0.1:{port}"})
-    while not stop.wait(0.2):
-        pass
-    server.stop(0.5).wait()
+    serve_until_signal(SERVICE, handlers, ready_file, workers=128)
 
 
 if __name__ == "__main__":
