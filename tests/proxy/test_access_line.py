@@ -44,7 +44,6 @@ def test_the_raw_line_equals_the_general_one(telemetry: Telemetry) -> None:
     lines = Tracer(sample_percent=0).fresh_lines()
     request_id, trace_id, _, _ = ids_from_lines(lines)
     raw = http1_line(telemetry, _entry(), b"GET", b"/orders/42", b"orders", b"wrk/4.2", lines, None, None)
-    assert raw is not None
     general = entry_line(
         _entry(authority="orders", user_agent="wrk/4.2", request_id=request_id, trace_id=trace_id), telemetry
     )
@@ -60,7 +59,6 @@ def test_the_raw_line_equals_the_general_one(telemetry: Telemetry) -> None:
 def test_missing_values_are_null_and_a_local_reply_names_its_reason(telemetry: Telemetry) -> None:
     entry = _entry(direction=OUTBOUND, status=503, reason="no_healthy_upstream", flags="UH", upstream="")
     raw = http1_line(telemetry, entry, b"POST", b"/pay", None, None, b"", None, None)
-    assert raw is not None
     record = orjson.loads(raw)
     assert record["authority"] is None and record["user_agent"] is None and record["upstream_host"] is None
     assert record["request_id"] is None and record["trace_id"] is None
@@ -81,10 +79,9 @@ def _same(entry: RequestEntry) -> dict[str, Any]:
 
 
 def test_ids_of_a_trace_begun_on_the_general_path(telemetry: Telemetry) -> None:
-    raw = http1_line(telemetry, _entry(), b"GET", b"/", b"h", None, b"", "my-request", "ab" * 16)
-    assert raw is not None
+    raw = http1_line(telemetry, _entry(), b"GET", b"/", b"h", None, b"", 'my "request"', "ab" * 16)
     record = orjson.loads(raw)
-    assert (record["request_id"], record["trace_id"]) == ("my-request", "ab" * 16)
+    assert (record["request_id"], record["trace_id"]) == ('my "request"', "ab" * 16)
 
 
 @pytest.mark.parametrize(
@@ -96,19 +93,21 @@ def test_ids_of_a_trace_begun_on_the_general_path(telemetry: Telemetry) -> None:
         (b"h", b"tab\there", b"/"),
     ],
 )
-def test_text_that_needs_escaping_goes_the_general_way(
+def test_text_that_needs_escaping_is_escaped(
     telemetry: Telemetry, host: bytes, agent: bytes, path: bytes
 ) -> None:
-    assert http1_line(telemetry, _entry(), b"GET", path, host, agent, b"", None, None) is None
-    general = entry_line(
-        _entry(
-            path=path.decode("latin-1"), authority=host.decode("latin-1"), user_agent=agent.decode("latin-1")
-        ),
-        telemetry,
-    )
-    record = orjson.loads(general)  # still one valid JSON object, with the text as it came
-    assert (record["authority"], record["user_agent"], record["path"]) == (
-        host.decode("latin-1"),
-        agent.decode("latin-1"),
-        path.decode("latin-1"),
-    )
+    raw = http1_line(telemetry, _entry(), b"GET", path, host, agent, b"", None, None)
+    text = (host.decode("latin-1"), agent.decode("latin-1"), path.decode("latin-1"))
+    general = entry_line(_entry(path=text[2], authority=text[0], user_agent=text[1]), telemetry)
+    record = orjson.loads(raw)  # one valid JSON object (UTF-8), with the text as it came (Latin-1)
+    assert (record["authority"], record["user_agent"], record["path"]) == text
+    assert record == orjson.loads(general)
+
+
+def test_a_request_id_with_a_quote_takes_the_general_trace_path() -> None:
+    """tracing.follow_lines keeps only ids that need no escaping (the lines path writes them as they are)."""
+    tracer = Tracer()
+    traceparent = b"00-" + b"ab" * 16 + b"-" + b"cd" * 8 + b"-01"
+    assert tracer.follow_lines(traceparent, b'id"1') is None
+    assert tracer.follow_lines(traceparent, b"id\\1") is None
+    assert tracer.follow_lines(traceparent, b"id-1") is not None

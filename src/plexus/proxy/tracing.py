@@ -43,7 +43,8 @@ MAX_REQUEST_ID: Final = 128  # longer incoming ids are replaced (they land in lo
 # draw, the forwarded lines as one ready bytes block (the ids are read back from it only when a sink asks),
 # an incoming traceparent checked by one precompiled match.
 _TRACEPARENT_00: Final = re.compile(rb"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
-_PLAIN_REQUEST_ID: Final = re.compile(rb"[\x20-\x7e]{1,%d}" % MAX_REQUEST_ID)  # printable ASCII
+# Printable ASCII but the quote and the backslash: such an id goes into an access-log line as it is.
+_PLAIN_REQUEST_ID: Final = re.compile(rb"[\x20\x21\x23-\x5b\x5d-\x7e]{1,%d}" % MAX_REQUEST_ID)
 _ZERO_TRACE_B: Final = b"0" * 32
 _ZERO_SPAN_B: Final = b"0" * 16
 _SAMPLED_FLAGS: Final = frozenset(b"13579bdf")  # the last hex digit of the flags: bit 0 = sampled

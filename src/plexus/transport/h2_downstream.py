@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("plexus.dataplane")
 
 _TIMER_SLACK: Final = 0.001  # libuv timers have millisecond resolution
+_USER_AGENT: Final = b"user-agent"
 EGRESS_DROPPED: Final = HOP_BY_HOP | {CALLER_HEADER}
 # The trace-context fields a stream's headers may carry (plexus.proxy.tracing): read once when it opens, and
 # replaced by what Tracer.begin says to forward. ``tracestate`` and B3's single ``b3`` pass through untouched.
@@ -68,6 +69,12 @@ TRACE_FIELDS: Final = frozenset(n.encode() for n in (TRACEPARENT, REQUEST_ID, *_
 _B3_FIELDS: Final = frozenset(n.encode() for n in _B3_NAMES)
 # Header names Tracer.begin writes, as bytes (it names them in str).
 _WIRE_NAME: Final = {n: n.encode() for n in (TRACEPARENT, REQUEST_ID, *_B3_NAMES)}
+# Where Tracer.fresh_lines puts the two values: b"x-request-id: <36>\r\ntraceparent: <55>\r\n".
+_REQUEST_ID_NAME: Final = REQUEST_ID.encode()
+_TRACEPARENT_NAME: Final = TRACEPARENT.encode()
+_REQUEST_ID_AT: Final = len(b"x-request-id: ")
+_REQUEST_ID_END: Final = _REQUEST_ID_AT + 36  # a UUID's text
+_TRACEPARENT_AT: Final = _REQUEST_ID_END + len(b"\r\ntraceparent: ")
 NOT_IMPLEMENTED_H2_TO_HTTP1: Final = (
     "HTTP/2 to an HTTP/1.1 app is not supported (no h2 to HTTP/1.1 translation): call it over HTTP/1.1"
 )
@@ -288,7 +295,7 @@ class Http2Downstream(asyncio.Protocol):
     # -- streams ------------------------------------------------------------------------------------
 
     def _open(self, sid: int, headers: Headers, end_stream: bool) -> None:
-        method = path = authority = service = host = timeout_raw = None
+        method = path = authority = service = host = timeout_raw = agent = caller = None
         timeout_at: int | None = None
         grpc = False
         traced: dict[bytes, int] | None = None  # trace-context fields the caller sent -> index in ``up``
@@ -324,6 +331,10 @@ class Http2Downstream(asyncio.Protocol):
                 elif name in traced:
                     continue  # a repeated trace field: the first one counts, the rest would go stale
                 traced[name] = len(up)
+            elif name == _USER_AGENT:
+                agent = value  # for the stream's entry: read here, not by a second pass over the fields
+            elif name == CALLER_HEADER and caller is None:
+                caller = value
             up.append((name, value))
         authority = authority or host
         trace = self._trace(up, traced)
@@ -335,6 +346,8 @@ class Http2Downstream(asyncio.Protocol):
             named = self.fixed_service or service_from_authority(authority)
         stream = H2Stream(self, sid, up, grpc, end_stream, named, trace, method, path, authority)
         stream.timeout_at = timeout_at
+        stream.agent = agent
+        stream.caller = caller
         self.streams[sid] = stream
         if method == b"CONNECT":  # a tunnel (RFC 9113 §8.5), as HTTP/1.1's CONNECT: not proxied
             self.proxy.stats.downstream_reject(reasons.NOT_IMPLEMENTED)
@@ -363,17 +376,20 @@ class Http2Downstream(asyncio.Protocol):
         )
         self.opened.append((stream, head, timeout))
 
-    def _trace(self, up: Headers, traced: dict[bytes, int] | None) -> TraceStart:
+    def _trace(self, up: Headers, traced: dict[bytes, int] | None) -> TraceStart | bytes:
         """This hop's trace context (plexus.proxy.tracing), begun from the fields the caller sent; the fields
         to forward go into ``up``: appended when none came (the common case at an egress), else each in
-        place of the caller's field of the same name (``traced``: name -> index in ``up``)."""
+        place of the caller's field of the same name (``traced``: name -> index in ``up``). When none came,
+        the context is ``Tracer.fresh_lines``'s block (``ids_from_lines`` reads it), else a TraceStart."""
         tracer: Tracer = self.proxy.stats.telemetry.tracer
-        wire = _WIRE_NAME
         if traced is None:
-            start, request_id, traceparent = tracer.fresh_start()  # one random draw for every id
-            up.append(never_indexed(wire[REQUEST_ID], request_id))
-            up.append(never_indexed(wire[TRACEPARENT], traceparent))
-            return start
+            # Every id from one draw, as HTTP/1.1's block of lines; the two values are slices of it, and the
+            # stream keeps the block: its entry reads the ids back only if a sink asks (H2Stream._report).
+            lines = tracer.fresh_lines()
+            up.append(never_indexed(_REQUEST_ID_NAME, lines[_REQUEST_ID_AT:_REQUEST_ID_END]))
+            up.append(never_indexed(_TRACEPARENT_NAME, lines[_TRACEPARENT_AT:-2]))
+            return lines
+        wire = _WIRE_NAME
 
         def text(name: str) -> str | None:
             at = traced.get(wire[name])

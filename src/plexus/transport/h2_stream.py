@@ -57,7 +57,8 @@ from plexus.core import reasons
 from plexus.core.errors import ProtocolError
 from plexus.proxy import Endpoint, service_from_host
 from plexus.proxy.stream import HeaderLookup
-from plexus.proxy.telemetry import DOWNSTREAM_DISCONNECT, UNKNOWN, RequestEntry, response_flag
+from plexus.proxy.telemetry import DOWNSTREAM_DISCONNECT, NO_FLAGS, UNKNOWN, RequestEntry, response_flag
+from plexus.proxy.tracing import ids_from_lines, sampled_in_lines
 from plexus.transport.h2_upstream import OVERFLOW, PENDING
 
 if TYPE_CHECKING:
@@ -154,8 +155,10 @@ def filter_headers(headers: Headers) -> Headers:
 
 class H2Stream:
     __slots__ = (
+        "agent",
         "attempts",
         "authority",
+        "caller",
         "client_reset",
         "conn",
         "credit_conn",
@@ -205,7 +208,7 @@ class H2Stream:
         grpc: bool,
         ended: bool,
         service: str,
-        trace: TraceStart | None = None,
+        trace: TraceStart | bytes | None = None,
         method: bytes | None = None,
         path: bytes | None = None,
         authority: bytes | None = None,
@@ -243,7 +246,11 @@ class H2Stream:
         self.timeout_at: int | None = None  # index of grpc-timeout in up_headers
         self.gov: _Gov | None = None  # the request policy's state, only on a policed route
         # For the stream's RequestEntry (plexus.proxy.telemetry), built once when it ends.
-        self.trace = trace  # this hop's trace context (ids, request id), from Tracer.begin
+        # This hop's trace context: a TraceStart (Tracer.begin), or Tracer.fresh_lines's block when no trace
+        # field came in (ids_from_lines reads it back, only when a sink asks).
+        self.trace = trace
+        self.agent: bytes | None = None  # user-agent and x-plexus-caller as the caller sent them
+        self.caller: bytes | None = None
         self.method = method
         self.path = path
         self.authority = authority
@@ -950,51 +957,48 @@ class H2Stream:
             if code is None and trailers is not None:
                 code = _grpc_status_value(trailers)
             if code is not None:
-                grpc_status = code.decode("latin-1")
+                grpc_status = _GRPC_STATUS_TEXT.get(code) or code.decode("latin-1")
         reason = self.reason
-        flags = DOWNSTREAM_DISCONNECT if self.client_reset else response_flag(reason)
-        user_agent = ""
-        caller: bytes | None = None
-        inbound = down.direction != "egress"
-        for name, value in self.up_headers:
-            if name == _USER_AGENT:
-                user_agent = value.decode("latin-1")
-            elif name == CALLER_HEADER and inbound and caller is None:
-                caller = value
         picked = self.picked
-        if inbound:
+        if down.direction != "egress":
+            caller = self.caller
             peer = caller.decode("latin-1") if caller else UNKNOWN
         else:
             peer = (picked.instance.workload or UNKNOWN) if picked is not None else UNKNOWN
-        trace = self.trace
         method = self.method
         path = self.path
-        authority = self.authority
-        entry = RequestEntry(
-            down.traffic_direction,
-            stats.service,
-            "grpc" if self.grpc else "http",
-            method.decode("latin-1") if method else "",
-            path.decode("latin-1") if path else "",
-            started,
-            ms,
-            status,
-            grpc_status=grpc_status,
-            reason=reason,
-            flags=flags,
-            request_bytes=self.req_bytes,
-            response_bytes=self.resp_bytes,
-            peer_workload=peer,
-            upstream=picked.key if picked is not None else "",
-            request_id=trace.request_id if trace is not None else "",
-            authority=authority.decode("latin-1") if authority else "",
-            user_agent=user_agent,
-            trace_id=trace.trace_id if trace is not None else "",
-            span_id=trace.span_id if trace is not None else "",
-            parent_span_id=trace.parent_span_id if trace is not None else "",
-            sampled=trace.sampled if trace is not None else False,
-            attempts=self.attempts,
-        )
+        trace = self.trace
+        # RequestEntry's fields set one by one on a bare object (its keyword constructor cost more than all
+        # of them, as on HTTP/1.1), and those that need a decode (authority, user agent, the ids) left to
+        # _fill_entry, which runs only when a sink reads one of them (access log, tap, explain, spans).
+        entry = _new_entry(RequestEntry)
+        entry.direction = down.traffic_direction
+        entry.service = stats.service
+        entry.protocol = "grpc" if self.grpc else "http"
+        entry.method = (_METHOD_TEXT.get(method) or method.decode("latin-1")) if method else ""
+        entry.path = path.decode("latin-1") if path else ""
+        entry.start = started
+        entry.duration_ms = ms
+        entry.status = status
+        entry.grpc_status = grpc_status
+        entry.reason = reason
+        if self.client_reset:
+            entry.flags = DOWNSTREAM_DISCONNECT
+        else:
+            entry.flags = response_flag(reason) if reason else NO_FLAGS
+        entry.request_bytes = self.req_bytes
+        entry.response_bytes = self.resp_bytes
+        entry.peer_workload = peer
+        entry.upstream = picked.key if picked is not None else ""
+        entry.attempts = self.attempts
+        entry.http_version = ""
+        if trace is None:
+            entry.sampled = False
+        elif type(trace) is bytes:
+            entry.sampled = sampled_in_lines(trace)
+        else:
+            entry.sampled = trace.sampled  # type: ignore[union-attr]
+        entry._lazy = (_fill_entry, (self.authority, self.agent, trace))
         stats.done(entry)
         if counted != status:
             # plexus_requests_total keeps counting a gRPC local reply by the HTTP status it stands for (503,
@@ -1133,6 +1137,30 @@ class H2Stream:
             down.reset_stream(self.sid, ErrorCodes.NO_ERROR)
         down.want_flush()
         self._record()
+
+
+_new_entry: Final = object.__new__  # a RequestEntry without its keyword constructor (H2Stream._report)
+_GRPC_STATUS_TEXT: Final = {str(code).encode(): str(code) for code in range(17)}  # decoded once, not per call
+_METHOD_TEXT: Final = {m: m.decode() for m in (b"POST", b"GET", b"PUT", b"DELETE", b"HEAD", b"PATCH")}
+# authority, user-agent, trace context (a TraceStart, Tracer.fresh_lines's block, or None)
+_LazySource = tuple[bytes | None, bytes | None, "TraceStart | bytes | None"]
+
+
+def _fill_entry(entry: RequestEntry, source: _LazySource) -> None:
+    """The fields H2Stream._report leaves unset (RequestEntry._lazy): decoded on the first read of one."""
+    authority, agent, trace = source
+    entry.authority = authority.decode("latin-1") if authority else ""
+    entry.user_agent = agent.decode("latin-1") if agent is not None else ""
+    if trace is None:
+        entry.request_id = entry.trace_id = entry.span_id = entry.parent_span_id = ""
+    elif isinstance(trace, bytes):  # Tracer.fresh_lines's block: no parent
+        entry.request_id, entry.trace_id, entry.span_id, _ = ids_from_lines(trace)
+        entry.parent_span_id = ""
+    else:
+        entry.request_id = trace.request_id
+        entry.trace_id = trace.trace_id
+        entry.span_id = trace.span_id
+        entry.parent_span_id = trace.parent_span_id
 
 
 def service_from_authority(authority: bytes | None) -> str:
