@@ -39,12 +39,14 @@ _ZERO_SPAN: Final = "0" * 16
 MAX_REQUEST_ID: Final = 128  # longer incoming ids are replaced (they land in logs and labels)
 
 
-# Per-request fast paths for HTTP/1 (``Tracer.fresh_lines``, ``Tracer.follow_lines``): ids from one random
-# draw, the forwarded lines as one ready bytes block (the ids are read back from it only when a sink asks),
-# an incoming traceparent checked by one precompiled match.
-_TRACEPARENT_00: Final = re.compile(rb"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+# Per-request fast paths for HTTP/1 (``Tracer.fresh_lines``, ``Tracer.follow_lines``): the forwarded lines
+# as one ready bytes block (the ids are read back from it only when a sink asks), an incoming traceparent and
+# request id checked by one precompiled match each (as cheap as any few bytes operations that would do).
+_TRACEPARENT_00: Final = re.compile(rb"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 # Printable ASCII but the quote and the backslash: such an id goes into an access-log line as it is.
 _PLAIN_REQUEST_ID: Final = re.compile(rb"[\x20\x21\x23-\x5b\x5d-\x7e]{1,%d}" % MAX_REQUEST_ID)
+_MASK64: Final = (1 << 64) - 1
+_COUNTER_MASK: Final = (1 << 48) - 1  # a request id's last group: 12 hex digits
 _ZERO_TRACE_B: Final = b"0" * 32
 _ZERO_SPAN_B: Final = b"0" * 16
 _SAMPLED_FLAGS: Final = frozenset(b"13579bdf")  # the last hex digit of the flags: bit 0 = sampled
@@ -119,6 +121,13 @@ class Tracer:
         self._rand = rand = rand or random.Random()
         self._getrandbits = rand.getrandbits  # bound once: the fast paths call them per request
         self._random = rand.random
+        # Request ids: UUID-shaped, a random prefix drawn once per tracer and a counter in the last group.
+        # They only have to be unique (a request id is no secret and no sampling input, unlike trace ids,
+        # which stay random): 72 random bits tell sidecars and restarts apart, the counter the requests.
+        h = f"{rand.getrandbits(80):020x}"
+        self._id_prefix = f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-"
+        self._id_prefix_b = self._id_prefix.encode()
+        self._id_count = 0
 
     def new_trace_id(self) -> str:
         return f"{self._rand.getrandbits(128) or 1:032x}"
@@ -127,28 +136,32 @@ class Tracer:
         return f"{self._rand.getrandbits(64) or 1:016x}"
 
     def new_request_id(self) -> str:
-        """A UUID4-shaped id, from the fast generator (not for secrets: it only names a request)."""
-        h = f"{self._rand.getrandbits(128):032x}"
-        return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+        """A UUID-shaped id, unique per tracer (see __init__)."""
+        count = self._id_count = (self._id_count + 1) & _COUNTER_MASK
+        return f"{self._id_prefix}{count:012x}"
 
     def fresh_lines(self) -> bytes:
         """``begin(None, None)`` for HTTP/1 (no trace header came in), as the lines to forward:
         ``x-request-id: ID\r\ntraceparent: 00-TRACE-SPAN-FLAGS\r\n`` (``ids_from_lines`` reads the ids back).
-        All ids come from one draw; an all-zero trace or span id, which W3C forbids, has odds of 2**-64 or
-        less and is not tested for."""
-        h = self._getrandbits(320).to_bytes(40, "little").hex()  # (Random.randbytes, without its frame)
-        return (
-            f"x-request-id: {h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}\r\n"
-            f"traceparent: 00-{h[32:64]}-{h[64:80]}-{'01' if self._random() < self.sample_rate else '00'}\r\n"
-        ).encode()
+        Trace and span id come from one draw; an all-zero one, which W3C forbids, has odds of 2**-64 or less
+        and is not tested for."""
+        count = self._id_count = (self._id_count + 1) & _COUNTER_MASK
+        ids = self._getrandbits(192)
+        return b"x-request-id: %b%012x\r\ntraceparent: 00-%032x-%016x-%b\r\n" % (
+            self._id_prefix_b,
+            count,
+            ids >> 64,
+            ids & _MASK64,
+            b"01" if self._random() < self.sample_rate else b"00",
+        )
 
     def fresh_start(self) -> tuple[TraceStart, bytes, bytes]:
         """``begin(None, None)`` from one draw (HTTP/2, gRPC: no trace field came in): the TraceStart and the
         two values to forward as bytes, ``x-request-id`` then ``traceparent`` (``TraceStart.headers`` holds
         the same as text)."""
-        h = self._getrandbits(320).to_bytes(40, "little").hex()
-        request_id = f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
-        trace_id, span_id = h[32:64], h[64:80]
+        request_id = self.new_request_id()
+        ids = self._getrandbits(192)
+        trace_id, span_id = f"{ids >> 64:032x}", f"{ids & _MASK64:016x}"
         sampled = self._random() < self.sample_rate
         traceparent = f"00-{trace_id}-{span_id}-{'01' if sampled else '00'}"
         start = TraceStart(trace_id, span_id, "", sampled, request_id,
@@ -157,9 +170,9 @@ class Tracer:
 
     def follow_lines(self, traceparent: bytes, request_id: bytes) -> bytes | None:
         """``begin`` for HTTP/1 when the request came with a version-00 ``traceparent`` (lower-case, as W3C
-        tracers write it) and an ``x-request-id`` of printable ASCII (the usual inbound hop), as the lines to
-        forward (same shape as ``fresh_lines``; the request id kept, the sampled flag followed, this hop's
-        span the parent); None when either value needs ``begin``'s full checks."""
+        tracers write it) and an ``x-request-id`` of printable ASCII without quotes or backslashes (the usual
+        inbound hop), as the lines to forward (same shape as ``fresh_lines``; the request id kept, the sampled
+        flag followed, this hop's span the parent); None when either value needs ``begin``'s full checks."""
         if (
             _TRACEPARENT_00.fullmatch(traceparent) is None
             or _PLAIN_REQUEST_ID.fullmatch(request_id) is None
