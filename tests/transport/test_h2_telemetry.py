@@ -287,3 +287,27 @@ def test_a_caller_that_cancels_is_flagged_dc_on_both_hops(mesh: H2Mesh, app: Tra
     assert (out.flags, inbound.flags) == ("DC", "DC")
     assert inbound.status == 200  # the app's headers had gone out (they may not have reached the consumer)
     assert out.grpc_status == "" and out.reason == ""
+
+
+def test_fresh_ids_are_read_back_from_what_was_forwarded(mesh: H2Mesh, app: TracedApp) -> None:
+    """No trace field came in: the ids the entry reports (decoded only when read) are the ones sent on, and
+    the sampled flag of the forwarded traceparent is the entry's."""
+    provide(mesh, "orders", app.port)
+    tracer = mesh.consumer.stats.telemetry.tracer
+
+    def sample_all() -> None:
+        tracer.sample_rate = 1.0
+
+    mesh.lt.call(sample_all)
+    with channel(mesh.service_port("orders")) as ch:
+        ch.unary_unary(rpc("Echo"))(b"x", timeout=CALL_TIMEOUT)
+    (sent,) = app.metadata
+    (out,) = entries(mesh, mesh.consumer, 1)
+    (inbound,) = entries(mesh, mesh.provider, 1)
+    version, trace_id, span_id, flags = sent["traceparent"].split("-")  # the provider sidecar's span
+    assert (version, flags) == ("00", "01") and out.sampled and inbound.sampled
+    assert (out.trace_id, out.parent_span_id) == (trace_id, "")
+    assert (inbound.trace_id, inbound.span_id, inbound.parent_span_id) == (trace_id, span_id, out.span_id)
+    request_id = sent["x-request-id"]
+    assert out.request_id == request_id and len(request_id) == 36 and request_id[14] == "4"
+    assert out.authority and "grpc-python" in out.user_agent

@@ -139,7 +139,11 @@ class ServiceStats:
         self.duration_sum_ms += ms
         grpc_status = entry.grpc_status
         # RequestEntry.failed, asked only when one of its conditions can hold (not on the success path).
-        failed = bool(status >= 500 or not status or entry.reason or grpc_status) and entry.failed
+        # (A gRPC success's grpc-status is "0": no reason to ask.)
+        failed = (
+            bool(status >= 500 or not status or entry.reason or (grpc_status and grpc_status != "0"))
+            and entry.failed
+        )
         if failed:
             self.failures += 1
         self.protocol = entry.protocol

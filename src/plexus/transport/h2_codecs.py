@@ -217,6 +217,15 @@ class _NgCodec:
     def __init__(self, server: bool, limits: Http2Limits) -> None:
         ng = _ngh2()
         self._ng = ng
+        # The event types _dispatch tests, fetched once (seven module lookups per read otherwise).
+        self._kinds = (
+            ng.DataReceived,
+            ng.StreamClosed,
+            ng.RequestReceived,
+            ng.ResponseReceived,
+            ng.TrailersReceived,
+            ng.WindowUpdated,
+        )
         self._server = server
         self.limits = limits
         self.rejects: Counter[str] = Counter()
@@ -289,13 +298,7 @@ class _NgCodec:
 
     def _dispatch(self, raw: list[Any], sink: EventSink) -> None:
         # Exact type tests, the most frequent first (one request, one response: headers, data, close).
-        ng = self._ng
-        data_t = ng.DataReceived
-        closed_t = ng.StreamClosed
-        request_t = ng.RequestReceived
-        response_t = ng.ResponseReceived
-        trailers_t = ng.TrailersReceived
-        window_t = ng.WindowUpdated
+        data_t, closed_t, request_t, response_t, trailers_t, window_t = self._kinds
         for ev in raw:
             kind = type(ev)
             try:
