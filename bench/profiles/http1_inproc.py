@@ -1,0 +1,152 @@
+"""Two HTTP/1.1 hops in one process, over fake transports: consumer egress → provider ingress → app. The
+Python side of a request through two sidecars, without system calls, for deterministic instruction counts.
+
+    .venv/bin/python bench/profiles/http1_inproc.py [--access] [--format] [N]
+        # prints CPU µs per request (best of ROUNDS rounds of N requests)
+    PYTHONPATH=/tmp/plexus-skeleton/src .venv/bin/python bench/profiles/http1_inproc.py N   # another tree
+
+Instructions per request, as bench/RESULTS.md records them: run under valgrind with N=200 and N=1200 (one
+round each, after 2,000 warm-up requests) and divide the difference by 1,000:
+
+    for n in 200 1200; do WARM=2000 ROUNDS=1 valgrind --tool=cachegrind --cache-sim=no \\
+        --cachegrind-out-file=/dev/null .venv/bin/python bench/profiles/http1_inproc.py \\
+        --access --format $n 2>&1 | grep "I *refs"; done
+
+``--access`` turns both sidecars' access-log queues on; ``--format`` also runs the access-log writer over
+them every 1,000 requests (into a null stream), as the sidecar's timer would. Without ``--access`` the
+telemetry is the default (metrics, the recent rings, trace context at 1 %).
+"""
+
+from __future__ import annotations
+
+import gc
+import io
+import os
+import sys
+import time
+from typing import Any
+
+import uvloop
+
+from plexus.core.address import HostPort
+from plexus.discovery.model import Instance
+from plexus.transport import DataPlane, DataPlaneSettings
+from plexus.transport.http_downstream import HttpDownstream
+from plexus.transport.upstream import UpstreamConnection
+
+REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\nUser-Agent: wrk\r\n\r\n"
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n"
+    b"Connection: keep-alive\r\n\r\nhello, bench\n"
+)
+FLUSH_EVERY = 1000  # requests between two writer runs (the sidecar's 0.1 s at 10,000 requests a second)
+
+
+class FakeTransport:
+    """What a protocol object writes, kept until taken."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_extra_info(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def take(self) -> bytes:
+        data = b"".join(self.chunks)
+        self.chunks.clear()
+        return data
+
+
+class NullStream(io.RawIOBase):
+    def write(self, data: Any) -> int:
+        return len(data)
+
+
+def main(argv: list[str]) -> None:
+    access, formatted = "--access" in argv, "--format" in argv
+    count = int(argv[-1]) if argv and argv[-1].isdigit() else 30_000
+    loop = uvloop.new_event_loop()
+    consumer = DataPlane(DataPlaneSettings(workload="consumer"))
+    provider = DataPlane(DataPlaneSettings(workload="provider"))
+    consumer.ctx.loop = provider.ctx.loop = loop
+    telemetries = (
+        [plane.stats.telemetry for plane in (consumer, provider)]
+        if hasattr(consumer.stats, "telemetry")
+        else []
+    )
+    if access:
+        for telemetry in telemetries:
+            telemetry.access_log = []
+    writers: list[Any] = []
+    if formatted and telemetries:
+        from plexus.sidecar.access_log import AccessLogWriter
+
+        writers = [AccessLogWriter(t, "null", NullStream(), owned=False) for t in telemetries]
+    consumer.update_service("bench", [Instance(service="bench", address="127.0.0.1:1", workload="provider")])
+    provider.set_local_service("bench", "http", HostPort("127.0.0.1", 2))
+    consumer_route, provider_route = consumer.egress_route("bench"), provider.ingress_route("bench")
+    client_side = HttpDownstream(consumer.ctx, consumer._shared_router, "egress")
+    client_t = FakeTransport()
+    client_side.connection_made(client_t)  # type: ignore[arg-type]
+    ingress = HttpDownstream(provider.ctx, provider._ingress_router, "ingress")
+    ingress_t = FakeTransport()
+    ingress.connection_made(ingress_t)  # type: ignore[arg-type]
+    to_provider = UpstreamConnection(consumer.ctx.pool, consumer_route.cluster.endpoints[0])
+    to_provider_t = FakeTransport()
+    to_provider.connection_made(to_provider_t)  # type: ignore[arg-type]
+    consumer_route.cluster.endpoints[0].idle.append(to_provider)
+    to_app = UpstreamConnection(provider.ctx.pool, provider_route.local)
+    to_app_t = FakeTransport()
+    to_app.connection_made(to_app_t)  # type: ignore[arg-type]
+    provider_route.local.idle.append(to_app)
+    served = [0]
+
+    def one() -> None:
+        client_side.data_received(REQUEST)
+        ingress.data_received(to_provider_t.take())
+        to_app_t.take()
+        to_app.data_received(RESPONSE)
+        to_provider.data_received(ingress_t.take())
+        answer = client_t.take()
+        assert answer.startswith(b"HTTP/1.1 200"), answer
+        served[0] += 1
+        if access and served[0] % FLUSH_EVERY == 0:
+            for writer in writers:
+                writer.flush()
+            for telemetry in telemetries:
+                telemetry.access_log = []
+
+    for _ in range(int(os.environ.get("WARM", "3000"))):
+        one()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 10, 10)  # the sidecar's (plexus.sidecar.app)
+    best = float("inf")
+    for _ in range(int(os.environ.get("ROUNDS", "5"))):
+        started = time.process_time()
+        for _ in range(count):
+            one()
+        best = min(best, (time.process_time() - started) / count * 1e6)
+    print(f"{best:.2f} µs per request (both hops, Python side)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
