@@ -226,18 +226,10 @@ def http1_line(
     outcome = _outcome_parts.get(ended) or outcome_part(*ended)
     duration_ms = entry.duration_ms
     if request_id is None and trace_lines:
-        return _LINE % (
-            start,
-            request,
-            outcome,
-            entry.request_bytes,
-            entry.response_bytes,
-            int(duration_ms + 0.5),
-            duration_ms,
-            trace_lines[_REQUEST_ID_START : -_TRACE_LINES_TAIL - 2],
-            trace_lines[-54:-22],
-        )
-    return _LINE_IDS_AS_JSON % (
+        line, rid, tid = _LINE, trace_lines[_REQUEST_ID_START : -_TRACE_LINES_TAIL - 2], trace_lines[-54:-22]
+    else:
+        line, rid, tid = _LINE_IDS_AS_JSON, orjson.dumps(request_id or None), orjson.dumps(trace_id or None)
+    return line % (
         start,
         request,
         outcome,
@@ -245,6 +237,6 @@ def http1_line(
         entry.response_bytes,
         int(duration_ms + 0.5),
         duration_ms,
-        orjson.dumps(request_id or None),
-        orjson.dumps(trace_id or None),
+        rid,
+        tid,
     )
