@@ -20,6 +20,7 @@ from plexus.proxy.telemetry import (
     Telemetry,
     response_flag,
 )
+from plexus.proxy.tracing import Tracer
 
 
 def _entry(service: str = "orders", status: int = 200, **kw: object) -> RequestEntry:
@@ -102,22 +103,39 @@ def test_response_flags_and_failure() -> None:
     assert not _entry(status=200, reason=reasons.RETRY_BUDGET_EXHAUSTED).failed
 
 
-def test_lazy_fields_are_filled_once_on_first_read() -> None:
-    """A transport may leave the fields that cost a decode to RequestEntry._lazy (HTTP/1 does)."""
-    calls: list[object] = []
-
-    def fill(entry: RequestEntry, source: object) -> None:
-        calls.append(source)
-        entry.authority, entry.user_agent = "orders:8080", "curl"
-        entry.request_id = entry.trace_id = entry.span_id = entry.parent_span_id = "id"
-
+def test_lazy_fields_are_decoded_once_from_the_wire_fields() -> None:
+    """A transport may leave the fields that cost a decode to RequestEntry._lazy: the raw Host and User-Agent,
+    and its trace context (a lines block as HTTP/1.1 forwards it, or a TraceStart)."""
+    tracer = Tracer()
+    incoming = b"00-" + b"ab" * 16 + b"-" + b"cd" * 8 + b"-01"
+    lines = tracer.follow_lines(incoming, b"req-9")
+    assert lines is not None
     entry = _entry()
-    entry._lazy = (fill, "src")
     del entry._authority, entry._user_agent, entry._request_id  # as a transport that never set them
     del entry._trace_id, entry._span_id, entry._parent_span_id
-    assert entry.status == 200 and entry.method == "GET" and calls == []  # the other fields: plain slots
-    assert entry.authority == "orders:8080" and entry.user_agent == "curl" and calls == ["src"]
-    assert entry.request_id == entry.parent_span_id == "id" and calls == ["src"]  # filled once
+    entry._lazy = (
+        b"orders:8080",
+        b"curl",
+        lines,
+        {b"traceparent": b"00-" + b"ab" * 16 + b"-" + b"cd" * 8 + b"-01"},
+    )
+    assert entry.status == 200 and entry.method == "GET" and entry._lazy is not None  # plain slots: no fill
+    assert (entry.authority, entry.user_agent) == ("orders:8080", "curl") and entry._lazy is None
+    assert (entry.request_id, entry.trace_id, entry.parent_span_id) == ("req-9", "ab" * 16, "cd" * 8)
+    assert len(entry.span_id) == 16 and entry.span_id != "cd" * 8
+
+    start = tracer.begin(None, None)
+    other = _entry()
+    other._lazy = (None, None, start, None)
+    assert (other.authority, other.user_agent) == ("", "")
+    assert (other.request_id, other.trace_id, other.span_id) == (
+        start.request_id,
+        start.trace_id,
+        start.span_id,
+    )
+    refused = _entry()
+    refused._lazy = (b"h", None, b"", None)  # refused before it started: no trace context
+    assert (refused.request_id, refused.trace_id, refused.parent_span_id) == ("", "", "")
     bare = _entry()
     del bare._trace_id
     with pytest.raises(AttributeError):

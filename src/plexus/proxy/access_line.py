@@ -62,7 +62,7 @@ def _second_bytes(seconds: int) -> bytes:
 # Parts of a line that repeat from request to request, each formatted once (orjson: always valid JSON) and
 # then found by its key. A cache is emptied when it reaches _PARTS_CACHED (paths can be many; the rest few).
 _request_parts: dict[tuple[bytes, bytes, bytes | None, bytes | None], bytes] = {}
-_outcome_parts: dict[tuple[int, str, str, int, str, str, str, str, str], bytes] = {}
+_outcome_parts: dict[OutcomeKey, bytes] = {}
 _PARTS_CACHED: Final = 4096
 
 
@@ -95,6 +95,24 @@ def _http1_request_part(method: bytes, path: bytes, host: bytes | None, agent: b
         agent.decode("latin-1") if agent is not None else "",
     )
     return _remember(_request_parts, (method, path, host, agent), part)
+
+
+OutcomeKey = tuple[int, str, str, int, str, str, str, str, str]
+
+
+def outcome_key(entry: RequestEntry, workload: str) -> OutcomeKey:
+    """What outcome_part formats for ``entry``, in its parameters' order (and its cache's key)."""
+    return (
+        entry.status,
+        entry.flags,
+        entry.reason,
+        entry.attempts,
+        entry.upstream,
+        entry.direction,
+        entry.service,
+        workload,
+        entry.peer_workload,
+    )
 
 
 def outcome_part(
@@ -146,17 +164,7 @@ def entry_line(entry: RequestEntry, telemetry: Telemetry) -> str:
         entry.authority,
         entry.user_agent,
     )
-    outcome = outcome_part(
-        entry.status,
-        entry.flags,
-        entry.reason,
-        entry.attempts,
-        entry.upstream,
-        entry.direction,
-        entry.service,
-        telemetry.workload,
-        entry.peer_workload,
-    )
+    outcome = outcome_part(*outcome_key(entry, telemetry.workload))
     ids = {"request_id": entry.request_id or None, "trace_id": entry.trace_id or None}
     return "".join(
         (
@@ -212,17 +220,7 @@ def http1_line(
     request = _request_parts.get((method, path, host, user_agent)) or _http1_request_part(
         method, path, host, user_agent
     )
-    ended = (
-        entry.status,
-        entry.flags,
-        entry.reason,
-        entry.attempts,
-        entry.upstream,
-        entry.direction,
-        entry.service,
-        telemetry.workload,
-        entry.peer_workload,
-    )
+    ended = outcome_key(entry, telemetry.workload)
     outcome = _outcome_parts.get(ended) or outcome_part(*ended)
     duration_ms = entry.duration_ms
     if request_id is None and trace_lines:

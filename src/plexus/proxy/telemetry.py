@@ -21,10 +21,10 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Final
 
 from plexus.core import reasons
-from plexus.proxy.tracing import Tracer
+from plexus.proxy.tracing import Tracer, TraceStart, ids_from_lines
 
 INBOUND: Final = "inbound"
 OUTBOUND: Final = "outbound"
@@ -72,6 +72,50 @@ RECENT_REQUESTS: Final = 256
 RECENT_FAILURES: Final = 4096  # (~1 MB at most)
 TAP_BUFFER: Final = 1000  # tap lines held per tap between two flushes; more are counted as dropped
 SPAN_BUFFER: Final = 10_000  # sampled spans held between two exports; more are dropped (and counted)
+
+
+class LazyField:
+    """A RequestEntry field read through its slot ``_NAME``, filled from the entry's ``_lazy`` wire fields on
+    the first read of any lazy field (fill_from_wire); set like a plain attribute."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = "_" + name
+
+    def __get__(self, entry: RequestEntry, owner: type | None = None) -> str:
+        lazy = entry._lazy
+        if lazy is not None:
+            entry._lazy = None
+            fill_from_wire(entry, lazy)
+        value: str = getattr(entry, self.slot)
+        return value
+
+    def __set__(self, entry: RequestEntry, value: str) -> None:
+        setattr(entry, self.slot, value)
+
+
+# What a transport leaves for the lazy fields: the Host (:authority) and User-Agent bytes; the trace context
+# (tracing's TraceStart, or the lines block Tracer.fresh_lines/follow_lines wrote); and the trace headers that
+# came in (HTTP/1.1, whose followed traceparent names the parent span).
+WireFields = tuple[bytes | None, bytes | None, "TraceStart | bytes | None", "dict[bytes, bytes] | None"]
+
+
+def fill_from_wire(entry: RequestEntry, wire: WireFields) -> None:
+    """Decode the lazy fields from what the transport kept (RequestEntry._lazy)."""
+    authority, agent, trace, incoming = wire
+    entry._authority = authority.decode("latin-1") if authority else ""
+    entry._user_agent = agent.decode("latin-1") if agent else ""
+    if not trace:  # none (refused before it started: no lines either)
+        entry._request_id = entry._trace_id = entry._span_id = entry._parent_span_id = ""
+    elif isinstance(trace, bytes):
+        entry._request_id, entry._trace_id, entry._span_id, _ = ids_from_lines(trace)
+        # (follow_lines checked the incoming traceparent: its parent span id is at a fixed place)
+        parent = incoming.get(b"traceparent") if incoming is not None else None
+        entry._parent_span_id = parent[36:52].decode() if parent is not None else ""
+    else:
+        entry._request_id = trace.request_id
+        entry._trace_id = trace.trace_id
+        entry._span_id = trace.span_id
+        entry._parent_span_id = trace.parent_span_id
 
 
 class RequestEntry:
@@ -166,80 +210,21 @@ class RequestEntry:
         self._parent_span_id = parent_span_id
         self.sampled = sampled
         self.attempts = attempts
-        self._lazy: tuple[Callable[[RequestEntry, Any], None], Any] | None = None
+        self._lazy: WireFields | None = None
         # "2" when the request came over HTTP/2 (plain HTTP on an h2c listener): the access log's protocol
         # says HTTP/2. "" = the protocol's usual wire: HTTP/1.1 for "http", HTTP/2 for "grpc".
         self.http_version = http_version
 
-    # The fields a transport may leave to ``_lazy`` = (fill, source) because they cost a decode per request
-    # (HTTP/1: authority, user agent, the trace ids): ``fill(entry, source)`` sets them all on the first read
-    # of one, which happens in the sinks' writers, off the hot path. Properties on these six only: the
-    # other fields stay plain slots, read at full speed on the hot path (ServiceStats.done).
-
-    def _fill(self) -> None:
-        fill, source = self._lazy  # type: ignore[misc]  # (only called when it is set)
-        self._lazy = None
-        fill(self, source)
-
-    @property
-    def authority(self) -> str:
-        if self._lazy is not None:
-            self._fill()
-        return self._authority
-
-    @authority.setter
-    def authority(self, value: str) -> None:
-        self._authority = value
-
-    @property
-    def user_agent(self) -> str:
-        if self._lazy is not None:
-            self._fill()
-        return self._user_agent
-
-    @user_agent.setter
-    def user_agent(self, value: str) -> None:
-        self._user_agent = value
-
-    @property
-    def request_id(self) -> str:
-        if self._lazy is not None:
-            self._fill()
-        return self._request_id
-
-    @request_id.setter
-    def request_id(self, value: str) -> None:
-        self._request_id = value
-
-    @property
-    def trace_id(self) -> str:
-        if self._lazy is not None:
-            self._fill()
-        return self._trace_id
-
-    @trace_id.setter
-    def trace_id(self, value: str) -> None:
-        self._trace_id = value
-
-    @property
-    def span_id(self) -> str:
-        if self._lazy is not None:
-            self._fill()
-        return self._span_id
-
-    @span_id.setter
-    def span_id(self, value: str) -> None:
-        self._span_id = value
-
-    @property
-    def parent_span_id(self) -> str:
-        if self._lazy is not None:
-            self._fill()
-        return self._parent_span_id
-
-    @parent_span_id.setter
-    def parent_span_id(self, value: str) -> None:
-        self._parent_span_id = value
+    # The fields a transport may leave to ``_lazy`` (a WireFields) because they cost a decode per request
+    # (authority, user agent, the trace ids): fill_from_wire sets them all on the first read of one, which
+    # happens in the sinks' writers, off the hot path. LazyField on these six only: the other fields stay
+    # plain slots, read at full speed on the hot path (ServiceStats.done).
+    authority = LazyField()
+    user_agent = LazyField()
+    request_id = LazyField()
+    trace_id = LazyField()
+    span_id = LazyField()
+    parent_span_id = LazyField()
 
     @property
     def failed(self) -> bool:

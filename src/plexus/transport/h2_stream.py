@@ -58,7 +58,7 @@ from plexus.core.errors import ProtocolError
 from plexus.proxy import Endpoint, service_from_host
 from plexus.proxy.stream import HeaderLookup
 from plexus.proxy.telemetry import DOWNSTREAM_DISCONNECT, NO_FLAGS, UNKNOWN, RequestEntry, response_flag
-from plexus.proxy.tracing import ids_from_lines, sampled_in_lines
+from plexus.proxy.tracing import sampled_in_lines
 from plexus.transport.h2_upstream import OVERFLOW, PENDING
 
 if TYPE_CHECKING:
@@ -970,7 +970,7 @@ class H2Stream:
         trace = self.trace
         # RequestEntry's fields set one by one on a bare object (its keyword constructor cost more than all
         # of them, as on HTTP/1.1), and those that need a decode (authority, user agent, the ids) left to
-        # _fill_entry, which runs only when a sink reads one of them (access log, tap, explain, spans).
+        # fill_from_wire, which runs only when a sink reads one of them (access log, tap, explain, spans).
         entry = _new_entry(RequestEntry)
         entry.direction = down.traffic_direction
         entry.service = stats.service
@@ -998,7 +998,7 @@ class H2Stream:
             entry.sampled = sampled_in_lines(trace)
         else:
             entry.sampled = trace.sampled  # type: ignore[union-attr]
-        entry._lazy = (_fill_entry, (self.authority, self.agent, trace))
+        entry._lazy = (self.authority, self.agent, trace, None)
         stats.done(entry)
         if counted != status:
             # plexus_requests_total keeps counting a gRPC local reply by the HTTP status it stands for (503,
@@ -1142,27 +1142,6 @@ class H2Stream:
 _new_entry: Final = object.__new__  # a RequestEntry without its keyword constructor (H2Stream._report)
 _GRPC_STATUS_TEXT: Final = {str(code).encode(): str(code) for code in range(17)}  # decoded once, not per call
 _METHOD_TEXT: Final = {m: m.decode() for m in (b"POST", b"GET", b"PUT", b"DELETE", b"HEAD", b"PATCH")}
-# authority, user-agent, trace context (a TraceStart, Tracer.fresh_lines's block, or None)
-_LazySource = tuple[bytes | None, bytes | None, "TraceStart | bytes | None"]
-
-
-def _fill_entry(entry: RequestEntry, source: _LazySource) -> None:
-    """The fields H2Stream._report leaves unset (RequestEntry._lazy): decoded on the first read of one."""
-    authority, agent, trace = source
-    entry.authority = authority.decode("latin-1") if authority else ""
-    entry.user_agent = agent.decode("latin-1") if agent is not None else ""
-    if trace is None:
-        entry.request_id = entry.trace_id = entry.span_id = entry.parent_span_id = ""
-    elif isinstance(trace, bytes):  # Tracer.fresh_lines's block: no parent
-        entry.request_id, entry.trace_id, entry.span_id, _ = ids_from_lines(trace)
-        entry.parent_span_id = ""
-    else:
-        entry.request_id = trace.request_id
-        entry.trace_id = trace.trace_id
-        entry.span_id = trace.span_id
-        entry.parent_span_id = trace.parent_span_id
-
-
 def service_from_authority(authority: bytes | None) -> str:
     return service_from_host(authority) or ""
 

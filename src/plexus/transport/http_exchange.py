@@ -48,7 +48,6 @@ from plexus.proxy.tracing import (
     TRACEPARENT,
     Tracer,
     TraceStart,
-    ids_from_lines,
 )
 from plexus.transport.routes import HeadLookup, Route, lookup_from_head
 
@@ -705,7 +704,7 @@ class Exchange:
         started = self.started
         resp_bytes = self.resp_bytes
         # RequestEntry's fields set one by one on a bare object (its keyword constructor, once per request,
-        # cost more than all of them), and the ones that need a decode left to _fill_entry, which runs only
+        # cost more than all of them), and the ones that need a decode left to fill_from_wire, which runs only
         # when a sink reads one of them (the access-log writer, a tap, explain, the span exporter).
         entry = _new_entry(RequestEntry)
         entry.direction = down.traffic
@@ -730,7 +729,7 @@ class Exchange:
         host = head.host
         agent = head.user_agent
         lines = head.trace_lines  # (b"" when the request was refused before it started)
-        entry._lazy = (_fill_entry, (host, agent, lines, head.trace, trace))
+        entry._lazy = (host, agent, lines if trace is None else trace, head.trace)
         if trace is None:
             entry.sampled = len(lines) > 3 and lines[-3] in _SAMPLED_FLAGS  # tracing.sampled_in_lines
         else:
@@ -1407,30 +1406,6 @@ class PolicedExchange(Exchange):
 
 _new_entry: Final = object.__new__
 _SAMPLED_FLAGS: Final = frozenset(b"13579bdf")  # a traceparent's last flags digit with bit 0 (sampled) set
-
-
-# host, user agent, trace lines (RequestHead.trace_lines), the incoming trace headers (RequestHead.trace),
-# the TraceStart of a request the general path began (_trace_from; else None)
-_LazySource = tuple[bytes | None, bytes | None, bytes, dict[bytes, bytes] | None, TraceStart | None]
-
-
-def _fill_entry(entry: RequestEntry, source: _LazySource) -> None:
-    """The fields _ended leaves unset, from the request's head (RequestEntry._lazy): on first read only."""
-    host, user_agent, lines, incoming, trace = source
-    entry.authority = host.decode("latin-1") if host is not None else ""
-    entry.user_agent = user_agent.decode("latin-1") if user_agent is not None else ""
-    if trace is not None:
-        entry.request_id = trace.request_id
-        entry.trace_id = trace.trace_id
-        entry.span_id = trace.span_id
-        entry.parent_span_id = trace.parent_span_id
-    elif lines:
-        entry.request_id, entry.trace_id, entry.span_id, _ = ids_from_lines(lines)
-        # (follow_lines checked the incoming traceparent: its parent span id is at a fixed place)
-        parent = incoming.get(b"traceparent") if incoming is not None else None
-        entry.parent_span_id = parent[36:52].decode() if parent is not None else ""
-    else:  # refused before it started
-        entry.request_id = entry.trace_id = entry.span_id = entry.parent_span_id = ""
 
 
 def _trace_from(tracer: Tracer, head: RequestHead, incoming: dict[bytes, bytes]) -> TraceStart:
