@@ -35,6 +35,13 @@ def _entry(**fields: Any) -> RequestEntry:
     return RequestEntry(*positional, **base)
 
 
+def _line(*args: Any) -> bytes:
+    """http1_line's pieces joined, as the writer joins them: one line, its newline at the end."""
+    raw = b"".join(http1_line(*args))
+    assert raw.endswith(b"\n") and raw.count(b"\n") == 1
+    return raw[:-1]
+
+
 @pytest.fixture
 def telemetry() -> Telemetry:
     return Telemetry("orders-v1", loop_clock_offset=1_764_000_000.0)
@@ -43,7 +50,7 @@ def telemetry() -> Telemetry:
 def test_the_raw_line_equals_the_general_one(telemetry: Telemetry) -> None:
     lines = Tracer(sample_percent=0).fresh_lines()
     request_id, trace_id, _, _ = ids_from_lines(lines)
-    raw = http1_line(telemetry, _entry(), b"GET", b"/orders/42", b"orders", b"wrk/4.2", lines, None, None)
+    raw = _line(telemetry, _entry(), b"GET", b"/orders/42", b"orders", b"wrk/4.2", lines, None, None)
     general = entry_line(
         _entry(authority="orders", user_agent="wrk/4.2", request_id=request_id, trace_id=trace_id), telemetry
     )
@@ -58,7 +65,7 @@ def test_the_raw_line_equals_the_general_one(telemetry: Telemetry) -> None:
 
 def test_missing_values_are_null_and_a_local_reply_names_its_reason(telemetry: Telemetry) -> None:
     entry = _entry(direction=OUTBOUND, status=503, reason="no_healthy_upstream", flags="UH", upstream="")
-    raw = http1_line(telemetry, entry, b"POST", b"/pay", None, None, b"", None, None)
+    raw = _line(telemetry, entry, b"POST", b"/pay", None, None, b"", None, None)
     record = orjson.loads(raw)
     assert record["authority"] is None and record["user_agent"] is None and record["upstream_host"] is None
     assert record["request_id"] is None and record["trace_id"] is None
@@ -79,7 +86,7 @@ def _same(entry: RequestEntry) -> dict[str, Any]:
 
 
 def test_ids_of_a_trace_begun_on_the_general_path(telemetry: Telemetry) -> None:
-    raw = http1_line(telemetry, _entry(), b"GET", b"/", b"h", None, b"", 'my "request"', "ab" * 16)
+    raw = _line(telemetry, _entry(), b"GET", b"/", b"h", None, b"", 'my "request"', "ab" * 16)
     record = orjson.loads(raw)
     assert (record["request_id"], record["trace_id"]) == ('my "request"', "ab" * 16)
 
@@ -96,7 +103,7 @@ def test_ids_of_a_trace_begun_on_the_general_path(telemetry: Telemetry) -> None:
 def test_text_that_needs_escaping_is_escaped(
     telemetry: Telemetry, host: bytes, agent: bytes, path: bytes
 ) -> None:
-    raw = http1_line(telemetry, _entry(), b"GET", path, host, agent, b"", None, None)
+    raw = _line(telemetry, _entry(), b"GET", path, host, agent, b"", None, None)
     text = (host.decode("latin-1"), agent.decode("latin-1"), path.decode("latin-1"))
     general = entry_line(_entry(path=text[2], authority=text[0], user_agent=text[1]), telemetry)
     record = orjson.loads(raw)  # one valid JSON object (UTF-8), with the text as it came (Latin-1)

@@ -106,10 +106,12 @@ def test_follow_lines_keep_the_trace_and_request_id_and_name_this_hop_the_parent
     request_id, trace_id, span_id, sampled = ids_from_lines(block)
     assert (request_id, trace_id, sampled) == ("req-7", TRACE, True) and span_id != PARENT
     assert _lines(block) == {REQUEST_ID: "req-7", TRACEPARENT: f"00-{TRACE}-{span_id}-01"}
+    # Unsampled: passed through unchanged (no span of this hop is recorded, so none is named).
     unsampled = tracer.follow_lines(f"00-{TRACE}-{PARENT}-00".encode(), b"r")
     assert unsampled is not None and not sampled_in_lines(unsampled)
+    assert _lines(unsampled) == {REQUEST_ID: "r", TRACEPARENT: f"00-{TRACE}-{PARENT}-00"}
     # What begin must judge (it also decides what to forward then): None, never a guess.
-    for traceparent, request_id in (
+    for traceparent, raw_id in (
         (f"00-{TRACE.upper()}-{PARENT}-01", b"r"),  # upper case: begin lower-cases it
         (f"01-{TRACE}-{PARENT}-01", b"r"),  # a later version
         (f"00-{'0' * 32}-{PARENT}-01", b"r"),
@@ -117,8 +119,15 @@ def test_follow_lines_keep_the_trace_and_request_id_and_name_this_hop_the_parent
         (f"00-{TRACE}-{PARENT}-01", b""),
         (f"00-{TRACE}-{PARENT}-01", b"a\nb"),
         (f"00-{TRACE}-{PARENT}-01", b"x" * (MAX_REQUEST_ID + 1)),
+        (f"00-{TRACE}-{PARENT}-00", b'a"b'),  # (would need escaping in an access line)
+        (f"00-{TRACE}-{PARENT}-00", b"a\\b"),
+        (f"00-{TRACE}-{PARENT}-00", "é".encode()),
+        (f"00-{TRACE}-{PARENT}-0", b"r"),  # too short
+        (f"00-{TRACE}-{PARENT}-001", b"r"),  # too long
+        (f"00-{TRACE[:-1]}-{PARENT}0-00", b"r"),  # a dash out of place
+        (f"00-{TRACE}-{PARENT}-0g", b"r"),
     ):
-        assert tracer.follow_lines(traceparent.encode(), request_id) is None, (traceparent, request_id)
+        assert tracer.follow_lines(traceparent.encode(), raw_id) is None, (traceparent, raw_id)
 
 
 def test_b3_that_came_with_traceparent_names_this_hop_for_the_next() -> None:
@@ -138,3 +147,22 @@ def test_fresh_start_is_begin_without_trace_fields_from_one_draw() -> None:
     assert start.parent_span_id == "" and dict(start.headers)[REQUEST_ID] == start.request_id
     unsampled, _, line = Tracer(0.0).fresh_start()
     assert not unsampled.sampled and line.endswith(b"-00")
+
+
+def test_fresh_lines_sample_at_the_current_rate() -> None:
+    """The first hop's blocks are made ahead, each a valid traceparent; a new rate applies to the next
+    block at once."""
+    tracer = Tracer(10.0, random.Random(8))
+    blocks = [tracer.fresh_lines() for _ in range(3000)]
+    sampled = [b for b in blocks if sampled_in_lines(b)]
+    assert 200 < len(sampled) < 400
+    for block in blocks:
+        _, trace_id, span_id, is_sampled = ids_from_lines(block)
+        assert parse_traceparent(_lines(block)[TRACEPARENT]) == (trace_id, span_id, is_sampled)
+    request_ids = [ids_from_lines(b)[0] for b in blocks]
+    assert len(set(request_ids)) == 3000 and request_ids == sorted(request_ids)  # a counter, in order
+    assert len({ids_from_lines(b)[1] for b in blocks}) == 3000
+    tracer.sample_rate = 1.0
+    assert sampled_in_lines(tracer.fresh_lines())
+    tracer.sample_rate = 0.0
+    assert not any(sampled_in_lines(tracer.fresh_lines()) for _ in range(300))

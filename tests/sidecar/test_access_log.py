@@ -143,7 +143,8 @@ def test_dash_writes_to_stdout(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(out))
     telemetry = Telemetry("w")
     writer = AccessLogWriter.open("-", telemetry)
-    telemetry.access_log = [RequestEntry(OUTBOUND, "s", "http", "GET", "/p", 0.0, 1.0, 204)]
+    telemetry.access_log = []
+    telemetry.observe(RequestEntry(OUTBOUND, "s", "http", "GET", "/p", 0.0, 1.0, 204))
     writer.close()  # flushes, and leaves stdout open
     (line,) = out.getvalue().splitlines()
     assert orjson.loads(line)["response_code"] == 204 and not sys.stdout.closed
@@ -168,7 +169,9 @@ def test_open_error_names_the_flag_and_a_failed_write_is_counted(tmp_path: Path)
     with pytest.raises(AccessLogError, match=r"--access-log .*/missing/access\.log: cannot open"):
         AccessLogWriter.open(str(tmp_path / "missing" / "access.log"), telemetry)
     writer = AccessLogWriter.open(str(tmp_path / "a.log"), telemetry)
-    telemetry.access_log = [RequestEntry(OUTBOUND, "s", "http", "GET", "/", 0.0, 1.0, 200)] * 3
+    telemetry.access_log = []
+    for _ in range(3):
+        telemetry.observe(RequestEntry(OUTBOUND, "s", "http", "GET", "/", 0.0, 1.0, 200))
     writer._stream.close()  # the file went away under the writer: its batch is lost and counted
     assert writer.flush() == 0
     assert telemetry.access_log_failed == 3 and telemetry.access_log == []

@@ -143,6 +143,9 @@ def test_request_id_kept_and_unsampled_at_zero_percent(chain: Chain) -> None:
     assert out.request_id == inn.request_id == "req-42"
     assert not out.sampled and not inn.sampled and out.trace_id == inn.trace_id != ""
     assert out.parent_span_id == "" and inn.parent_span_id == out.span_id
+    # Unsampled: the inbound hop passes the traceparent through (W3C allows a proxy that) and has no span.
+    assert [v for k, v in raw if k == "traceparent"] == [f"00-{out.trace_id}-{out.span_id}-00"]
+    assert inn.span_id == ""
 
 
 def test_b3_only_request_gets_b3_forwarded(chain: Chain) -> None:

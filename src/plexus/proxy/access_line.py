@@ -4,11 +4,13 @@
 Two ways in. ``entry_line`` formats any ``RequestEntry`` (HTTP/2, gRPC, Bolt, Dubbo); the writer calls it for
 the entries it finds queued. ``http1_line`` formats an HTTP/1.1 request from the raw bytes its exchange
 still holds, at the moment it ends, as Envoy formats its lines on the worker that served the request: the
-bytes are hot in the CPU caches then, nothing needs decoding, and the queue holds a bytes object (which the
-garbage collector never scans) instead of keeping every entry alive until the next flush. Both build a line
-from parts that repeat from request to request (the request line, the outcome, the client, the upstream
-with its route and peer), each formatted once with orjson and then looked up: what varies per request is
-only numbers, the start time and the ids. bench/RESULTS.md has what a line costs.
+bytes are hot in the CPU caches then, nothing needs decoding, and the queue holds bytes (which the garbage
+collector never scans) instead of keeping every entry alive until the next flush. Both build a line from
+parts that repeat from request to request (the request line, the outcome, the client, the upstream with its
+route and peer), formatted once with orjson and then looked up: what varies per request is only numbers,
+the start time and the ids. An HTTP/1.1 line is queued as its pieces (the parts, one formatted piece of
+numbers, the ids sliced from the trace lines), which the writer joins with all the others in one call.
+bench/RESULTS.md has what a line costs.
 
 Fields, named as Envoy's default JSON access-log format names them: ``start_time``, ``method``, ``path``,
 ``protocol``, ``response_code``, ``response_flags``, ``response_code_details``, ``bytes_received``,
@@ -61,7 +63,6 @@ def _second_bytes(seconds: int) -> bytes:
 
 # Parts of a line that repeat from request to request, each formatted once (orjson: always valid JSON) and
 # then found by its key. A cache is emptied when it reaches _PARTS_CACHED (paths can be many; the rest few).
-_request_parts: dict[tuple[bytes, bytes, bytes | None, bytes | None], bytes] = {}
 _outcome_parts: dict[OutcomeKey, bytes] = {}
 _PARTS_CACHED: Final = 4096
 
@@ -83,18 +84,6 @@ def request_part(method: str, path: str, protocol: str, authority: str, user_age
         "user_agent": user_agent or None,
     }
     return orjson.dumps(fields)[1:-1] + b","
-
-
-def _http1_request_part(method: bytes, path: bytes, host: bytes | None, agent: bytes | None) -> bytes:
-    """request_part of an HTTP/1.1 request from its bytes (Latin-1, as the entry decodes them), remembered."""
-    part = request_part(
-        method.decode("latin-1"),
-        path.decode("latin-1"),
-        "HTTP/1.1",
-        host.decode("latin-1") if host is not None else "",
-        agent.decode("latin-1") if agent is not None else "",
-    )
-    return _remember(_request_parts, (method, path, host, agent), part)
 
 
 OutcomeKey = tuple[int, str, str, int, str, str, str, str, str]
@@ -185,13 +174,34 @@ def entry_line(entry: RequestEntry, telemetry: Telemetry) -> str:
 
 _REQUEST_ID_START: Final = len(b"x-request-id: ")
 _TRACE_LINES_TAIL: Final = len(b"traceparent: 00-") + 32 + 1 + 16 + 1 + 2 + 2  # (tracing.fresh_lines' shape)
-# One formatting operation per line, every slot a number, an id that needs no escaping, or a ready-made part.
-_LINE: Final = (
-    b'{"start_time":"%bZ",%b%b"bytes_received":%d,"bytes_sent":%d,"duration":%d,"duration_ms":%.3f,'
-    b'"request_id":"%b","trace_id":"%b","grpc_status":null}'
-)
-_LINE_IDS_AS_JSON: Final = _LINE.replace(b'"%b","trace_id":"%b"', b'%b,"trace_id":%b')
-_last_start: list[Any] = [0, b""]  # (Unix milliseconds, their start_time text): the last line's
+# A line is queued as pieces (http1_line), joined by the writer with every other queued line at once: no
+# bytes object per line (a line is over pymalloc's 512 bytes: each would be a malloc and a free), and only its
+# numbers are formatted per request. (``duration`` is Envoy's whole milliseconds: %d of the float + 0.5
+# rounds it without an int() call.)
+_NUMBERS: Final = b'"bytes_received":%d,"bytes_sent":%d,"duration":%d,"duration_ms":%.3f,"request_id":"'
+_NUMBERS_JSON: Final = _NUMBERS[:-1]  # (then the id as JSON: null, or a string with its escapes)
+_TRACE_ID: Final = b'","trace_id":"'
+_TAIL: Final = b'","grpc_status":null}\n'
+_TRACE_ID_JSON: Final = b',"trace_id":'
+_TAIL_JSON: Final = b',"grpc_status":null}\n'
+# The last line's start: its loop time, its Unix milliseconds and their piece (requests that end in one turn
+# of the loop share the first; those of one millisecond the second).
+_last_start: list[Any] = [-1.0, 0, b""]
+
+
+def _http1_part(key: tuple[Any, ...], entry: RequestEntry, telemetry: Telemetry) -> bytes:
+    """An HTTP/1.1 line's request and outcome parts together (request_part + outcome_part), remembered in
+    ``telemetry.http1_parts`` (per sidecar: the workload is in the part, not in the key)."""
+    method, path, host, agent = key[:4]
+    request = request_part(
+        method.decode("latin-1"),
+        path.decode("latin-1"),
+        "HTTP/1.1",
+        host.decode("latin-1") if host is not None else "",
+        agent.decode("latin-1") if agent is not None else "",
+    )
+    outcome = outcome_part(*outcome_key(entry, telemetry.workload))
+    return _remember(telemetry.http1_parts, key, request + outcome)
 
 
 def http1_line(
@@ -204,37 +214,56 @@ def http1_line(
     trace_lines: bytes,
     request_id: str | None,
     trace_id: str | None,
-) -> bytes:
-    """An HTTP/1.1 request's line from its raw bytes (``entry`` holds the rest; none of its lazy fields is
-    read). The ids come from ``trace_lines`` (the block tracing.fresh_lines/follow_lines wrote: ids that need
-    no escaping) unless ``request_id``/``trace_id`` are given (a request whose trace began on the general
-    path)."""
-    # The start time to the millisecond: requests that share one (several, under load) share its text.
-    millis = int((entry.start + telemetry.loop_clock_offset) * 1000)
-    if millis == _last_start[0]:
-        start = _last_start[1]
-    else:
-        seconds, ms = divmod(millis, 1000)
-        start = b"%b.%03d" % (_second_bytes(seconds), ms)
-        _last_start[:] = (millis, start)
-    request = _request_parts.get((method, path, host, user_agent)) or _http1_request_part(
-        method, path, host, user_agent
+) -> tuple[bytes, ...]:
+    """An HTTP/1.1 request's line, newline included, as pieces to join (``Telemetry.observe`` queues them),
+    from its raw bytes (``entry`` holds the rest; none of its lazy fields is read). The ids come from
+    ``trace_lines`` (the block tracing.fresh_lines/follow_lines wrote: ids that need no escaping) unless
+    ``request_id``/``trace_id`` are given (a request whose trace began on the general path)."""
+    last = _last_start
+    started = entry.start
+    if started == last[0]:
+        start = last[2]
+    else:  # a new turn of the loop: to the millisecond, which it often shares with the last line
+        millis = int((started + telemetry.loop_clock_offset) * 1000)
+        if millis == last[1]:
+            start = last[2]
+        else:
+            seconds, ms = divmod(millis, 1000)
+            start = b'{"start_time":"%b.%03dZ",' % (_second_bytes(seconds), ms)
+        last[:] = (started, millis, start)
+    # Everything but numbers, the start and the ids, found by one key.
+    key = (
+        method,
+        path,
+        host,
+        user_agent,
+        entry.status,
+        entry.reason,
+        entry.flags,
+        entry.upstream,
+        entry.peer_workload,
+        entry.attempts,
+        entry.service,
+        entry.direction,
     )
-    ended = outcome_key(entry, telemetry.workload)
-    outcome = _outcome_parts.get(ended) or outcome_part(*ended)
+    parts = telemetry.http1_parts.get(key) or _http1_part(key, entry, telemetry)
     duration_ms = entry.duration_ms
     if request_id is None and trace_lines:
-        line, rid, tid = _LINE, trace_lines[_REQUEST_ID_START : -_TRACE_LINES_TAIL - 2], trace_lines[-54:-22]
-    else:
-        line, rid, tid = _LINE_IDS_AS_JSON, orjson.dumps(request_id or None), orjson.dumps(trace_id or None)
-    return line % (
+        return (
+            start,
+            parts,
+            _NUMBERS % (entry.request_bytes, entry.response_bytes, duration_ms + 0.5, duration_ms),
+            trace_lines[_REQUEST_ID_START : -_TRACE_LINES_TAIL - 2],
+            _TRACE_ID,
+            trace_lines[-54:-22],
+            _TAIL,
+        )
+    return (
         start,
-        request,
-        outcome,
-        entry.request_bytes,
-        entry.response_bytes,
-        int(duration_ms + 0.5),
-        duration_ms,
-        rid,
-        tid,
+        parts,
+        _NUMBERS_JSON % (entry.request_bytes, entry.response_bytes, duration_ms + 0.5, duration_ms),
+        orjson.dumps(request_id or None),
+        _TRACE_ID_JSON,
+        orjson.dumps(trace_id or None),
+        _TAIL_JSON,
     )

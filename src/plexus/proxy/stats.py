@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import bisect
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
 from typing import Final
@@ -38,6 +37,7 @@ DURATION_BUCKETS_MS: Final = (
 # Request and response size buckets in bytes (istio_request_bytes / istio_response_bytes histograms).
 SIZE_BUCKETS_BYTES: Final = (1.0, 10.0, 100.0, 1000.0, 10_000.0, 100_000.0, 1_000_000.0, 10_000_000.0)
 
+
 MAX_LABEL_SETS: Final = 1000  # distinct (reason, service) pairs kept before the rest count as "other"
 # Istio series (peer workload, response code, gRPC status, flags) kept per service and direction; past this
 # the peer and code of new combinations collapse into one "overflow" series, so a caller that invents
@@ -47,9 +47,43 @@ OVERFLOW: Final = "overflow"
 # (method, path) pairs counted per service for `plexus top`; the rest count under path "other".
 MAX_PATHS_PER_SERVICE: Final = 100
 
+# Each (series, path) combination of a service is one flat list of counters, a *record*: one lookup and a few
+# list increments per request. Istio's series, the per-path figures and the service's totals are sums over
+# records, made when read (a scrape, a report: once a second), not per request.
+REC_COUNT: Final = 0
+REC_FAILURES: Final = 1  # RequestEntry.failed
+REC_DURATION_SUM: Final = 2  # milliseconds
+REC_REQUEST_BYTES: Final = 3
+REC_RESPONSE_BYTES: Final = 4
+REC_DURATION: Final = 5  # the duration histogram's buckets start here (+Inf last)
+REC_REQUEST: Final = REC_DURATION + len(DURATION_BUCKETS_MS) + 1  # the request size histogram's
+REC_RESPONSE: Final = REC_REQUEST + len(SIZE_BUCKETS_BYTES) + 1  # the response size histogram's
+REC_SIZE: Final = REC_RESPONSE + len(SIZE_BUCKETS_BYTES) + 1
+# Records kept per service and direction at most: past it, new combinations count under the overflow series
+# and the "other" path (a bound on memory besides the series and path bounds).
+MAX_RECORDS_PER_SERVICE: Final = 2000
+
+RecordKey = tuple[str, int, str, str, str, str]  # (peer_workload, status, grpc_status, flags, method, path)
+
+
+def _offset_table(bounds: tuple[float, ...], first: int, size: int) -> list[int]:
+    """``first + bisect_left(bounds, n)`` for every whole ``n`` below ``size``: where a value's bucket ("le",
+    inclusive) sits in a record, looked up per request instead of a bisect."""
+    return [first + bisect_left(bounds, n) for n in range(size)]
+
+
+# A duration's bucket by its ceiling in whole milliseconds (the bounds are whole: a duration in (k-1, k]
+# falls where k does); sizes are whole already. Past the tables: bisect.
+_DURATION_MS: Final = 1000.0
+_DURATION_AT: Final = _offset_table(DURATION_BUCKETS_MS, REC_DURATION, int(_DURATION_MS) + 1)
+_SIZE_TABLE: Final = 1 << 14
+_REQUEST_AT: Final = _offset_table(SIZE_BUCKETS_BYTES, REC_REQUEST, _SIZE_TABLE)
+_RESPONSE_AT: Final = _offset_table(SIZE_BUCKETS_BYTES, REC_RESPONSE, _SIZE_TABLE)
+
 
 class Series:
-    """One Istio label set's counters: requests, duration, request and response sizes."""
+    """One Istio label set's counters: requests, duration, request and response sizes (a view, summed from
+    the records of every path when read)."""
 
     __slots__ = (
         "count",
@@ -70,9 +104,19 @@ class Series:
         self.response_buckets = [0] * (len(SIZE_BUCKETS_BYTES) + 1)
         self.response_bytes = 0
 
+    def add(self, record: list[float]) -> None:
+        self.count += int(record[REC_COUNT])
+        self.duration_sum_ms += record[REC_DURATION_SUM]
+        self.request_bytes += int(record[REC_REQUEST_BYTES])
+        self.response_bytes += int(record[REC_RESPONSE_BYTES])
+        _add_into(self.duration_buckets, record, REC_DURATION)
+        _add_into(self.request_buckets, record, REC_REQUEST)
+        _add_into(self.response_buckets, record, REC_RESPONSE)
+
 
 class PathStats:
-    """Per (method, path) of one service and direction, for `plexus top`: requests, failures, durations."""
+    """Per (method, path) of one service and direction, for `plexus top`: requests, failures, durations (a
+    view, summed from the records of every series when read)."""
 
     __slots__ = ("buckets", "count", "duration_sum_ms", "failures")
 
@@ -82,23 +126,36 @@ class PathStats:
         self.buckets = [0] * (len(DURATION_BUCKETS_MS) + 1)
         self.duration_sum_ms = 0.0
 
+    def add(self, record: list[float]) -> None:
+        self.count += int(record[REC_COUNT])
+        self.failures += int(record[REC_FAILURES])
+        self.duration_sum_ms += record[REC_DURATION_SUM]
+        _add_into(self.buckets, record, REC_DURATION)
+
+
+def _add_into(buckets: list[int], record: list[float], first: int) -> None:
+    for i in range(len(buckets)):
+        buckets[i] += int(record[first + i])
+
 
 class ServiceStats:
     """Per service and direction: requests by status class and a duration histogram (the ``plexus_*``
     families), Istio's series by peer, code, gRPC status and flags, and per-path counts.
 
     ``record(status, ms)`` counts only the plexus families (callers that have no entry); ``done(entry)`` is
-    what a finished request calls: every family, then the telemetry sinks."""
+    what a finished request calls: every family, then the telemetry sinks. ``series``, ``paths``,
+    ``buckets`` and ``duration_sum_ms`` are sums over the records, made when read."""
 
     __slots__ = (
-        "buckets",
+        "_path_keys",
+        "_plain_buckets",
+        "_plain_sum_ms",
+        "_records",
+        "_series_keys",
         "by_class",
         "direction",
-        "duration_sum_ms",
         "failures",
-        "paths",
         "protocol",
-        "series",
         "service",
         "telemetry",
     )
@@ -107,13 +164,14 @@ class ServiceStats:
         self.service = service
         self.direction = direction  # "egress" or "ingress"
         self.by_class = [0, 0, 0, 0, 0, 0]  # index status // 100 (0 for a response never given)
-        self.buckets = [0] * (len(DURATION_BUCKETS_MS) + 1)  # last one is +Inf
-        self.duration_sum_ms = 0.0
         self.failures = 0  # RequestEntry.failed, for reports and `plexus stat`
-        self.protocol = "http"  # the last request's protocol (a service speaks one)
-        # (peer_workload, status, grpc_status, flags) -> Series
-        self.series: dict[tuple[str, int, str, str], Series] = {}
-        self.paths: dict[tuple[str, str], PathStats] = {}  # (method, path)
+        self.protocol = "http"  # the protocol of the newest record (a service speaks one)
+        self._records: dict[RecordKey, list[float]] = {}
+        self._series_keys: set[tuple[str, int, str, str]] = set()  # for the bounds
+        self._path_keys: set[tuple[str, str]] = set()
+        # What record() counted (no entry, no record): durations for the plexus family only.
+        self._plain_buckets = [0] * (len(DURATION_BUCKETS_MS) + 1)
+        self._plain_sum_ms = 0.0
         self.telemetry = telemetry if telemetry is not None else Telemetry()
 
     @property
@@ -124,19 +182,13 @@ class ServiceStats:
     def record(self, status: int, duration_ms: float) -> None:
         cls = status // 100
         self.by_class[cls if 0 < cls < 6 else 0] += 1
-        self.buckets[bisect.bisect_left(DURATION_BUCKETS_MS, duration_ms)] += 1
-        self.duration_sum_ms += duration_ms
+        self._plain_buckets[bisect_left(DURATION_BUCKETS_MS, duration_ms)] += 1
+        self._plain_sum_ms += duration_ms
 
-    def done(self, entry: RequestEntry, line: bytes | None = None) -> None:
+    def done(self, entry: RequestEntry, line: tuple[bytes, ...] | None = None) -> None:
         """A request ended: count it everywhere and hand it to the telemetry sinks (``line``: its access-log
         line when the transport formatted it, see Telemetry.observe)."""
-        ms = entry.duration_ms
         status = entry.status
-        cls = status // 100
-        self.by_class[cls if 0 < cls < 6 else 0] += 1
-        duration_bucket = bisect_left(DURATION_BUCKETS_MS, ms) if ms > 1.0 else 0
-        self.buckets[duration_bucket] += 1
-        self.duration_sum_ms += ms
         grpc_status = entry.grpc_status
         # RequestEntry.failed, asked only when one of its conditions can hold (not on the success path).
         # (A gRPC success's grpc-status is "0": no reason to ask.)
@@ -144,46 +196,99 @@ class ServiceStats:
             bool(status >= 500 or not status or entry.reason or (grpc_status and grpc_status != "0"))
             and entry.failed
         )
+        cls = status // 100
+        self.by_class[cls if 0 < cls < 6 else 0] += 1
+        key = (entry.peer_workload, status, grpc_status, entry.flags, entry.method, entry.path)
+        record = self._records.get(key) or self._new_record(key, entry.protocol)
+        record[REC_COUNT] += 1
         if failed:
             self.failures += 1
-        self.protocol = entry.protocol
-        key = (entry.peer_workload, status, grpc_status, entry.flags)
-        series = self.series.get(key) or self._new_series(key)
-        series.count += 1
-        series.duration_buckets[duration_bucket] += 1
-        series.duration_sum_ms += ms
+            record[REC_FAILURES] += 1
+        ms = entry.duration_ms
+        record[REC_DURATION_SUM] += ms
+        if ms <= 1.0:
+            record[REC_DURATION] += 1
+        elif ms < _DURATION_MS:
+            whole = int(ms)
+            record[_DURATION_AT[whole if whole == ms else whole + 1]] += 1  # (the ceiling: see _DURATION_AT)
+        else:
+            record[_duration_at(ms)] += 1
         size = entry.request_bytes
-        series.request_buckets[bisect_left(SIZE_BUCKETS_BYTES, size) if size > 1 else 0] += 1
-        series.request_bytes += size
+        record[REC_REQUEST_BYTES] += size
+        record[_REQUEST_AT[size] if size < _SIZE_TABLE else _size_at(size, REC_REQUEST)] += 1
         size = entry.response_bytes
-        series.response_buckets[bisect_left(SIZE_BUCKETS_BYTES, size) if size > 1 else 0] += 1
-        series.response_bytes += size
-        path_key = (entry.method, entry.path)
-        path = self.paths.get(path_key) or self._new_path(path_key)
-        path.count += 1
-        if failed:
-            path.failures += 1
-        path.buckets[duration_bucket] += 1
-        path.duration_sum_ms += ms
+        record[REC_RESPONSE_BYTES] += size
+        record[_RESPONSE_AT[size] if size < _SIZE_TABLE else _size_at(size, REC_RESPONSE)] += 1
         self.telemetry.observe(entry, failed, line)
 
-    def _new_series(self, key: tuple[str, int, str, str]) -> Series:
-        if len(self.series) >= MAX_SERIES_PER_SERVICE:
-            key = (OVERFLOW, 0, "", OVERFLOW)
-            found = self.series.get(key)
-            if found is not None:
-                return found
-        series = self.series[key] = Series()
-        return series
+    def _new_record(self, key: RecordKey, protocol: str) -> list[float]:
+        """A record for a new combination, within the bounds: past MAX_SERIES_PER_SERVICE series the peer,
+        code and flags collapse into the overflow series; past MAX_PATHS_PER_SERVICE paths the path counts
+        as "other"; past MAX_RECORDS_PER_SERVICE records both."""
+        self.protocol = protocol
+        series, path = key[:4], key[4:]
+        full = len(self._records) >= MAX_RECORDS_PER_SERVICE
+        if series not in self._series_keys:
+            if full or len(self._series_keys) >= MAX_SERIES_PER_SERVICE:
+                series = (OVERFLOW, 0, "", OVERFLOW)
+            self._series_keys.add(series)
+        if path not in self._path_keys:
+            if full or len(self._path_keys) >= MAX_PATHS_PER_SERVICE:
+                path = ("", "other")
+            self._path_keys.add(path)
+        if full:
+            series, path = (OVERFLOW, 0, "", OVERFLOW), ("", "other")
+        bounded = (*series, *path)
+        record = self._records.get(bounded)
+        if record is None:
+            # Only bounded keys are kept: a combination past the bounds comes here each time (not a hot case).
+            record = self._records[bounded] = [0] * REC_SIZE
+            record[REC_DURATION_SUM] = 0.0
+        return record
 
-    def _new_path(self, key: tuple[str, str]) -> PathStats:
-        if len(self.paths) >= MAX_PATHS_PER_SERVICE:
-            key = ("", "other")
-            found = self.paths.get(key)
-            if found is not None:
-                return found
-        path = self.paths[key] = PathStats()
-        return path
+    @property
+    def series(self) -> dict[tuple[str, int, str, str], Series]:
+        """Istio's series: (peer_workload, status, grpc_status, flags) -> counters over every path."""
+        out: dict[tuple[str, int, str, str], Series] = {}
+        for key, record in list(self._records.items()):
+            series_key = key[:4]
+            found = out.get(series_key)
+            if found is None:
+                found = out[series_key] = Series()
+            found.add(record)
+        return out
+
+    @property
+    def paths(self) -> dict[tuple[str, str], PathStats]:
+        """(method, path) -> counters over every series."""
+        out: dict[tuple[str, str], PathStats] = {}
+        for key, record in list(self._records.items()):
+            path_key = key[4:]
+            found = out.get(path_key)
+            if found is None:
+                found = out[path_key] = PathStats()
+            found.add(record)
+        return out
+
+    @property
+    def buckets(self) -> list[int]:
+        """The service's duration histogram (plexus_request_duration_milliseconds), +Inf last."""
+        out = list(self._plain_buckets)
+        for record in list(self._records.values()):
+            _add_into(out, record, REC_DURATION)
+        return out
+
+    @property
+    def duration_sum_ms(self) -> float:
+        return self._plain_sum_ms + sum(record[REC_DURATION_SUM] for record in list(self._records.values()))
+
+
+def _duration_at(ms: float) -> int:
+    return REC_DURATION + bisect_left(DURATION_BUCKETS_MS, ms)
+
+
+def _size_at(size: int, first: int) -> int:
+    return first + bisect_left(SIZE_BUCKETS_BYTES, size)
 
 
 class TcpStats:

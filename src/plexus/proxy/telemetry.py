@@ -68,7 +68,7 @@ def response_flag(reason: str) -> str:
 # failed ones (RequestEntry.failed: what explain is for) also in a longer one, so a failure is remembered
 # long after the successes around it. Holding thousands of every request's entries made the data path
 # slower (each request's objects outlived the CPU caches) while remembering about a second of traffic.
-RECENT_REQUESTS: Final = 256
+RECENT_REQUESTS: Final = 64
 RECENT_FAILURES: Final = 4096  # (~1 MB at most)
 TAP_BUFFER: Final = 1000  # tap lines held per tap between two flushes; more are counted as dropped
 SPAN_BUFFER: Final = 10_000  # sampled spans held between two exports; more are dropped (and counted)
@@ -107,10 +107,12 @@ def fill_from_wire(entry: RequestEntry, wire: WireFields) -> None:
     if not trace:  # none (refused before it started: no lines either)
         entry._request_id = entry._trace_id = entry._span_id = entry._parent_span_id = ""
     elif isinstance(trace, bytes):
-        entry._request_id, entry._trace_id, entry._span_id, _ = ids_from_lines(trace)
+        entry._request_id, entry._trace_id, span_id, _ = ids_from_lines(trace)
         # (follow_lines checked the incoming traceparent: its parent span id is at a fixed place)
         parent = incoming.get(b"traceparent") if incoming is not None else None
-        entry._parent_span_id = parent[36:52].decode() if parent is not None else ""
+        entry._parent_span_id = parent_span_id = parent[36:52].decode() if parent is not None else ""
+        # An unsampled request that follow_lines passed through forwards the parent's span: this hop has none.
+        entry._span_id = "" if span_id == parent_span_id else span_id
     else:
         entry._request_id = trace.request_id
         entry._trace_id = trace.trace_id
@@ -272,9 +274,13 @@ class Telemetry:
         self.loop_clock_offset = loop_clock_offset
         self.recent: deque[RequestEntry] = deque(maxlen=RECENT_REQUESTS)
         self.recent_failures: deque[RequestEntry] = deque(maxlen=RECENT_FAILURES)
-        # A list while an access log is configured: formatted lines (plexus.proxy.access_line.http1_line)
-        # or entries that the writer formats.
+        # A list while an access log is configured: lines as the pieces a transport formatted
+        # (plexus.proxy.access_line.http1_line, newline included), or entries that the writer formats;
+        # ``access_log_lines`` counts the lines (an entry or a line's pieces: one).
         self.access_log: list[RequestEntry | bytes] | None = None
+        self.access_log_lines = 0
+        # HTTP/1.1 lines' parts that repeat from request to request (plexus.proxy.access_line.http1_line).
+        self.http1_parts: dict[tuple[object, ...], bytes] = {}
         # Called once when the queue reaches ACCESS_LOG_BATCH (the writer schedules a flush then).
         self.access_log_full: Callable[[], None] | None = None
         self.taps: dict[str, Tap] = {}
@@ -300,7 +306,9 @@ class Telemetry:
     def wall(self, loop_time: float) -> float:
         return loop_time + self.loop_clock_offset
 
-    def observe(self, entry: RequestEntry, failed: bool | None = None, line: bytes | None = None) -> None:
+    def observe(
+        self, entry: RequestEntry, failed: bool | None = None, line: tuple[bytes, ...] | None = None
+    ) -> None:
         """Every sink but the counters (``ServiceStats.done`` calls this after counting, with ``failed``:
         ``entry.failed``, already known there). ``line``: the entry's access-log line, when its transport
         formatted it (``plexus.proxy.access_line``); the access log then holds that instead of the entry."""
@@ -309,9 +317,13 @@ class Telemetry:
             self.recent_failures.append(entry)
         log = self.access_log
         if log is not None:
-            queued = len(log)
+            queued = self.access_log_lines
             if queued < ACCESS_LOG_BUFFER:
-                log.append(entry if line is None else line)
+                if line is None:
+                    log.append(entry)
+                else:
+                    log += line
+                self.access_log_lines = queued + 1
                 if queued == ACCESS_LOG_BATCH and self.access_log_full is not None:
                     self.access_log_full()
             else:

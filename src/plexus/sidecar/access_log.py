@@ -2,12 +2,12 @@
 (``plexus.proxy.access_line`` lists them and formats the lines).
 
 Off the hot path: a finished request only lands in ``Telemetry.access_log`` (a list; see
-``plexus.proxy.telemetry``), as its formatted line (HTTP/1.1) or as its entry (the other protocols). A timer
-on the sidecar's loop swaps that list for an empty one every ``FLUSH_INTERVAL``, or as soon as
-``ACCESS_LOG_BATCH`` lines wait, formats the entries and writes the batch at once (one ``write`` per batch;
-a file write of a batch is short enough for the loop). ``close`` writes what is left. A write that fails
-(disk full, closed pipe) loses that batch, counted in ``Telemetry.access_log_failed`` and logged once; the
-next batch tries again.
+``plexus.proxy.telemetry``), as its formatted line's pieces (HTTP/1.1) or as its entry (the other
+protocols). A timer on the sidecar's loop swaps that list for an empty one every ``FLUSH_INTERVAL``, or as
+soon as ``ACCESS_LOG_BATCH`` lines wait, formats the entries and writes the batch at once (one ``write`` per
+batch; a file write of a batch is short enough for the loop). ``close`` writes what is left. A write that
+fails (disk full, closed pipe) loses that batch, counted in ``Telemetry.access_log_failed`` and logged once;
+the next batch tries again.
 """
 
 from __future__ import annotations
@@ -31,6 +31,10 @@ STDOUT: Final = "-"
 
 class AccessLogError(PlexusError):
     """The access log cannot be opened: the message names ``--access-log`` and the path."""
+
+
+def _entry_bytes(entry: RequestEntry, telemetry: Telemetry) -> bytes:
+    return entry_line(entry, telemetry).encode() + b"\n"
 
 
 def entry_record(entry: RequestEntry, telemetry: Telemetry) -> dict[str, Any]:
@@ -88,26 +92,27 @@ class AccessLogWriter:
         batch = telemetry.access_log
         if not batch:
             return 0
+        lines = telemetry.access_log_lines  # (the pieces of one line are several items: counted apart)
         telemetry.access_log = []
-        # Lines the transports formatted when their requests ended (bytes), and entries to format now.
-        data = (
-            b"\n".join(
-                [item if isinstance(item, bytes) else entry_line(item, telemetry).encode() for item in batch]
-            )
-            + b"\n"
-        )
+        telemetry.access_log_lines = 0
+        # The pieces of lines the transports formatted when their requests ended, newlines included (one
+        # join when that is all: HTTP/1.1), and entries to format now.
+        try:
+            data = b"".join(batch)  # type: ignore[arg-type]
+        except TypeError:
+            data = b"".join([i if isinstance(i, bytes) else _entry_bytes(i, telemetry) for i in batch])
         try:
             self._stream.write(data)
             self._stream.flush()
         except (OSError, ValueError) as exc:  # ValueError: the stream was closed under us
-            telemetry.access_log_failed += len(batch)
+            telemetry.access_log_failed += lines
             if not self._failing:
                 log.error("access log %s: write failed, lines are lost until it works: %s", self.target, exc)
             self._failing = True
             return 0
         self._failing = False
-        telemetry.access_log_written += len(batch)
-        return len(batch)
+        telemetry.access_log_written += lines
+        return lines
 
     def close(self) -> None:
         """Stop the timer, write what is left, stop queueing, close the file."""
