@@ -14,6 +14,14 @@ the default set) is a calibration point: a minimal uvloop + libnghttp2 proxy,
 bench/profiles/h2_minimal_proxy.py.
 
 Target (issue 3): Plexus's requests per proxy core ≥ Envoy's.
+
+CPU speed canary: this machine's CPUs switch between two speeds for seconds at a time, whatever runs on them
+(a fixed piece of Python work takes ~750 or ~1,300 µs of CPU; bench/profiles/grpc-telemetry-NOTES.md,
+2026-11-26 10:10). A run's CPU per request follows its CPU's speed, so a round where Plexus ran on the slow
+state and Envoy on the fast one says nothing about the proxies. A canary process pinned to the proxy CPU
+times that fixed work every 0.25 s (~0.4 % of the CPU); each run reports its median (``canary_us`` in the
+JSON), and the targets add the per-round ratio with both runs' CPU speed divided out, and the ratio over the
+rounds where both ran at the same speed (canaries within 15 %).
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict
@@ -41,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from http1 import _shown, _version_of, machine_info, wait_quiet
 from lib import envoy, h2load, procstat, rpc_topo
+from lib.canary import canary_us, cpu_canary, pair_ratios
 from lib.results import Run, Summary, markdown_table, paired_ratio, summarize
 from lib.topology import Endpoint, Hop, Placement, Workspace
 
@@ -52,6 +62,23 @@ WARMUP_S = 1.0
 GRPC_TEMPLATE = Path(__file__).resolve().parent / "envoy" / "grpc.yaml"
 
 Builder = Callable[[Workspace, str, int, Path], AbstractContextManager[Endpoint]]
+def speed_ratios(
+    runs: Sequence[Run], speed: dict[tuple[int, str, str], float], layout: str, a: str, b: str
+) -> tuple[float | None, float | None, int]:
+    """Per-round ``b`` CPU/request ÷ ``a`` CPU/request (``a``'s requests per core over ``b``'s): the median
+    with each run's CPU speed (canary) divided out, the median over rounds where both ran at the same speed,
+    and how many such rounds there were."""
+    by_round: dict[int, dict[str, Run]] = {}
+    for r in runs:
+        if r.layout == layout and r.mode in (a, b) and r.requests and r.proxy_cpu_s > 0:
+            by_round.setdefault(r.round, {})[r.mode] = r
+    pairs = []
+    for rnd, pair in by_round.items():
+        ca, cb = speed.get((rnd, layout, a)), speed.get((rnd, layout, b))
+        if len(pair) == 2 and ca is not None and cb is not None:
+            per_a, per_b = (pair[m].proxy_cpu_s / pair[m].requests for m in (a, b))
+            pairs.append((per_a, ca, per_b, cb))
+    return pair_ratios(pairs)
 
 
 @contextlib.contextmanager
@@ -235,7 +262,9 @@ def rows(summaries: Sequence[Summary], runs: Sequence[Run]) -> list[list[str]]:
     return out
 
 
-def targets(summaries: Sequence[Summary], runs: Sequence[Run]) -> list[list[str]]:
+def targets(
+    summaries: Sequence[Summary], runs: Sequence[Run], speed: dict[tuple[int, str, str], float]
+) -> list[list[str]]:
     out = []
     by = {(s.layout, s.mode): s for s in summaries}
     for layout in dict.fromkeys(s.layout for s in summaries):
@@ -246,11 +275,14 @@ def targets(summaries: Sequence[Summary], runs: Sequence[Run]) -> list[list[str]
             ratio = p.rps_per_proxy_core / e.rps_per_proxy_core
             conns = p.connections
             paired = paired_ratio(runs, layout, conns, a, b)
+            normalized, same, n_same = speed_ratios(runs, speed, layout, a, b)
             out.append(
                 [
                     f"gRPC req/s per proxy core, {a} vs {b}, {layout.removeprefix('grpc ')}: ≥ Envoy's",
                     f"{p.rps_per_proxy_core:,.0f} vs {e.rps_per_proxy_core:,.0f} = {ratio:.2f}x"
-                    + (f" (paired per round {paired:.2f}x)" if paired else ""),
+                    + (f" (paired per round {paired:.2f}x)" if paired else "")
+                    + (f"; CPU speed divided out {normalized:.2f}x" if normalized else "")
+                    + (f"; same-speed rounds {same:.2f}x ({n_same})" if same else "; no same-speed round"),
                     "**MET**" if ratio >= 1.0 else "**NOT MET**",
                 ]
             )
@@ -284,9 +316,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = ws.dir("h2load") / "requests.log"
     cpus = (placement.proxy or frozenset()) | (placement.load or frozenset()) or frozenset({0})
     skipped: dict[str, str] = {}
+    speed: dict[tuple[int, str, str], float] = {}  # (round, layout, mode) -> canary µs during the run
     try:
         with contextlib.ExitStack() as stack:
             port, up = stack.enter_context(h2load.upstream(ws))
+            samples = stack.enter_context(cpu_canary(ws))
             eps: dict[str, Endpoint] = {}
             for mode in args.modes:
                 console.print(f"starting {mode} …")
@@ -309,10 +343,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         best: Run | None = None
                         for attempt in range(1 + args.retries):
                             wait_quiet(cpus, args.max_other_load, args.quiet_wait, console.print)
+                            t0 = time.monotonic_ns()
                             run = measure(eps[mode], up.pid, rnd, c, m, args, placement, body, log)
                             run.attempts = attempt + 1
+                            us = canary_us(samples, t0, time.monotonic_ns())
                             if best is None or run.other_load < best.other_load:
                                 best = run
+                                if us is not None:
+                                    speed[(rnd, run.layout, mode)] = us
                             if run.other_load <= args.max_other_load:
                                 break
                         assert best is not None
@@ -328,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             f"  r{rnd} {c}x{m:<3} {mode:8} {r.rps:9,.0f} req/s  p50 {r.p50_us:7.0f} µs  "
                             f"p99 {r.p99_us:7.0f} µs  {cpu}  h2load {r.wrk_cpu_s / r.duration_s:.2f} CPU  "
                             f"upstream {r.upstream_cpu_s / r.duration_s:.2f} CPU  errors {r.errors}  "
-                            f"other {r.other_load:.2f}"
+                            f"other {r.other_load:.2f}  canary {speed.get((rnd, r.layout, mode), 0):.0f} µs"
                         )
     finally:
         if args.keep:
@@ -343,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for row in body_rows:
         table.add_row(*row)
     console.print(table)
-    tgt = targets(summaries, runs)
+    tgt = targets(summaries, runs, speed)
     for row in tgt:
         console.print(" | ".join(row))
     for mode, why in skipped.items():
@@ -357,6 +395,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "runs": [r.to_json() for r in runs],
                     "summary": [asdict(s) for s in summaries],
                     "targets": tgt,
+                    "canary_us": [
+                        {"round": rnd, "layout": layout, "mode": mode, "us": us}
+                        for (rnd, layout, mode), us in sorted(speed.items())
+                    ],
                     "skipped": skipped,
                 },
                 indent=2,

@@ -56,6 +56,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from lib import envoy, plexus_topo, procstat, upstream, wrk
+from lib.canary import canary_us, cpu_canary, pair_ratios
 from lib.results import (
     CPU_HEADERS,
     LATENCY_HEADERS,
@@ -566,10 +567,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     runs: list[Run] = []
     memory: dict[str, dict[str, dict[str, int]]] = {}
+    speed: Speed = {}
     work = Path(tempfile.mkdtemp(prefix="plexus-bench-"))
     ws = Workspace(work, placement)
     try:
         with contextlib.ExitStack() as stack:
+            samples = stack.enter_context(cpu_canary(ws))
             up_port, up_proc = stack.enter_context(upstream.nginx(ws))
             endpoints: dict[str, Endpoint] = {}
             for mode in args.modes:
@@ -596,6 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for rnd in range(args.rounds):
                     for conns in conn_list:
                         for mode in _order(args.modes, rnd):
+                            t0 = time.monotonic_ns()
                             run = measure_quietly(
                                 endpoints[mode],
                                 up_proc.pid,
@@ -607,6 +611,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 console.print,
                             )
                             runs.append(run)
+                            us = canary_us(samples, t0, time.monotonic_ns())
+                            if us is not None:
+                                speed[(rnd, layout, conns, mode)] = us
                             cpu = (
                                 f"{run.proxy_cpu_s / run.requests * 1e6:6.1f} µs/req"
                                 if run.hop_cpu_s and run.requests
@@ -616,7 +623,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 f"  {layout:6} r{rnd} c{conns:<3} {mode:8} {run.rps:9,.0f} req/s  "
                                 f"p50 {run.p50_us:7.1f} µs  p99 {run.p99_us:7.1f} µs  {cpu}  "
                                 f"errors {run.errors}  "
-                                f"other load {run.other_load:.2f} CPU"
+                                f"other load {run.other_load:.2f} CPU  canary {us or 0:.0f} µs"
                             )
             for mode, ep in endpoints.items():
                 for h in ep.hops:
@@ -628,7 +635,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
 
-    report(console, args, info, runs, memory)
+    report(console, args, info, runs, memory, speed)
     return 0
 
 
@@ -663,7 +670,13 @@ def policy_verdicts(summaries: Sequence[Summary], runs: Sequence[Run]) -> list[V
 OBSERVABILITY_KEEP = 0.85  # issue 5: with metrics, 1% tracing and access logs, >= 85% of req/s per core
 
 
-def observability_verdicts(summaries: Sequence[Summary], runs: Sequence[Run]) -> list[Verdict]:
+# CPU speed during each run (the canary's median µs, lib/canary.py) by (round, layout, connections, mode).
+Speed = dict[tuple[int, str, int, str], float]
+
+
+def observability_verdicts(
+    summaries: Sequence[Summary], runs: Sequence[Run], speed: Speed | None = None
+) -> list[Verdict]:
     """Requests per proxy core with access logs and tracing on against the default path (plexus2o/plexus2)."""
     out: list[Verdict] = []
     modes = {s.mode for s in summaries}
@@ -688,8 +701,31 @@ def observability_verdicts(summaries: Sequence[Summary], runs: Sequence[Run]) ->
             paired = paired_ratio(runs, s.layout, s.connections, s.mode, reference)
             if paired is not None:
                 measured += f" (paired per round: median {paired:.1%})"
+            if speed:
+                normalized, same, n_same = speed_kept(runs, speed, s.layout, s.connections, reference, s.mode)
+                if normalized is not None:
+                    measured += f"; CPU speed divided out: {normalized:.1%}"
+                measured += f"; same-speed rounds: {same:.1%} ({n_same})" if same else "; no same-speed round"
             out.append(Verdict(target, measured, kept >= OBSERVABILITY_KEEP))
     return out
+
+
+def speed_kept(
+    runs: Sequence[Run], speed: Speed, layout: str, conns: int, reference: str, mode: str
+) -> tuple[float | None, float | None, int]:
+    """``mode``'s requests per core as a share of ``reference``'s, per round with both runs' CPU speed divided
+    out, and over the rounds where both ran at the same speed (medians), and how many such rounds."""
+    by_round: dict[int, dict[str, Run]] = {}
+    for r in runs:
+        if (r.layout, r.connections) == (layout, conns) and r.mode in (reference, mode) and r.requests:
+            by_round.setdefault(r.round, {})[r.mode] = r
+    pairs = []
+    for rnd, pair in by_round.items():
+        ca, cb = speed.get((rnd, layout, conns, mode)), speed.get((rnd, layout, conns, reference))
+        if len(pair) == 2 and ca is not None and cb is not None and pair[mode].proxy_cpu_s > 0:
+            per = {m: pair[m].proxy_cpu_s / pair[m].requests for m in (mode, reference)}
+            pairs.append((per[mode], ca, per[reference], cb))
+    return pair_ratios(pairs)  # (reference's CPU per request over mode's: mode's share of the rate)
 
 
 def report(
@@ -698,6 +734,7 @@ def report(
     info: dict[str, Any],
     runs: list[Run],
     memory: dict[str, dict[str, dict[str, int]]],
+    speed: Speed | None = None,
 ) -> None:
     """Print the tables and verdicts; write --out JSON and --markdown."""
     summaries = summarize(runs)
@@ -705,7 +742,7 @@ def report(
         summaries, {m: {h: v["idle"] for h, v in hops.items()} for m, hops in memory.items()}, runs
     )
     verdict_list += policy_verdicts(summaries, runs)
-    verdict_list += observability_verdicts(summaries, runs)
+    verdict_list += observability_verdicts(summaries, runs, speed)
     for title, columns, body in (
         ("throughput and CPU (medians over rounds)", CPU_HEADERS, cpu_rows(summaries)),
         (
@@ -741,6 +778,10 @@ def report(
                     "meta": info,
                     "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                     "runs": [r.to_json() for r in runs],
+                    "canary_us": [
+                        {"round": rnd, "layout": layout, "connections": conns, "mode": mode, "us": us}
+                        for (rnd, layout, conns, mode), us in sorted((speed or {}).items())
+                    ],
                     "summary": [asdict(s) for s in summaries],
                     "memory": memory,
                     "verdicts": [

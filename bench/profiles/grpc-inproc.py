@@ -2,13 +2,19 @@
 
     .venv/bin/python bench/profiles/grpc-inproc.py [--streams 1|50] [--calls N] [--rounds R]
     valgrind --tool=cachegrind --cache-sim=no .venv/bin/python bench/profiles/grpc-inproc.py --calls N ...
+    PYTHONHASHSEED=0 valgrind --tool=callgrind --toggle-collect='builtin_eval*' .venv/bin/python \
+        bench/profiles/grpc-inproc.py --streams 50 --warm 3000 --rounds 1 --calls 2000 --callgrind
+    # instructions per call = callgrind's "totals" / 2000: the proxy's reads only (frames built, output parsed
+    # outside the eval)
 
 What bench/grpc_bench.py's ``plexus1`` runs, minus the sockets: h2load's side (an ngh2 client connection) and
 nginx's side (an ngh2 server connection answering 200, a short body, ``grpc-status``/``grpc-message``
 trailers) are in this process; the sidecar is a real ``DataPlane`` with the bench service (protocol grpc) and
 an ``Http2Downstream`` on its per-service egress router, its upstream connection on a fake transport. Each
 round the client sends ``--streams`` calls in one write, the proxy reads them, the server answers all of
-them in one write, the proxy reads that. Only the proxy's two ``data_received`` calls per round are timed
+them in one write, the proxy reads that, then nginx's RST_STREAM(NO_ERROR) for each (a third read; what
+nginx sends, see ``server_resets``). Connection windows are opened wide once, as h2load and nginx do (no
+WINDOW_UPDATE per round unless ``--round-credit``). Only the proxy's ``data_received`` calls are timed
 (``time.perf_counter``; nothing in them blocks), best of ``--rounds``. ``--profile FILE`` writes a cProfile
 of the timed part. Telemetry is the sidecar's default (metrics, rings, trace context at 1 %); ``--access``
 adds an access-log queue (drained outside the timing).
@@ -32,7 +38,7 @@ from plexus.transport import DataPlane, DataPlaneSettings
 from plexus.transport.dataplane import _ServiceEgressRouter
 from plexus.transport.h2_downstream import Http2Downstream
 
-ROUND = compile("one_round()", "<round>", "eval")
+ROUND = compile("proxy_reads()", "<round>", "eval")
 SERVICE = "bench"
 VAR = __import__("os").environ.get("VAR", "")
 REQUEST = [
@@ -106,9 +112,10 @@ def _frame(kind: int, flags: int, sid: int, payload: bytes) -> bytes:
     return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", sid) + payload
 
 
-_HEADERS, _DATA, _SETTINGS, _WINDOW = 1, 0, 4, 8
+_HEADERS, _DATA, _RST, _SETTINGS, _WINDOW = 1, 0, 3, 4, 8
 _END_STREAM, _END_HEADERS, _ACK = 0x1, 0x4, 0x1
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+WIDE_WINDOW = (1 << 30) - 65_535  # what h2load (-W 30) and nginx give: no connection credit needed for a run
 
 
 def _block(fields: list[tuple[bytes, bytes]]) -> bytes:
@@ -152,6 +159,14 @@ def server_batch(first_sid: int, m: int, credit: int) -> bytes:
     return b"".join(out)
 
 
+def server_resets(first_sid: int, m: int) -> bytes:
+    """nginx's RST_STREAM(NO_ERROR) after each answer: it answers on the request's HEADERS, before it reads
+    the DATA that ends the request, then resets the stream's rest (RFC 9113 §8.1). It comes ~100 µs after
+    the answer, so the proxy reads it on its own (seen with strace and read counters at 1x1: 3 reads per call,
+    one of them this)."""
+    return b"".join(_frame(_RST, 0, first_sid + 2 * i, b"\x00\x00\x00\x00") for i in range(m))
+
+
 def ended_streams(data: bytes) -> int:
     """Frames with END_STREAM in ``data`` (the calls the proxy completed toward the client)."""
     n = at = 0
@@ -181,13 +196,17 @@ async def run(args: argparse.Namespace) -> None:
     settings_frame = _frame(_SETTINGS, 0, 0, struct.pack(">HI", 3, 1024))
     ack = _frame(_SETTINGS, _ACK, 0, b"")
 
+    # h2load and nginx open their connection windows wide once (nghttp2's -W 30 default, nginx's 2^31-1), and
+    # then credit again only after half of that: a WINDOW_UPDATE per round (``--round-credit``) is not what
+    # the proxy reads from them.
+    wide = b"" if args.round_credit else _frame(_WINDOW, 0, 0, struct.pack(">I", WIDE_WINDOW))
     # Connect: preface + SETTINGS each way; the first call opens the upstream connection.
-    down.data_received(PREFACE + settings_frame + ack + client_batch(1, 1, 0))
+    down.data_received(PREFACE + settings_frame + ack + wide + client_batch(1, 1, 0))
     for _ in range(5):
         await asyncio.sleep(0)
     pool.loop = loop
     conn = next(iter(pool._all))
-    conn.data_received(settings_frame + ack)  # the waiting call is opened upstream now
+    conn.data_received(settings_frame + ack + wide)  # the waiting call is opened upstream now
     conn.data_received(server_batch(1, 1, 0))
     assert ended_streams(dt.take()) == 1, "the first call went through"
     ut.take()
@@ -196,19 +215,38 @@ async def run(args: argparse.Namespace) -> None:
     clock = time.perf_counter
     done = 1
 
-    def one_round() -> None:
-        nonlocal spent, down_sid, up_sid, done
-        request = client_batch(down_sid, m, m * len(RESPONSE_BODY))
-        answer = server_batch(up_sid, m, m * len(BODY))
-        t0 = clock()
-        down.data_received(request)
-        conn.data_received(answer)
-        t2 = clock()
-        spent += t2 - t0
+    reads: list[tuple[Any, bytes]] = []  # the next round's reads: built before it, outside what is counted
+
+    def prepare() -> None:
+        request = client_batch(down_sid, m, m * len(RESPONSE_BODY) if args.round_credit else 0)
+        answer = server_batch(up_sid, m, m * len(BODY) if args.round_credit else 0)
+        reads[:] = [(down, request), (conn, answer)]
+        if args.nginx_rst:
+            reads.append((conn, server_resets(up_sid, m)))
+
+    def proxy_reads() -> None:
+        for proto, data in reads:
+            proto.data_received(data)
+
+    def settle() -> None:
+        nonlocal down_sid, up_sid, done
         down_sid += 2 * m
         up_sid += 2 * m
         done += ended_streams(dt.take())
         ut.take()
+
+    def one_round(counted: bool = False) -> None:
+        """One round; with ``counted`` its reads run through eval() (all that callgrind collects: the
+        frames are built and the proxy's output parsed outside it)."""
+        nonlocal spent
+        prepare()
+        t0 = clock()
+        if counted:
+            eval(ROUND, env)
+        else:
+            proxy_reads()
+        spent += clock() - t0
+        settle()
 
     for _ in range(args.warm // m):
         one_round()
@@ -220,7 +258,7 @@ async def run(args: argparse.Namespace) -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
     rounds = max(1, args.calls // m)
     counted = args.callgrind
-    env = {"one_round": one_round}
+    env = {"proxy_reads": proxy_reads}
     best = float("inf")
     profiler = None
     if args.profile:
@@ -233,10 +271,7 @@ async def run(args: argparse.Namespace) -> None:
         if profiler is not None:
             profiler.enable()
         for _ in range(rounds):
-            if counted:
-                eval(ROUND, env)  # the only eval after start-up: what callgrind collects
-            else:
-                one_round()
+            one_round(counted)  # with --callgrind, its eval is the only one after start-up
             if access is not None and len(access) > 1000:
                 access.clear()
         if profiler is not None:
@@ -262,12 +297,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warm", type=int, default=2000)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--access", action="store_true")
+    p.add_argument(
+        "--round-credit",
+        action="store_true",
+        help="a connection WINDOW_UPDATE from both peers every round (the harness before 2026-11-26 10:15)",
+    )
     p.add_argument("--each", action="store_true", help="print every round's figure")
+    p.add_argument(
+        "--no-nginx-rst",
+        dest="nginx_rst",
+        action="store_false",
+        help="leave out nginx's RST_STREAM after each answer (the harness before 2026-11-26 10:25)",
+    )
     p.add_argument("--profile", default="")
     p.add_argument(
         "--callgrind",
         action="store_true",
-        help="each measured round through eval(): valgrind --tool=callgrind --toggle-collect=builtin_eval",
+        help="each round's reads through eval(): valgrind --tool=callgrind --toggle-collect=builtin_eval",
     )
     args = p.parse_args(argv)
     uvloop.run(run(args))

@@ -8,7 +8,7 @@ Python side of a request through two sidecars, without system calls, for determi
 Instructions per request, as bench/RESULTS.md records them: run under valgrind with N=200 and N=1200 (one
 round each, after 2,000 warm-up requests) and divide the difference by 1,000:
 
-    for n in 200 1200; do WARM=2000 ROUNDS=1 valgrind --tool=cachegrind --cache-sim=no \\
+    for n in 200 1200; do PYTHONHASHSEED=0 WARM=2000 ROUNDS=1 valgrind --tool=cachegrind --cache-sim=no \\
         --cachegrind-out-file=/dev/null .venv/bin/python bench/profiles/http1_inproc.py \\
         --access --format $n 2>&1 | grep "I *refs"; done
 

@@ -294,23 +294,24 @@ class _NgCodec:
             self._tail = _GOAWAY_HEAD + struct.pack(">II", self._last_inbound, int(code))
             sink.h2_terminated(self._fail(reason, str(exc)))
             return
-        self._dispatch(self._conn.events(), sink)
-
-    def _dispatch(self, raw: list[Any], sink: EventSink) -> None:
-        # Exact type tests, the most frequent first (one request, one response: headers, data, close).
+        # The events, dispatched here rather than in a method of their own (one call fewer per read): exact
+        # type tests, the most frequent first (one request, one response: headers, data, close).
         data_t, closed_t, request_t, response_t, trailers_t, window_t = self._kinds
-        for ev in raw:
+        for ev in self._conn.events():
             kind = type(ev)
             try:
                 if kind is data_t:
-                    data = ev.data
+                    data = ev.data  # bytes already: no copy
                     end = ev.end_stream
                     sid = ev.stream_id
-                    sink.h2_data(sid, bytes(data), len(data), end)
+                    sink.h2_data(sid, data, len(data), end)
                     if end:
                         sink.h2_end(sid)
                 elif kind is closed_t:
-                    if self._closed_stream(ev, sink):
+                    # A stream that ended cleanly (both END_STREAMs, or a NO_ERROR reset) needs nothing here.
+                    if (ev.error_code or self._peer_resets or self._local_resets) and self._closed_stream(
+                        ev, sink
+                    ):
                         break
                 elif kind is request_t:
                     sid = ev.stream_id
@@ -336,6 +337,10 @@ class _NgCodec:
                     break  # nothing after an offence is reported: it is never forwarded
             except Exception:
                 sink.h2_failed(getattr(ev, "stream_id", 0), kind.__name__)
+        if self._peer_resets:
+            # A peer's reset of a stream nghttp2 had already closed has no StreamClosed (nginx resets every
+            # stream it answered before it read the request's end): kept, one id per call would pile up.
+            self._peer_resets.clear()
 
     def _closed_stream(self, ev: Any, sink: EventSink) -> bool:
         sid = ev.stream_id
@@ -370,8 +375,14 @@ class _NgCodec:
             if self._server and self._resets.hit():
                 sink.h2_terminated(self._calm(lim.RAPID_RESET))
                 return True
-            self._peer_resets.add(ev.stream_id)
-            sink.h2_reset(ev.stream_id, int(ev.error_code), True, "")
+            sid = ev.stream_id
+            code = int(ev.error_code)
+            if code:
+                # Its StreamClosed, with this code, follows in this batch (_dispatch forgets the rest at its
+                # end): remembered so that it is not counted as our refusal. A NO_ERROR reset closes with code
+                # 0 and needs no entry.
+                self._peer_resets.add(sid)
+            sink.h2_reset(sid, code, True, "")
         elif isinstance(ev, ng.InformationalResponseReceived):
             sink.h2_headers(ev.stream_id, list(ev.headers), False)
         elif isinstance(ev, ng.PingReceived):
@@ -424,25 +435,32 @@ class _NgCodec:
             # Nothing queued (most flushes: every read ends with one per connection it touched). The C
             # property costs a fraction of a data_to_send + events() pair; events come only from sending.
             # A failed or closing engine takes the full path (its GOAWAY, written by hand or queued).
+            if self._local_resets:
+                self._local_resets.clear()  # nothing queued: no reset of ours is still to be written
             return b""
         tail, self._tail = self._tail, b""
         try:
             data = bytes(conn.data_to_send())
         except self._ng.NGH2Error:
             return tail
-        for ev in conn.events():
-            if isinstance(ev, self._ng.ConnectionClosed) and ev.error_code and not self.closed:
+        failed = self._ng.ConnectionClosed
+        for ev in conn.events():  # mostly StreamClosed of streams this write ended: nothing to do for them
+            if type(ev) is failed and ev.error_code and not self.closed:
                 # nghttp2 failed the connection itself (e.g. a frame over SETTINGS_MAX_FRAME_SIZE) and
                 # queued its GOAWAY: write it, then close (``must_close``).
                 self.closed = self.must_close = True
                 self.close_reason = _reason_for_code(int(ev.error_code), bytes(ev.debug_data))
                 self.rejects[self.close_reason] += 1
+        if self._local_resets:
+            # Every RST_STREAM queued went out now; nghttp2 reported those streams' close in this write's
+            # events, never in a later read: nothing is left to tell apart.
+            self._local_resets.clear()
         return data + tail
 
     def send_headers(self, stream_id: int, headers: Headers, end_stream: bool = False) -> None:
         conn = self._conn
         try:
-            if headers and headers[0][0] == b":status" and headers[0][1][:1] == b"1":
+            if headers and headers[0][0] == b":status" and headers[0][1][:1] == b"1":  # 1xx
                 conn.send_informational_response(stream_id, headers)
             else:
                 conn.send_response(stream_id, headers, end_stream=end_stream)
@@ -475,7 +493,10 @@ class _NgCodec:
             if end_stream:
                 self.end_stream(stream_id)
             return 0
-        take = min(len(data), self.send_window(stream_id))
+        take = len(data)
+        window = self.send_window(stream_id)
+        if window < take:
+            take = window
         if take:
             try:
                 self._conn.send_data(stream_id, data[:take], end_stream=end_stream and take == len(data))
@@ -503,10 +524,12 @@ class _NgCodec:
             # the RST_STREAM ahead of response frames still queued (trailers): the client would lose them.
             # The rest of the request is read and credited instead.
             return
-        self._local_resets.add(stream_id)
+        if error_code != ErrorCodes.NO_ERROR:  # a NO_ERROR reset closes with code 0: nothing to tell apart
+            self._local_resets.add(stream_id)  # forgotten once the RST_STREAM is written (data_to_send)
         try:
             self._conn.reset_stream(stream_id, error_code)
         except self._ng.NGH2Error:
+            self._local_resets.discard(stream_id)
             return  # a closing connection: nothing to reset
 
     def goaway(
@@ -552,7 +575,7 @@ class NgClientCodec(_NgCodec):
             raise ProtocolError(
                 lim.GOAWAY_RECEIVED, "the server sent GOAWAY: open the stream on a new connection"
             )
-        return int(self._conn.send_request(headers, end_stream=end_stream))
+        return self._conn.send_request(headers, end_stream=end_stream)  # type: ignore[no-any-return]
 
 
 def _reason_for_code(code: int, debug: bytes) -> str:

@@ -75,6 +75,32 @@ _TRACEPARENT_NAME: Final = TRACEPARENT.encode()
 _REQUEST_ID_AT: Final = len(b"x-request-id: ")
 _REQUEST_ID_END: Final = _REQUEST_ID_AT + 36  # a UUID's text
 _TRACEPARENT_AT: Final = _REQUEST_ID_END + len(b"\r\ntraceparent: ")
+# What _open does with a request field, by name: one dict lookup per field instead of a chain of compares.
+# Names not in the table (most of them, and pseudo-headers other than these three) are forwarded as they are.
+(_FWD, _METHOD, _PATH, _AUTHORITY, _DROP, _HOST, _SERVICE, _CTYPE, _TIMEOUT, _TE, _TRACE, _AGENT, _CALLER) = (
+    range(13)
+)
+
+
+def _field_actions(dropped: frozenset[bytes]) -> dict[bytes, int]:
+    actions = {n: _TRACE for n in TRACE_FIELDS}
+    actions.update({b":method": _METHOD, b":path": _PATH, b":authority": _AUTHORITY})
+    actions.update(
+        {
+            SERVICE_HEADER: _SERVICE,
+            b"content-type": _CTYPE,
+            b"grpc-timeout": _TIMEOUT,
+            b"te": _TE,
+            _USER_AGENT: _AGENT,
+            CALLER_HEADER: _CALLER,
+        }
+    )
+    actions.update({n: _DROP for n in dropped})  # dropped wins (an egress that names its caller drops it)
+    actions[b"host"] = _HOST
+    return actions
+
+
+_ACTIONS: Final = {dropped: _field_actions(dropped) for dropped in (HOP_BY_HOP, HOP_BY_HOP | {CALLER_HEADER})}
 NOT_IMPLEMENTED_H2_TO_HTTP1: Final = (
     "HTTP/2 to an HTTP/1.1 app is not supported (no h2 to HTTP/1.1 translation): call it over HTTP/1.1"
 )
@@ -165,6 +191,7 @@ class Http2Downstream(asyncio.Protocol):
         # A per-service egress names its service: error texts say it even when no route exists.
         self.fixed_service: str = getattr(router, "service", "") or ""
         self.codec = server_codec(proxy.engine, proxy.limits)
+        self.pool = proxy.pool  # read on every read and write: not through the proxy's property each time
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, H2Stream] = {}
         self.write_paused = False
@@ -181,6 +208,7 @@ class Http2Downstream(asyncio.Protocol):
         # Fields dropped from what a caller sends: hop-by-hop ones, and on an egress that names its caller
         # the caller header too (an app cannot speak for another workload).
         self.dropped = EGRESS_DROPPED if direction == "egress" and proxy.caller is not None else HOP_BY_HOP
+        self.actions = _ACTIONS[self.dropped]
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------
 
@@ -196,7 +224,7 @@ class Http2Downstream(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         opened = self.opened
-        pool = self.proxy.pool
+        pool = self.pool
         pool.reading = True
         try:
             self.codec.receive_into(data, self)
@@ -214,7 +242,9 @@ class Http2Downstream(asyncio.Protocol):
         finally:
             # One write per connection for the whole read: this one, and the upstream ones it fed.
             self.flush()
-            pool.end_read()
+            pool.reading = False
+            if pool.dirty:
+                pool.end_read()
 
     # -- codec events (EventSink) -------------------------------------------------------------------
 
@@ -230,7 +260,7 @@ class Http2Downstream(asyncio.Protocol):
 
     def h2_end(self, stream_id: int) -> None:
         stream = self.streams.get(stream_id)
-        if stream is not None:
+        if stream is not None and not stream.req_ended:  # else the DATA or trailers that ended it said so
             stream.on_down_end()
 
     def h2_trailers(self, stream_id: int, headers: Headers) -> None:
@@ -300,42 +330,48 @@ class Http2Downstream(asyncio.Protocol):
         grpc = False
         traced: dict[bytes, int] | None = None  # trace-context fields the caller sent -> index in ``up``
         up: Headers = []
-        dropped = self.dropped
-        for name, value in headers:
-            if name[:1] == b":":
-                if name == b":method":
+        action = self.actions.get
+        for pair in headers:
+            name = pair[0]
+            act = action(name, _FWD)
+            if act == _FWD:
+                up.append(pair)
+                continue
+            value = pair[1]
+            if act <= _AUTHORITY:
+                if act == _METHOD:
                     method = value
-                elif name == b":path":
+                elif act == _PATH:
                     path = value
-                elif name == b":authority":
+                else:
                     authority = value
-                up.append((name, value))
+            elif act == _DROP:
                 continue
-            if name in dropped:
-                if name == b"host":
-                    host = value
+            elif act == _HOST:
+                host = value
                 continue
-            if name == SERVICE_HEADER:
+            elif act == _SERVICE:
                 service = value  # the egress adds its own; the app behind the ingress needs none
                 continue
-            if name == b"content-type":
+            elif act == _CTYPE:
                 grpc = is_grpc_content_type(value)
-            elif name == b"grpc-timeout":
+            elif act == _TIMEOUT:
                 timeout_raw = value
                 timeout_at = len(up)
-            elif name == b"te" and value.strip().lower() != b"trailers":
-                continue
-            elif name in TRACE_FIELDS:
+            elif act == _TE:
+                if value != b"trailers" and value.strip().lower() != b"trailers":
+                    continue
+            elif act == _TRACE:
                 if traced is None:
                     traced = {}
                 elif name in traced:
                     continue  # a repeated trace field: the first one counts, the rest would go stale
                 traced[name] = len(up)
-            elif name == _USER_AGENT:
+            elif act == _AGENT:
                 agent = value  # for the stream's entry: read here, not by a second pass over the fields
-            elif name == CALLER_HEADER and caller is None:
+            elif caller is None:  # _CALLER
                 caller = value
-            up.append((name, value))
+            up.append(pair)
         authority = authority or host
         trace = self._trace(up, traced)
         if timeout_at is not None and (timeout_at >= len(up) or up[timeout_at][0] != b"grpc-timeout"):
@@ -431,7 +467,11 @@ class Http2Downstream(asyncio.Protocol):
                 return
             self.loop.create_task(self._await_route(stream, waiter, head, timeout))  # rare: a new service
             return
-        self._routed(stream, route, head, timeout)
+        local = route.local
+        if local is not None and local.instance.protocol == "http":
+            self._routed(stream, route, head, timeout)  # refused there
+            return
+        stream.routed(route, stream_lookup(head, stream.grpc), timeout)  # as _routed, one call fewer
 
     async def _await_route(
         self, stream: H2Stream, waiter: Coroutine[Any, Any, Route | str], head: RequestHead, timeout: float
@@ -507,7 +547,7 @@ class Http2Downstream(asyncio.Protocol):
     def want_flush(self) -> None:
         if not self.dirty:
             self.dirty = True
-            self.proxy.pool.schedule_flush(self)
+            self.pool.schedule_flush(self)
 
     def flush(self) -> None:
         self.dirty = False

@@ -144,7 +144,13 @@ MAX_MIRRORS_IN_FLIGHT: Final = 1000
 
 
 def filter_headers(headers: Headers) -> Headers:
-    """End-to-end fields only (``te`` only as ``trailers``, RFC 9113 §8.2.2)."""
+    """End-to-end fields only (``te`` only as ``trailers``, RFC 9113 §8.2.2): ``headers`` itself when it has
+    none to drop (the usual case: nghttp2 already refuses connection-specific fields in responses)."""
+    for name, _ in headers:
+        if name in HOP_BY_HOP or name == b"te":
+            break
+    else:
+        return headers
     out: Headers = []
     for name, value in headers:
         if name in HOP_BY_HOP or (name == b"te" and value.strip().lower() != b"trailers"):
@@ -233,7 +239,9 @@ class H2Stream:
         self.req_ended = ended
         self.req_end_sent = False
         self.req_trailers: Headers | None = None
-        self.sent_copy: bytearray | None = bytearray()  # request bytes sent upstream (None: too many)
+        # Request bytes sent upstream, kept for a retry (None: too many). Bytes, not a bytearray: a request
+        # sent in one DATA frame (a unary call) is kept as that frame's payload, with no copy.
+        self.sent_copy: bytes | None = b""
         self.resp_q: deque[list[bytes | int]] = deque()  # [data, upstream credit owed once sent]
         self.resp_started = False
         self.resp_end = False
@@ -527,6 +535,15 @@ class H2Stream:
                 self.down.codec.send_headers(self.sid, filter_headers(headers))
                 self.down.want_flush()
             return
+        if not end_stream and self.gov is None:
+            # The usual answer (headers now, body and trailers to follow): _forward_headers, one call fewer.
+            self.status = status
+            self.resp_started = True
+            down = self.down
+            down.codec.send_headers(self.sid, filter_headers(headers), False)
+            if not down.dirty:
+                down.want_flush()
+            return
         if end_stream:
             if self._unprocessed_reply(headers):
                 if self._answer_unprocessed():
@@ -543,8 +560,10 @@ class H2Stream:
             return
         self.status = status
         self.resp_started = True
-        self.down.codec.send_headers(self.sid, filter_headers(headers), end_stream)
-        self.down.want_flush()
+        down = self.down
+        down.codec.send_headers(self.sid, filter_headers(headers), end_stream)
+        if not down.dirty:
+            down.want_flush()
         if end_stream:
             if self.grpc:
                 self.grpc_code = _grpc_status_value(headers)  # trailers-only: the status is in the headers
@@ -696,17 +715,18 @@ class H2Stream:
             self.req_q.append([data, flow_controlled_length])
         if end_stream:
             self.req_ended = True
-        self.pump_request()
+        if self.conn is not None:  # else it is sent once the upstream stream opens (on_upstream_ready)
+            self.pump_request()
 
     def on_down_trailers(self, headers: Headers) -> None:
         self.req_trailers = filter_headers(headers)
         self.req_ended = True
-        if not self.done:
+        if not self.done and self.conn is not None:
             self.pump_request()
 
     def on_down_end(self) -> None:
         self.req_ended = True
-        if not self.done:
+        if not self.done and self.conn is not None:
             self.pump_request()
 
     def on_down_reset(self, error_code: int) -> None:
@@ -745,7 +765,8 @@ class H2Stream:
                     if len(copy) + taken > RETRY_BUFFER_BYTES:
                         self.sent_copy = None  # too long to replay: no retry from now on
                     else:
-                        copy += data[:taken] if taken < len(data) else data
+                        part = data[:taken] if taken < len(data) else data
+                        self.sent_copy = copy + part if copy else part
                 if taken < len(data):
                     item[0] = data[taken:]
                     break
@@ -765,8 +786,9 @@ class H2Stream:
                 self.req_end_sent = True
         except h2x.StreamClosedError:
             pass  # the upstream stream just ended or was reset: its event follows
-        conn.want_flush()
-        if credited:
+        if not conn.dirty:
+            conn.want_flush()
+        if credited and not self.down.dirty:
             self.down.want_flush()
 
     def pump_response(self) -> None:
@@ -793,7 +815,8 @@ class H2Stream:
                 assert isinstance(credit, int)
                 if credit and conn is not None:
                     conn.codec.acknowledge(self.credit_sid, credit)
-                    conn.want_flush()
+                    if not conn.dirty:
+                        conn.want_flush()
                 if end:
                     self.resp_done = True
             if not q and self.resp_end and not self.resp_done:
@@ -804,7 +827,8 @@ class H2Stream:
                 self.resp_done = True
         except h2x.StreamClosedError:
             self.resp_done = True  # the caller reset meanwhile: its reset event follows
-        down.want_flush()
+        if not down.dirty:
+            down.want_flush()
         if self.resp_done:
             self.finish()
 
@@ -870,8 +894,8 @@ class H2Stream:
         self.down.proxy.stats.upstream_rq_retry += 1
         copy = self.sent_copy
         if copy:
-            self.req_q.appendleft([bytes(copy), 0])  # already credited to the caller when first sent
-        self.sent_copy = bytearray()
+            self.req_q.appendleft([copy, 0])  # already credited to the caller when first sent
+        self.sent_copy = b""
         self.req_end_sent = False
         gov = self.gov
         if gov is None:
@@ -912,24 +936,28 @@ class H2Stream:
 
     def _release_credits(self) -> None:
         """Credit back the bytes an ending stream still holds: unacknowledged, they would shrink both
-        connections' windows for good."""
-        conn = self.credit_conn
-        for item in self.resp_q:
-            credit = item[1]
-            if credit and conn is not None:
-                assert isinstance(credit, int)
-                conn.codec.acknowledge(self.credit_sid, credit)
-        self.resp_q.clear()
-        if conn is not None:
-            conn.want_flush()
-        down = self.down
-        for item in self.req_q:
-            credit = item[1]
-            if credit:
-                assert isinstance(credit, int)
-                down.codec.acknowledge(self.sid, credit)
-        self.req_q.clear()
-        down.want_flush()
+        connections' windows for good. (A stream that ends normally holds none: nothing to do.)"""
+        resp_q = self.resp_q
+        if resp_q:
+            conn = self.credit_conn
+            for item in resp_q:
+                credit = item[1]
+                if credit and conn is not None:
+                    assert isinstance(credit, int)
+                    conn.codec.acknowledge(self.credit_sid, credit)
+            resp_q.clear()
+            if conn is not None:
+                conn.want_flush()
+        req_q = self.req_q
+        if req_q:
+            down = self.down
+            for item in req_q:
+                credit = item[1]
+                if credit:
+                    assert isinstance(credit, int)
+                    down.codec.acknowledge(self.sid, credit)
+            req_q.clear()
+            down.want_flush()
 
     def _record(self) -> None:
         self._release_credits()
@@ -1142,6 +1170,8 @@ class H2Stream:
 _new_entry: Final = object.__new__  # a RequestEntry without its keyword constructor (H2Stream._report)
 _GRPC_STATUS_TEXT: Final = {str(code).encode(): str(code) for code in range(17)}  # decoded once, not per call
 _METHOD_TEXT: Final = {m: m.decode() for m in (b"POST", b"GET", b"PUT", b"DELETE", b"HEAD", b"PATCH")}
+
+
 def service_from_authority(authority: bytes | None) -> str:
     return service_from_host(authority) or ""
 

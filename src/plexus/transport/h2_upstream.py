@@ -141,7 +141,9 @@ class Http2UpstreamConnection(asyncio.Protocol):
         finally:
             # One write per connection for the whole read (this one, and the downstream ones it answers).
             self.flush()
-            pool.end_read()
+            pool.reading = False
+            if pool.dirty:
+                pool.end_read()
 
     # -- codec events (EventSink) -------------------------------------------------------------------
 
@@ -226,7 +228,8 @@ class Http2UpstreamConnection(asyncio.Protocol):
     def open(self, stream: UpstreamStream, headers: Headers, end_stream: bool) -> int:
         sid = self.codec.send_request(headers, end_stream)
         self.streams[sid] = stream
-        self.want_flush()
+        if not self.dirty:
+            self.want_flush()
         return sid
 
     def reset(self, stream_id: int, error_code: int = ErrorCodes.CANCEL) -> None:
@@ -245,7 +248,9 @@ class Http2UpstreamConnection(asyncio.Protocol):
 
     def finished(self, stream_id: int) -> None:
         """The proxied stream is over on this side (both directions ended): forget it."""
-        if self.streams.pop(stream_id, None) is not None:
+        streams = self.streams
+        # _stream_gone has nothing to do while other streams remain and none waits for a slot.
+        if streams.pop(stream_id, None) is not None and (not streams or self.group.waiting):
             self._stream_gone()
 
     def want_flush(self) -> None:
@@ -392,7 +397,7 @@ class Http2UpstreamPool:
         self.ping_failures = 0
         self._groups: dict[str, _Group] = {}
         self._connecting: dict[str, int] = {}  # endpoint key → connects under way
-        self._dirty: list[Flushable] = []
+        self.dirty: list[Flushable] = []  # connections to write at the end of this read or loop turn
         self._all: set[Http2UpstreamConnection] = set()
         self._flush_scheduled = False
         # True while a connection's data_received runs: what it makes dirty is written by ``end_read``.
@@ -538,7 +543,7 @@ class Http2UpstreamPool:
     def schedule_flush(self, conn: Flushable) -> None:
         """Write ``conn``'s frames (upstream or downstream) once: at the end of the read under way
         (``end_read``), else at the end of this loop turn."""
-        self._dirty.append(conn)
+        self.dirty.append(conn)
         if not self._flush_scheduled and not self.reading:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush_dirty)
@@ -549,16 +554,16 @@ class Http2UpstreamPool:
         large share of the proxy's CPU per call (bench/profiles/grpc-1stream-NOTES.md); uvloop writes at
         once, so this is still one write per connection per read."""
         self.reading = False
-        dirty = self._dirty
+        dirty = self.dirty
         if dirty:
-            self._dirty = []
+            self.dirty = []
             for item in dirty:
                 if item.dirty:
                     item.flush()
 
     def _flush_dirty(self) -> None:
         self._flush_scheduled = False
-        dirty, self._dirty = self._dirty, []
+        dirty, self.dirty = self.dirty, []
         for item in dirty:
             if item.dirty:
                 item.flush()
