@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
-from typing import Final
+from typing import Any, Final, TypeVar
 
 from plexus.proxy.telemetry import (
     INBOUND,
@@ -249,26 +249,12 @@ class ServiceStats:
     @property
     def series(self) -> dict[tuple[str, int, str, str], Series]:
         """Istio's series: (peer_workload, status, grpc_status, flags) -> counters over every path."""
-        out: dict[tuple[str, int, str, str], Series] = {}
-        for key, record in list(self._records.items()):
-            series_key = key[:4]
-            found = out.get(series_key)
-            if found is None:
-                found = out[series_key] = Series()
-            found.add(record)
-        return out
+        return _summed(self._records, slice(0, 4), Series)
 
     @property
     def paths(self) -> dict[tuple[str, str], PathStats]:
         """(method, path) -> counters over every series."""
-        out: dict[tuple[str, str], PathStats] = {}
-        for key, record in list(self._records.items()):
-            path_key = key[4:]
-            found = out.get(path_key)
-            if found is None:
-                found = out[path_key] = PathStats()
-            found.add(record)
-        return out
+        return _summed(self._records, slice(4, 6), PathStats)
 
     @property
     def buckets(self) -> list[int]:
@@ -281,6 +267,20 @@ class ServiceStats:
     @property
     def duration_sum_ms(self) -> float:
         return self._plain_sum_ms + sum(record[REC_DURATION_SUM] for record in list(self._records.values()))
+
+
+_View = TypeVar("_View", Series, PathStats)
+
+
+def _summed(records: dict[RecordKey, list[float]], part: slice, view: type[_View]) -> dict[Any, _View]:
+    """The records summed by one part of their keys (the series part, or the path part)."""
+    out: dict[Any, _View] = {}
+    for key, record in list(records.items()):
+        found = out.get(key[part])
+        if found is None:
+            found = out[key[part]] = view()
+        found.add(record)
+    return out
 
 
 def _duration_at(ms: float) -> int:
