@@ -69,7 +69,9 @@ def test_a_duration_lands_where_bisect_puts_it(ms: float) -> None:
     assert series.duration_buckets.index(1) == bisect_left(DURATION_BUCKETS_MS, ms)
 
 
-@pytest.mark.parametrize("size", [0, 1, 2, 10, 11, 999, 1000, 1001, 16_383, 16_384, 10**7, 10**8])
+@pytest.mark.parametrize(
+    "size", [-1, -20_000, 0, 1, 2, 10, 11, 999, 1000, 1001, 16_383, 16_384, 10**7, 10**8]
+)
 def test_a_size_lands_where_bisect_puts_it(size: int) -> None:
     stats = ServiceStats("svc", "egress")
     stats.done(_entry(request_bytes=size, response_bytes=size))

@@ -215,10 +215,10 @@ class ServiceStats:
             record[_duration_at(ms)] += 1
         size = entry.request_bytes
         record[REC_REQUEST_BYTES] += size
-        record[_REQUEST_AT[size] if size < _SIZE_TABLE else _size_at(size, REC_REQUEST)] += 1
+        record[_REQUEST_AT[size] if 0 <= size < _SIZE_TABLE else _size_at(size, REC_REQUEST)] += 1
         size = entry.response_bytes
         record[REC_RESPONSE_BYTES] += size
-        record[_RESPONSE_AT[size] if size < _SIZE_TABLE else _size_at(size, REC_RESPONSE)] += 1
+        record[_RESPONSE_AT[size] if 0 <= size < _SIZE_TABLE else _size_at(size, REC_RESPONSE)] += 1
         self.telemetry.observe(entry, failed, line)
 
     def _new_record(self, key: RecordKey, protocol: str) -> list[float]:
