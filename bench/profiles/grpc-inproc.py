@@ -31,6 +31,7 @@ import time
 from typing import Any
 
 import uvloop
+from fake_transport import FakeTransport  # (this folder: sys.path[0] when run as a script)
 
 from plexus.discovery.model import Instance
 from plexus.sidecar.app import GC_GEN0_THRESHOLD
@@ -53,37 +54,6 @@ REQUEST = [
 BODY = b"\x00\x00\x00\x00\x0e\x0a\x0cplexus bench"
 RESPONSE = [(b":status", b"200"), (b"server", b"nginx/1.26.0"), (b"content-type", b"application/grpc")]
 TRAILERS = [(b"grpc-status", b"0"), (b"grpc-message", b"")]
-
-
-class FakeTransport:
-    def __init__(self) -> None:
-        self.buf: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.buf.append(data)
-
-    def is_closing(self) -> bool:
-        return False
-
-    def get_extra_info(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
-
-    def take(self) -> bytes:
-        data = b"".join(self.buf)
-        self.buf.clear()
-        return data
 
 
 class _LoopShim:

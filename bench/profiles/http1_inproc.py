@@ -27,6 +27,7 @@ import time
 from typing import Any
 
 import uvloop
+from fake_transport import FakeTransport  # (this folder: sys.path[0] when run as a script)
 
 from plexus.core.address import HostPort
 from plexus.discovery.model import Instance
@@ -40,39 +41,6 @@ RESPONSE = (
     b"Connection: keep-alive\r\n\r\nhello, bench\n"
 )
 FLUSH_EVERY = 1000  # requests between two writer runs (the sidecar's 0.1 s at 10,000 requests a second)
-
-
-class FakeTransport:
-    """What a protocol object writes, kept until taken."""
-
-    def __init__(self) -> None:
-        self.chunks: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.chunks.append(data)
-
-    def is_closing(self) -> bool:
-        return False
-
-    def get_extra_info(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
-
-    def take(self) -> bytes:
-        data = b"".join(self.chunks)
-        self.chunks.clear()
-        return data
 
 
 class NullStream(io.RawIOBase):
