@@ -101,7 +101,6 @@ def main(argv: list[str]) -> None:
                 writer.flush()
             for telemetry in telemetries:
                 telemetry.access_log = []
-                telemetry.access_log_lines = 0
 
     for _ in range(int(os.environ.get("WARM", "3000"))):
         one()

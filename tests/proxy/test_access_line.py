@@ -8,9 +8,11 @@ from typing import Any
 import orjson
 import pytest
 
-from plexus.proxy.access_line import entry_line, http1_line
+from plexus.proxy.access_line import entry_line, format_batch
+from plexus.proxy.http1_outcome import outcome_for
+from plexus.proxy.stats import ServiceStats
 from plexus.proxy.telemetry import INBOUND, OUTBOUND, RequestEntry, Telemetry
-from plexus.proxy.tracing import Tracer, ids_from_lines
+from plexus.proxy.tracing import Tracer, TraceStart, ids_from_lines
 
 
 def _entry(**fields: Any) -> RequestEntry:
@@ -35,9 +37,34 @@ def _entry(**fields: Any) -> RequestEntry:
     return RequestEntry(*positional, **base)
 
 
-def _line(*args: Any) -> bytes:
-    """http1_line's pieces joined, as the writer joins them: one line, its newline at the end."""
-    raw = b"".join(http1_line(*args))
+def _line(
+    telemetry: Telemetry,
+    entry: RequestEntry,
+    method: bytes,
+    path: bytes,
+    host: bytes | None,
+    agent: bytes | None,
+    lines: bytes,
+    request_id: str | None,
+    trace_id: str | None,
+) -> bytes:
+    """The line format_batch writes for ``entry`` as an HTTP/1.1 request queued from its raw bytes (its
+    Http1Outcome's tuple, with the trace lines, or a TraceStart holding the given ids): one line, one
+    newline at its end."""
+    stats = ServiceStats(entry.service, "ingress" if entry.direction == INBOUND else "egress", telemetry)
+    peer = entry.peer_workload.encode() if entry.direction == INBOUND else entry.peer_workload
+    key = (method, path, host, agent, entry.status, entry.reason, entry.flags, entry.upstream, peer, 1)
+    ids: TraceStart | bytes = lines
+    if request_id is not None or trace_id is not None:
+        ids = TraceStart(trace_id or "", "", "", False, request_id or "", [])
+    item = (
+        outcome_for(stats, key),
+        entry.start,
+        entry.duration_ms,
+        entry.request_bytes,
+        entry.response_bytes,
+    )
+    raw = format_batch(telemetry, [(*item, (host, agent, ids, None), False)])
     assert raw.endswith(b"\n") and raw.count(b"\n") == 1
     return raw[:-1]
 

@@ -1,16 +1,15 @@
-"""Access-log lines: one JSON object per request, Envoy's fields, formatted sans-IO (the writer in
-``plexus.sidecar.access_log`` only joins and writes them).
+"""Access-log lines: one JSON object per request, Envoy's fields, formatted sans-IO by ``format_batch``,
+which the writer in ``plexus.sidecar.access_log`` calls on its timer, off the hot path, for every request
+queued since its last run (then it only writes the bytes).
 
-Two ways in. ``entry_line`` formats any ``RequestEntry`` (HTTP/2, gRPC, Bolt, Dubbo); the writer calls it for
-the entries it finds queued. ``http1_line`` formats an HTTP/1.1 request from the raw bytes its exchange
-still holds, at the moment it ends, as Envoy formats its lines on the worker that served the request: the
-bytes are hot in the CPU caches then, nothing needs decoding, and the queue holds bytes (which the garbage
-collector never scans) instead of keeping every entry alive until the next flush. Both build a line from
-parts that repeat from request to request (the request line, the outcome, the client, the upstream with its
-route and peer), formatted once with orjson and then looked up: what varies per request is only numbers,
-the start time and the ids. An HTTP/1.1 line is queued as its pieces (the parts, one formatted piece of
-numbers, the ids sliced from the trace lines), which the writer joins with all the others in one call.
-bench/RESULTS.md has what a line costs.
+Two kinds of queued request. A ``RequestEntry`` (HTTP/2, gRPC, Bolt, Dubbo, and HTTP/1.1 failures) is
+formatted by ``entry_line``. An HTTP/1.1 request is its recent-ring tuple (plexus.proxy.http1_outcome): the
+way it ended (its ``Http1Outcome``) and its numbers, nothing decoded. Both build a line from parts that
+repeat from request to request (the request line, the outcome, the client, the upstream with its route and
+peer), formatted once with orjson and then looked up; for an HTTP/1.1 request, what varies per line is only
+the start time, the duration's piece (looked up by its microseconds) and the ids, sliced from the trace
+lines block its exchange forwarded. The lines' pieces are joined in one call. bench/RESULTS.md has what a
+line costs.
 
 Fields, named as Envoy's default JSON access-log format names them: ``start_time``, ``method``, ``path``,
 ``protocol``, ``response_code``, ``response_flags``, ``response_code_details``, ``bytes_received``,
@@ -28,6 +27,7 @@ from typing import Any, Final
 import orjson
 
 from plexus.proxy.telemetry import NO_FLAGS, RequestEntry, Telemetry
+from plexus.proxy.tracing import TraceStart
 
 # Envoy's request protocol strings (%PROTOCOL%); Bolt and Dubbo keep their own names.
 PROTOCOL_NAMES: Final = {"http": "HTTP/1.1", "grpc": "HTTP/2", "bolt": "bolt", "dubbo": "dubbo"}
@@ -163,7 +163,7 @@ def entry_line(entry: RequestEntry, telemetry: Telemetry) -> str:
             request.decode(),
             outcome.decode(),
             f'"bytes_received":{entry.request_bytes},"bytes_sent":{entry.response_bytes},',
-            f'"duration":{round(duration_ms)},"duration_ms":{duration_ms:.3f},',
+            duration_piece(duration_ms)[: -len(b'"request_id":"')].decode(),
             orjson.dumps(ids)[1:-1].decode(),
             ',"grpc_status":',
             f'"{grpc_status}"' if grpc_status else "null",
@@ -172,98 +172,102 @@ def entry_line(entry: RequestEntry, telemetry: Telemetry) -> str:
     )
 
 
-_REQUEST_ID_START: Final = len(b"x-request-id: ")
-_TRACE_LINES_TAIL: Final = len(b"traceparent: 00-") + 32 + 1 + 16 + 1 + 2 + 2  # (tracing.fresh_lines' shape)
-# A line is queued as pieces (http1_line), joined by the writer with every other queued line at once: no
-# bytes object per line (a line is over pymalloc's 512 bytes: each would be a malloc and a free), and only its
-# numbers are formatted per request. (``duration`` is Envoy's whole milliseconds: %d of the float + 0.5
-# rounds it without an int() call.)
-_NUMBERS: Final = b'"bytes_received":%d,"bytes_sent":%d,"duration":%d,"duration_ms":%.3f,"request_id":"'
-_NUMBERS_JSON: Final = _NUMBERS[:-1]  # (then the id as JSON: null, or a string with its escapes)
+# Where the ids are in a block of trace lines (tracing.fresh_lines' shape:
+# "x-request-id: ID\r\ntraceparent: 00-TRACE-SPAN-FLAGS\r\n").
+_REQUEST_ID_AT: Final = slice(len(b"x-request-id: "), -len(b"\r\ntraceparent: 00-") - 32 - 1 - 16 - 1 - 2 - 2)
+_TRACE_ID_AT: Final = slice(-(32 + 1 + 16 + 1 + 2 + 2), -(1 + 16 + 1 + 2 + 2))
+# An HTTP/1.1 line is pieces, joined with every other line of the batch at once: no bytes object per line (a
+# line is over pymalloc's 512 bytes: each would be a malloc and a free). What varies per request is looked
+# up, not formatted, where it repeats: the sizes after the parts (``with_sizes``: a way of ending usually has
+# one response size), the duration by its whole microseconds (``duration_piece``).
+_SIZES: Final = b'"bytes_received":%d,"bytes_sent":%d,'
+_DURATION: Final = b'"duration":%d,"duration_ms":%d.%03d,"request_id":"'
+_DURATIONS_KEPT: Final = 5000  # microseconds: a hop within 5 ms finds its piece made (at most ~0.4 MB)
+_duration_pieces: list[bytes | None] = [None] * _DURATIONS_KEPT
 _TRACE_ID: Final = b'","trace_id":"'
 _TAIL: Final = b'","grpc_status":null}\n'
 _TRACE_ID_JSON: Final = b',"trace_id":'
 _TAIL_JSON: Final = b',"grpc_status":null}\n'
-# The last line's start: its loop time, its Unix milliseconds and their piece (requests that end in one turn
-# of the loop share the first; those of one millisecond the second).
-_last_start: list[Any] = [-1.0, 0, b""]
 
 
-def _http1_part(key: tuple[Any, ...], entry: RequestEntry, telemetry: Telemetry) -> bytes:
-    """An HTTP/1.1 line's request and outcome parts together (request_part + outcome_part), remembered in
-    ``telemetry.http1_parts`` (per sidecar: the workload is in the part, not in the key)."""
-    method, path, host, agent = key[:4]
+def with_sizes(parts: bytes, request_bytes: int, response_bytes: int) -> bytes:
+    """``parts`` (http1_parts) followed by ``"bytes_received":..,"bytes_sent":..,``."""
+    return parts + _SIZES % (request_bytes, response_bytes)
+
+
+def duration_piece(duration_ms: float) -> bytes:
+    """``"duration":..,"duration_ms":..,"request_id":"``: Envoy's whole milliseconds, and the duration to the
+    microsecond (rounded half up), remembered per microsecond below _DURATIONS_KEPT."""
+    us = int(duration_ms * 1000.0 + 0.5)
+    if 0 <= us < _DURATIONS_KEPT:
+        piece = _duration_pieces[us]
+        if piece is None:
+            piece = _duration_pieces[us] = _DURATION % ((us + 500) // 1000, us // 1000, us % 1000)
+        return piece
+    return _DURATION % ((us + 500) // 1000, us // 1000, us % 1000)
+
+
+def http1_parts(
+    method: bytes, path: bytes, host: bytes | None, user_agent: bytes | None, outcome: OutcomeKey
+) -> bytes:
+    """An HTTP/1.1 line's request and outcome parts together (request_part + outcome_part), from the raw
+    bytes of the request: what every line of one way of ending shares (kept by plexus.proxy.http1_outcome)."""
     request = request_part(
         method.decode("latin-1"),
         path.decode("latin-1"),
         "HTTP/1.1",
         host.decode("latin-1") if host is not None else "",
-        agent.decode("latin-1") if agent is not None else "",
+        user_agent.decode("latin-1") if user_agent is not None else "",
     )
-    outcome = outcome_part(*outcome_key(entry, telemetry.workload))
-    return _remember(telemetry.http1_parts, key, request + outcome)
+    return request + outcome_part(*outcome)
 
 
-def http1_line(
-    telemetry: Telemetry,
-    entry: RequestEntry,
-    method: bytes,
-    path: bytes,
-    host: bytes | None,
-    user_agent: bytes | None,
-    trace_lines: bytes,
-    request_id: str | None,
-    trace_id: str | None,
-) -> tuple[bytes, ...]:
-    """An HTTP/1.1 request's line, newline included, as pieces to join (``Telemetry.observe`` queues them),
-    from its raw bytes (``entry`` holds the rest; none of its lazy fields is read). The ids come from
-    ``trace_lines`` (the block tracing.fresh_lines/follow_lines wrote: ids that need no escaping) unless
-    ``request_id``/``trace_id`` are given (a request whose trace began on the general path)."""
-    last = _last_start
-    started = entry.start
-    if started == last[0]:
-        start = last[2]
-    else:  # a new turn of the loop: to the millisecond, which it often shares with the last line
-        millis = int((started + telemetry.loop_clock_offset) * 1000)
-        if millis == last[1]:
-            start = last[2]
+def format_batch(telemetry: Telemetry, batch: list[RequestEntry | tuple[Any, ...]]) -> bytes:
+    """The access log's queued requests as lines, newlines included: entries (entry_line), and HTTP/1.1
+    requests as their ring tuples (``(outcome, started, duration_ms, request_bytes, response_bytes, wire,
+    sampled)``, plexus.proxy.http1_outcome), formatted from what their outcome keeps: the parts with the
+    sizes, the start (shared by the lines of one millisecond), the duration's piece, and the ids sliced from
+    the trace lines block (ids that need no escaping), or from a TraceStart, or none (refused before it
+    started). One join of every piece: no bytes object per line."""
+    out: list[bytes] = []
+    add = out.extend
+    offset = telemetry.loop_clock_offset
+    durations = _duration_pieces
+    last_started, last_millis, start = -1.0, -1, b""
+    for item in batch:
+        if item.__class__ is not tuple:
+            out.append(entry_line(item, telemetry).encode() + b"\n")  # type: ignore[arg-type]
+            continue
+        outcome, started, duration_ms, request_bytes, response_bytes, wire, _ = item
+        if started != last_started:  # a new turn of the loop
+            last_started = started
+            millis = int((started + offset) * 1000)
+            if millis != last_millis:
+                last_millis = millis
+                seconds, ms = divmod(millis, 1000)
+                start = b'{"start_time":"%b.%03dZ",' % (_second_bytes(seconds), ms)
+        if request_bytes == outcome.sized_request and response_bytes == outcome.sized_response:
+            sized = outcome.sized_parts
         else:
-            seconds, ms = divmod(millis, 1000)
-            start = b'{"start_time":"%b.%03dZ",' % (_second_bytes(seconds), ms)
-        last[:] = (started, millis, start)
-    # Everything but numbers, the start and the ids, found by one key.
-    key = (
-        method,
-        path,
-        host,
-        user_agent,
-        entry.status,
-        entry.reason,
-        entry.flags,
-        entry.upstream,
-        entry.peer_workload,
-        entry.attempts,
-        entry.service,
-        entry.direction,
-    )
-    parts = telemetry.http1_parts.get(key) or _http1_part(key, entry, telemetry)
-    duration_ms = entry.duration_ms
-    if request_id is None and trace_lines:
-        return (
-            start,
-            parts,
-            _NUMBERS % (entry.request_bytes, entry.response_bytes, duration_ms + 0.5, duration_ms),
-            trace_lines[_REQUEST_ID_START : -_TRACE_LINES_TAIL - 2],
-            _TRACE_ID,
-            trace_lines[-54:-22],
-            _TAIL,
+            sized = outcome.parts_sized(request_bytes, response_bytes)
+        us = int(duration_ms * 1000.0 + 0.5)  # duration_piece, inlined for the usual case
+        duration = durations[us] if 0 <= us < _DURATIONS_KEPT else None
+        if duration is None:
+            duration = duration_piece(duration_ms)
+        ids = wire[2]
+        if ids.__class__ is bytes and ids:
+            add((start, sized, duration, ids[_REQUEST_ID_AT], _TRACE_ID, ids[_TRACE_ID_AT], _TAIL))
+            continue
+        trace = ids if isinstance(ids, TraceStart) else None
+        add(
+            (
+                start,
+                sized,
+                duration[:-1],  # (then the id as JSON: null, or a string with its escapes)
+                orjson.dumps(trace.request_id or None if trace is not None else None),
+                _TRACE_ID_JSON,
+                orjson.dumps(trace.trace_id or None if trace is not None else None),
+                _TAIL_JSON,
+            )
         )
-    return (
-        start,
-        parts,
-        _NUMBERS_JSON % (entry.request_bytes, entry.response_bytes, duration_ms + 0.5, duration_ms),
-        orjson.dumps(request_id or None),
-        _TRACE_ID_JSON,
-        orjson.dumps(trace_id or None),
-        _TAIL_JSON,
-    )
+    return b"".join(out)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from plexus.proxy.telemetry import (
     INBOUND,
@@ -14,6 +14,9 @@ from plexus.proxy.telemetry import (
     RequestEntry,
     Telemetry,
 )
+
+if TYPE_CHECKING:
+    from plexus.proxy.http1_outcome import Http1Outcome
 
 # Request duration buckets in milliseconds (Istio's istio_request_duration_milliseconds buckets).
 DURATION_BUCKETS_MS: Final = (
@@ -155,6 +158,7 @@ class ServiceStats:
         "by_class",
         "direction",
         "failures",
+        "http1_outcomes",
         "protocol",
         "service",
         "telemetry",
@@ -173,6 +177,8 @@ class ServiceStats:
         self._plain_buckets = [0] * (len(DURATION_BUCKETS_MS) + 1)
         self._plain_sum_ms = 0.0
         self.telemetry = telemetry if telemetry is not None else Telemetry()
+        # The ways HTTP/1.1 requests of this service ended, by key (bounded in plexus.proxy.http1_outcome).
+        self.http1_outcomes: dict[tuple[object, ...], Http1Outcome] = {}
 
     @property
     def traffic_direction(self) -> str:
@@ -185,9 +191,9 @@ class ServiceStats:
         self._plain_buckets[bisect_left(DURATION_BUCKETS_MS, duration_ms)] += 1
         self._plain_sum_ms += duration_ms
 
-    def done(self, entry: RequestEntry, line: tuple[bytes, ...] | None = None) -> None:
-        """A request ended: count it everywhere and hand it to the telemetry sinks (``line``: its access-log
-        line when the transport formatted it, see Telemetry.observe)."""
+    def done(self, entry: RequestEntry, logged: tuple[Any, ...] | None = None) -> None:
+        """A request ended: count it everywhere and hand it to the telemetry sinks (``logged``: what the
+        access log queues instead of the entry, see Telemetry.observe)."""
         status = entry.status
         grpc_status = entry.grpc_status
         # RequestEntry.failed, asked only when one of its conditions can hold (not on the success path).
@@ -200,26 +206,15 @@ class ServiceStats:
         self.by_class[cls if 0 < cls < 6 else 0] += 1
         key = (entry.peer_workload, status, grpc_status, entry.flags, entry.method, entry.path)
         record = self._records.get(key) or self._new_record(key, entry.protocol)
-        record[REC_COUNT] += 1
         if failed:
             self.failures += 1
             record[REC_FAILURES] += 1
-        ms = entry.duration_ms
-        record[REC_DURATION_SUM] += ms
-        if ms <= 1.0:
-            record[REC_DURATION] += 1
-        elif ms < _DURATION_MS:
-            whole = int(ms)
-            record[_DURATION_AT[whole if whole == ms else whole + 1]] += 1  # (the ceiling: see _DURATION_AT)
-        else:
-            record[_duration_at(ms)] += 1
-        size = entry.request_bytes
-        record[REC_REQUEST_BYTES] += size
-        record[_REQUEST_AT[size] if 0 <= size < _SIZE_TABLE else _size_at(size, REC_REQUEST)] += 1
-        size = entry.response_bytes
-        record[REC_RESPONSE_BYTES] += size
-        record[_RESPONSE_AT[size] if 0 <= size < _SIZE_TABLE else _size_at(size, REC_RESPONSE)] += 1
-        self.telemetry.observe(entry, failed, line)
+        count_into(record, entry.duration_ms, entry.request_bytes, entry.response_bytes)
+        self.telemetry.observe(entry, failed, logged)
+
+    def record_for(self, key: RecordKey, protocol: str) -> list[float]:
+        """The record that requests of ``key`` count into (created within the bounds, see _new_record)."""
+        return self._records.get(key) or self._new_record(key, protocol)
 
     def _new_record(self, key: RecordKey, protocol: str) -> list[float]:
         """A record for a new combination, within the bounds: past MAX_SERIES_PER_SERVICE series the peer,
@@ -289,6 +284,31 @@ def _duration_at(ms: float) -> int:
 
 def _size_at(size: int, first: int) -> int:
     return first + bisect_left(SIZE_BUCKETS_BYTES, size)
+
+
+def count_into(record: list[float], ms: float, request_bytes: int, response_bytes: int) -> None:
+    """One request into a record: its count, its duration and both sizes, each with its histogram bucket."""
+    record[REC_COUNT] += 1
+    record[REC_DURATION_SUM] += ms
+    if ms <= 1.0:
+        record[REC_DURATION] += 1
+    elif ms < _DURATION_MS:
+        whole = int(ms)
+        record[_DURATION_AT[whole if whole == ms else whole + 1]] += 1  # (the ceiling: see _DURATION_AT)
+    else:
+        record[_duration_at(ms)] += 1
+    record[REC_REQUEST_BYTES] += request_bytes
+    record[
+        _REQUEST_AT[request_bytes]
+        if 0 <= request_bytes < _SIZE_TABLE
+        else _size_at(request_bytes, REC_REQUEST)
+    ] += 1
+    record[REC_RESPONSE_BYTES] += response_bytes
+    record[
+        _RESPONSE_AT[response_bytes]
+        if 0 <= response_bytes < _SIZE_TABLE
+        else _size_at(response_bytes, REC_RESPONSE)
+    ] += 1
 
 
 class TcpStats:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 from plexus.core import reasons
 from plexus.proxy.tracing import Tracer, TraceStart, ids_from_lines
@@ -272,15 +272,13 @@ class Telemetry:
         self.tracer = tracer if tracer is not None else Tracer()
         # loop.time() + offset = Unix time; set once when the loop starts (uvloop's clock is monotonic).
         self.loop_clock_offset = loop_clock_offset
-        self.recent: deque[RequestEntry] = deque(maxlen=RECENT_REQUESTS)
+        # The short ring: RequestEntry objects, or an HTTP/1.1 request's (outcome, numbers...) tuple that
+        # becomes one only when read (``recent``; plexus.proxy.http1_outcome says why).
+        self.ring: deque[RequestEntry | tuple[Any, ...]] = deque(maxlen=RECENT_REQUESTS)
         self.recent_failures: deque[RequestEntry] = deque(maxlen=RECENT_FAILURES)
-        # A list while an access log is configured: lines as the pieces a transport formatted
-        # (plexus.proxy.access_line.http1_line, newline included), or entries that the writer formats;
-        # ``access_log_lines`` counts the lines (an entry or a line's pieces: one).
-        self.access_log: list[RequestEntry | bytes] | None = None
-        self.access_log_lines = 0
-        # HTTP/1.1 lines' parts that repeat from request to request (plexus.proxy.access_line.http1_line).
-        self.http1_parts: dict[tuple[object, ...], bytes] = {}
+        # A list while an access log is configured, of what the writer formats (plexus.proxy.access_line's
+        # format_batch): entries, or HTTP/1.1 requests as their ring tuples (plexus.proxy.http1_outcome).
+        self.access_log: list[RequestEntry | tuple[Any, ...]] | None = None
         # Called once when the queue reaches ACCESS_LOG_BATCH (the writer schedules a flush then).
         self.access_log_full: Callable[[], None] | None = None
         self.taps: dict[str, Tap] = {}
@@ -299,6 +297,11 @@ class Telemetry:
         self.access_log_written = 0
         self.tap_dropped = 0
 
+    @property
+    def recent(self) -> list[RequestEntry]:
+        """The short ring's requests as entries, oldest first."""
+        return [item if isinstance(item, RequestEntry) else item[0].entry(*item[1:]) for item in self.ring]
+
     def set_clock(self, loop_time: float) -> None:
         """Call once from the loop: ``loop_time`` is ``loop.time()`` now."""
         self.loop_clock_offset = time.time() - loop_time
@@ -307,31 +310,33 @@ class Telemetry:
         return loop_time + self.loop_clock_offset
 
     def observe(
-        self, entry: RequestEntry, failed: bool | None = None, line: tuple[bytes, ...] | None = None
+        self, entry: RequestEntry, failed: bool | None = None, logged: tuple[Any, ...] | None = None
     ) -> None:
         """Every sink but the counters (``ServiceStats.done`` calls this after counting, with ``failed``:
-        ``entry.failed``, already known there). ``line``: the entry's access-log line, when its transport
-        formatted it (``plexus.proxy.access_line``); the access log then holds that instead of the entry."""
-        self.recent.append(entry)
+        ``entry.failed``, already known there). ``logged``: what the access log queues instead of the entry
+        (an HTTP/1.1 request's ring tuple, plexus.proxy.http1_outcome)."""
+        self.ring.append(entry)
         if failed or (failed is None and entry.failed):
             self.recent_failures.append(entry)
-        log = self.access_log
-        if log is not None:
-            queued = self.access_log_lines
-            if queued < ACCESS_LOG_BUFFER:
-                if line is None:
-                    log.append(entry)
-                else:
-                    log += line
-                self.access_log_lines = queued + 1
-                if queued == ACCESS_LOG_BATCH and self.access_log_full is not None:
-                    self.access_log_full()
-            else:
-                self.access_log_dropped += 1
+        if self.access_log is not None:
+            self.queue_line(entry if logged is None else logged)
         if self.tapping:
             self.tap(entry)
         if entry.sampled and self.exporting_spans:
             self.queue_span(entry)
+
+    def queue_line(self, item: RequestEntry | tuple[Any, ...]) -> None:
+        """One request for the access-log writer (bounded), while an access log is configured."""
+        log = self.access_log
+        if log is None:
+            return
+        queued = len(log)
+        if queued < ACCESS_LOG_BUFFER:
+            log.append(item)
+            if queued == ACCESS_LOG_BATCH and self.access_log_full is not None:
+                self.access_log_full()
+        else:
+            self.access_log_dropped += 1
 
     def queue_span(self, entry: RequestEntry) -> None:
         """A sampled entry for the span exporter (bounded)."""

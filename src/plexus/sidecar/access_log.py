@@ -2,12 +2,12 @@
 (``plexus.proxy.access_line`` lists them and formats the lines).
 
 Off the hot path: a finished request only lands in ``Telemetry.access_log`` (a list; see
-``plexus.proxy.telemetry``), as its formatted line's pieces (HTTP/1.1) or as its entry (the other
-protocols). A timer on the sidecar's loop swaps that list for an empty one every ``FLUSH_INTERVAL``, or as
-soon as ``ACCESS_LOG_BATCH`` lines wait, formats the entries and writes the batch at once (one ``write`` per
-batch; a file write of a batch is short enough for the loop). ``close`` writes what is left. A write that
-fails (disk full, closed pipe) loses that batch, counted in ``Telemetry.access_log_failed`` and logged once;
-the next batch tries again.
+``plexus.proxy.telemetry``), as its entry, or (HTTP/1.1) as the tuple of its way of ending and its numbers.
+A timer on the sidecar's loop swaps that list for an empty one every ``FLUSH_INTERVAL``, or as soon as
+``ACCESS_LOG_BATCH`` lines wait, formats the batch (``plexus.proxy.access_line.format_batch``) and writes it
+at once (one ``write`` per batch; a file write of a batch is short enough for the loop). ``close`` writes
+what is left. A write that fails (disk full, closed pipe) loses that batch, counted in
+``Telemetry.access_log_failed`` and logged once; the next batch tries again.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import IO, Any, Final
 import orjson
 
 from plexus.core.errors import PlexusError
-from plexus.proxy.access_line import entry_line
+from plexus.proxy.access_line import entry_line, format_batch
 from plexus.proxy.telemetry import RequestEntry, Telemetry
 
 log = logging.getLogger("plexus.sidecar.access_log")
@@ -31,10 +31,6 @@ STDOUT: Final = "-"
 
 class AccessLogError(PlexusError):
     """The access log cannot be opened: the message names ``--access-log`` and the path."""
-
-
-def _entry_bytes(entry: RequestEntry, telemetry: Telemetry) -> bytes:
-    return entry_line(entry, telemetry).encode() + b"\n"
 
 
 def entry_record(entry: RequestEntry, telemetry: Telemetry) -> dict[str, Any]:
@@ -92,15 +88,9 @@ class AccessLogWriter:
         batch = telemetry.access_log
         if not batch:
             return 0
-        lines = telemetry.access_log_lines  # (the pieces of one line are several items: counted apart)
+        lines = len(batch)
         telemetry.access_log = []
-        telemetry.access_log_lines = 0
-        # The pieces of lines the transports formatted when their requests ended, newlines included (one
-        # join when that is all: HTTP/1.1), and entries to format now.
-        try:
-            data = b"".join(batch)  # type: ignore[arg-type]
-        except TypeError:
-            data = b"".join([i if isinstance(i, bytes) else _entry_bytes(i, telemetry) for i in batch])
+        data = format_batch(telemetry, batch)
         try:
             self._stream.write(data)
             self._stream.flush()

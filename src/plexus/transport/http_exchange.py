@@ -13,8 +13,9 @@ turns its exchange into a ``PolicedExchange`` (see its docstring): the plain pat
 
 Telemetry (issue 5): ``start`` begins the trace context (``Tracer.begin`` on the headers the decoder held
 apart: traceparent, B3, x-request-id) and forwards the tracer's headers in their place; every end of a
-request (response done, local reply, client gone, upstream reset) builds one ``RequestEntry`` and hands it
-to ``ServiceStats.done`` (``_ended``). No clock call beyond the loop's cached time, no header re-scan.
+request (response done, local reply, client gone, upstream reset) is counted and handed to the sinks through
+the way it ended (``_ended``: an ``Http1Outcome`` of plexus.proxy.http1_outcome, a ``RequestEntry`` only
+when a sink needs one). No clock call beyond the loop's cached time, no header re-scan.
 """
 
 from __future__ import annotations
@@ -31,12 +32,12 @@ from plexus.codec.http1.encode import LAST_CHUNK, STATUS_LINES
 from plexus.core import reasons
 from plexus.core.errors import ProtocolError
 from plexus.proxy import Endpoint, service_from_host
-from plexus.proxy.access_line import http1_line
+from plexus.proxy.http1_outcome import http1_ended, outcome_for
 from plexus.proxy.telemetry import (
     DOWNSTREAM_DISCONNECT,
     NO_FLAGS,
     UNKNOWN,
-    RequestEntry,
+    WireFields,
     response_flag,
 )
 from plexus.proxy.tracing import (
@@ -80,10 +81,6 @@ _TRACE_NAME: Final = {
     for name in (TRACEPARENT, REQUEST_ID, B3_TRACE_ID, B3_SPAN_ID, B3_PARENT_SPAN_ID, B3_SAMPLED)
 }
 _B3_NAMES: Final = frozenset({B3_TRACE_ID, B3_SPAN_ID, B3_PARENT_SPAN_ID, B3_SAMPLED})
-# Methods as the str a RequestEntry carries, without a decode for the usual ones.
-_METHOD_TEXT: Final = {
-    m: m.decode() for m in (b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"PATCH", b"OPTIONS")
-}
 _STATUS_FOR: Final = {
     reasons.UNKNOWN_SERVICE: 503,
     reasons.NO_HEALTHY_UPSTREAM: 503,
@@ -680,71 +677,68 @@ class Exchange:
         down.exchange_finished(self, now)
 
     def _ended(self, now: float, reason: str, flags: str) -> None:
-        """The request ended: one RequestEntry to its service's stats (every count, then the telemetry
-        sinks). A request no route took counts under the one "unknown" service of its direction, so a
-        client-chosen Host never becomes a new label set."""
+        """The request ended: counted and handed to the telemetry sinks through the way it ended (its
+        Http1Outcome, found by one key: plexus.proxy.http1_outcome). A request no route took counts under the
+        one "unknown" service of its direction, so a client-chosen Host never becomes a new label set."""
         down = self.down
         route = self.route
-        if route is not None:
-            stats = route.stats
-            service = route.service
-        else:
-            stats = down.ctx.stats.service(UNKNOWN, down.direction)
-            service = UNKNOWN
+        stats = route.stats if route is not None else down.ctx.stats.service(UNKNOWN, down.direction)
         head = self.head
         upstream = self.upstream
-        if down.outbound:
-            peer = (upstream.instance.workload or UNKNOWN) if upstream is not None else UNKNOWN
-        else:
-            caller = head.caller
-            peer = caller.decode("latin-1") if caller else UNKNOWN
         target = head.target
         query = target.find(b"?")
-        path = target if query < 0 else target[:query]
-        started = self.started
-        resp_bytes = self.resp_bytes
-        # RequestEntry's fields set one by one on a bare object (its keyword constructor, once per request,
-        # cost more than all of them), and the ones that need a decode left to fill_from_wire, which runs only
-        # when a sink reads one of them (the access-log writer, a tap, explain, the span exporter).
-        entry = _new_entry(RequestEntry)
-        entry.direction = down.traffic
-        entry.service = service
-        entry.protocol = "http"
-        entry.method = _METHOD_TEXT.get(head.method) or head.method.decode("latin-1")
-        entry.path = path.decode("latin-1")
-        entry.start = started
-        entry.duration_ms = (now - started) * 1000.0
-        entry.status = self.status
-        entry.grpc_status = ""
-        entry.reason = reason
-        entry.flags = flags
-        entry.request_bytes = self.req_bytes
-        entry.response_bytes = resp_bytes if resp_bytes > 0 else 0
-        entry.peer_workload = peer
-        entry.upstream = upstream.key if upstream is not None else ""
-        entry.attempts = self.attempts
-        entry.http_version = ""
-        trace = self.trace
-        # Only what the fill needs is held, not the head (its headers list is freed now).
         host = head.host
         agent = head.user_agent
-        lines = head.trace_lines  # (b"" when the request was refused before it started)
-        entry._lazy = (host, agent, lines if trace is None else trace, head.trace)
-        if trace is None:
-            entry.sampled = len(lines) > 3 and lines[-3] in _SAMPLED_FLAGS  # tracing.sampled_in_lines
-        else:
-            entry.sampled = trace.sampled
-        if stats.telemetry.access_log is None:
-            stats.done(entry)
-            return
-        # The access log is on: the line now, from the bytes at hand (plexus.proxy.access_line says why).
-        if trace is None:
-            line = http1_line(stats.telemetry, entry, head.method, path, host, agent, lines, None, None)
-        else:
-            line = http1_line(
-                stats.telemetry, entry, head.method, path, host, agent, b"", trace.request_id, trace.trace_id
+        status = self.status
+        attempts = self.attempts
+        if upstream is not None:
+            key = (
+                head.method,
+                target if query < 0 else target[:query],
+                host,
+                agent,
+                status,
+                reason,
+                flags,
+                upstream.key,
+                upstream.instance.workload if down.outbound else head.caller,
+                attempts,
             )
-        stats.done(entry, line)
+        else:
+            key = (
+                head.method,
+                target if query < 0 else target[:query],
+                host,
+                agent,
+                status,
+                reason,
+                flags,
+                "",
+                None if down.outbound else head.caller,
+                attempts,
+            )
+        outcome = stats.http1_outcomes.get(key) or outcome_for(stats, key)
+        started = self.started
+        resp_bytes = self.resp_bytes
+        trace = self.trace
+        # Only what the entry's lazy fields need is held, not the head (its headers list is freed now).
+        lines = head.trace_lines  # (b"" when the request was refused before it started)
+        if trace is None:
+            sampled = len(lines) > 3 and lines[-3] in _SAMPLED_FLAGS  # tracing.sampled_in_lines
+            wire: WireFields = (host, agent, lines, head.trace)
+        else:
+            sampled = trace.sampled
+            wire = (host, agent, trace, head.trace)
+        http1_ended(
+            stats,
+            outcome,
+            started,
+            (now - started) * 1000.0,
+            self.req_bytes,
+            resp_bytes if resp_bytes > 0 else 0,
+            wire,
+            sampled,
+        )
 
     def fail(self, reason: str, status: int = 0) -> None:
         """Answer with a local reply naming ``reason`` (or reset the client if the response already began);
@@ -1404,7 +1398,6 @@ class PolicedExchange(Exchange):
         super().abandon()
 
 
-_new_entry: Final = object.__new__
 _SAMPLED_FLAGS: Final = frozenset(b"13579bdf")  # a traceparent's last flags digit with bit 0 (sampled) set
 
 

@@ -1,0 +1,125 @@
+"""The HTTP/1.1 end of a request through its Http1Outcome counts, rings and logs exactly what the general
+path (ServiceStats.done with a RequestEntry) does for the same request; failures, taps and exported spans take
+the general path; the cache of outcomes stays bounded."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+import pytest
+
+from plexus.proxy.access_line import entry_line, format_batch
+from plexus.proxy.http1_outcome import MAX_OUTCOMES, OutcomeKey, http1_ended, outcome_for
+from plexus.proxy.stats import ServiceStats
+from plexus.proxy.telemetry import Telemetry, WireFields
+from plexus.proxy.tracing import Tracer, ids_from_lines
+
+OFFSET = 1_764_000_000.0
+
+
+def _stats() -> ServiceStats:
+    telemetry = Telemetry("orders-v1", loop_clock_offset=OFFSET)
+    telemetry.access_log = []
+    return ServiceStats("orders", "ingress", telemetry)
+
+
+def _key(status: int = 200, reason: str = "", flags: str = "-", path: bytes = b"/orders/42") -> OutcomeKey:
+    return (b"GET", path, b"orders", b"wrk/4.2", status, reason, flags, "127.0.0.1:8080", b"web", 1)
+
+
+def _end(stats: ServiceStats, key: OutcomeKey, lines: bytes, started: float = 100.25) -> None:
+    outcome = stats.http1_outcomes.get(key) or outcome_for(stats, key)
+    wire: WireFields = (key[2], key[3], lines, None)
+    http1_ended(stats, outcome, started, 1.23456, 7, 120, wire, False)
+
+
+def _queued_lines(telemetry: Telemetry) -> list[dict[str, object]]:
+    log = telemetry.access_log
+    assert log is not None
+    return [orjson.loads(line) for line in format_batch(telemetry, log).splitlines()]
+
+
+def test_the_outcome_path_counts_and_logs_what_the_general_path_does() -> None:
+    fast, general = _stats(), _stats()
+    lines = Tracer(sample_percent=0).fresh_lines()
+    for _ in range(3):
+        _end(fast, _key(), lines)
+    entry = fast.telemetry.recent[-1]  # the ring's tuple, as an entry
+    for _ in range(3):
+        general.done(entry)
+    assert fast.by_class == general.by_class == [0, 0, 3, 0, 0, 0]
+    assert fast.failures == general.failures == 0
+    assert _views(fast.series) == _views(general.series)
+    assert _views(fast.paths) == _views(general.paths)
+    assert fast.buckets == general.buckets and fast.duration_sum_ms == general.duration_sum_ms
+    # The entry the ring gives back: every field, the lazy ones from the wire bytes.
+    request_id, trace_id, span_id, _ = ids_from_lines(lines)
+    assert (entry.direction, entry.service, entry.protocol, entry.method, entry.path) == (
+        "inbound",
+        "orders",
+        "http",
+        "GET",
+        "/orders/42",
+    )
+    assert (entry.status, entry.peer_workload, entry.upstream) == (200, "web", "127.0.0.1:8080")
+    assert (entry.request_bytes, entry.response_bytes) == (7, 120) and entry.attempts == 1
+    assert (entry.duration_ms, entry.start) == (1.23456, 100.25)
+    assert (entry.authority, entry.user_agent, entry.request_id, entry.trace_id) == (
+        "orders",
+        "wrk/4.2",
+        request_id,
+        trace_id,
+    )
+    assert entry.span_id == span_id and not entry.failed
+    # Its access line: the one the general formatter writes for that entry.
+    queued = _queued_lines(fast.telemetry)
+    assert len(queued) == 3
+    assert queued[0] == orjson.loads(entry_line(entry, fast.telemetry))
+
+
+def _views(views: Mapping[Any, Any]) -> dict[Any, dict[str, object]]:
+    """Series or PathStats views as plain dicts of their counters, to compare."""
+    return {key: {name: getattr(view, name) for name in view.__slots__} for key, view in views.items()}
+
+
+def test_a_failure_takes_the_general_path_and_is_remembered() -> None:
+    stats = _stats()
+    key = _key(503, "no_healthy_upstream", "UH")
+    _end(stats, key, b"")
+    assert stats.failures == 1 and stats.by_class[5] == 1
+    (failed,) = stats.telemetry.recent_failures
+    assert failed.reason == "no_healthy_upstream" and failed.flags == "UH" and failed.failed
+    assert stats.telemetry.recent == [failed]  # the same entry in both rings (explain dedupes by identity)
+    (line,) = _queued_lines(stats.telemetry)
+    assert line["response_flags"] == "UH" and line["request_id"] is None  # refused before its trace began
+
+
+@pytest.mark.parametrize("sink", ["tap", "spans"])
+def test_a_tap_or_an_exported_span_gets_an_entry(sink: str) -> None:
+    stats = _stats()
+    telemetry = stats.telemetry
+    if sink == "tap":
+        telemetry.open_tap("t1", "orders")
+    else:
+        telemetry.exporting_spans = True
+    lines = Tracer(sample_percent=100).fresh_lines()
+    outcome = outcome_for(stats, _key())
+    http1_ended(stats, outcome, 100.0, 2.0, 0, 5, (b"orders", None, lines, None), True)
+    got = telemetry.taps["t1"].lines if sink == "tap" else telemetry.spans
+    assert len(got) == 1 and got[0].sampled and got[0].trace_id == ids_from_lines(lines)[1]
+    assert stats.by_class[2] == 1 and telemetry.access_log is not None and len(telemetry.access_log) == 1
+
+
+def test_the_outcome_cache_is_bounded_and_counts_survive_its_reset() -> None:
+    stats = _stats()
+    lines = Tracer(sample_percent=0).fresh_lines()
+    for i in range(MAX_OUTCOMES + 10):
+        _end(stats, _key(path=b"/p/%d" % (i % 50)), lines)  # the same 50 ways of ending, again and again
+    for i in range(MAX_OUTCOMES + 5):
+        _end(stats, (b"GET", b"/x", b"h%d" % i, None, 200, "", "-", "", None, 1), lines)  # new hosts
+    assert len(stats.http1_outcomes) <= MAX_OUTCOMES
+    assert stats.paths[("GET", "/p/7")].count == len(range(7, MAX_OUTCOMES + 10, 50))
+    assert stats.paths[("GET", "/x")].count == MAX_OUTCOMES + 5  # one record, whatever the cache forgot
+    assert sum(stats.by_class) == 2 * MAX_OUTCOMES + 15
