@@ -137,9 +137,13 @@ class Mesh:
         self, sidecar: ManagedProcess, service: str, headers: dict[str, str] | None = None, ms: int = 0
     ) -> str:
         """'200', or the reason code of a local reply."""
-        response = self.client.get(
-            f"http://{sidecar.address('ingress')}/work?ms={ms}", headers={"host": service, **(headers or {})}
-        )
+        url = f"http://{sidecar.address('ingress')}/work?ms={ms}"
+        try:
+            response = self.client.get(url, headers={"host": service, **(headers or {})})
+        except httpx.RemoteProtocolError:
+            # A pooled keep-alive connection that ended as this GET went out (the race every HTTP/1.1 client
+            # retries an idempotent request for; seen once in a full CI run under load): once more.
+            response = self.client.get(url, headers={"host": service, **(headers or {})})
         if response.status_code == 200:
             return "200"
         reason = parse_error_header(response.headers.get(ERROR_HEADER, ""))

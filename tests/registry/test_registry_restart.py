@@ -45,8 +45,10 @@ def test_registry_restart_without_data_dir(
     publisher.set_published([Instance("orders", "10.6.0.1:80"), Instance("orders", "10.6.0.2:80")])
     assert consumer.current("orders") == before  # kept while the registry is away
 
-    start_registry("--lease-grace", "1", "--warmup", "2", listen=addr)
-    after = seen.wait_addresses(["10.6.0.1:80", "10.6.0.2:80"], timeout=10)
+    # The publisher retries every second, so it may come back up to ~2 s after the new registry listens (a
+    # retry just missed, and a slow CPU phase on a shared machine): the warm-up hold leaves it twice that.
+    start_registry("--lease-grace", "1", "--warmup", "4", listen=addr)
+    after = seen.wait_addresses(["10.6.0.1:80", "10.6.0.2:80"], timeout=15)
     assert after.state is SetState.LIVE and after.version > before.version
     wait_for(lambda: consumer.connected and publisher.connected, 5.0, what="clients reconnected")
     assert_never_back_never_empty(seen)
