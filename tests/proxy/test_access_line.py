@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from plexus.proxy.access_line import entry_line, format_batch
-from plexus.proxy.http1_outcome import outcome_for
+from plexus.proxy.outcomes import outcome_for
 from plexus.proxy.stats import ServiceStats
 from plexus.proxy.telemetry import INBOUND, OUTBOUND, RequestEntry, Telemetry
 from plexus.proxy.tracing import Tracer, TraceStart, ids_from_lines
@@ -49,7 +49,7 @@ def _line(
     trace_id: str | None,
 ) -> bytes:
     """The line format_batch writes for ``entry`` as an HTTP/1.1 request queued from its raw bytes (its
-    Http1Outcome's tuple, with the trace lines, or a TraceStart holding the given ids): one line, one
+    Outcome's tuple, with the trace lines, or a TraceStart holding the given ids): one line, one
     newline at its end."""
     stats = ServiceStats(entry.service, "ingress" if entry.direction == INBOUND else "egress", telemetry)
     peer = entry.peer_workload.encode() if entry.direction == INBOUND else entry.peer_workload

@@ -2,14 +2,14 @@
 which the writer in ``plexus.sidecar.access_log`` calls on its timer, off the hot path, for every request
 queued since its last run (then it only writes the bytes).
 
-Two kinds of queued request. A ``RequestEntry`` (HTTP/2, gRPC, Bolt, Dubbo, and HTTP/1.1 failures) is
-formatted by ``entry_line``. An HTTP/1.1 request is its recent-ring tuple (plexus.proxy.http1_outcome): the
-way it ended (its ``Http1Outcome``) and its numbers, nothing decoded. Both build a line from parts that
-repeat from request to request (the request line, the outcome, the client, the upstream with its route and
-peer), formatted once with orjson and then looked up; for an HTTP/1.1 request, what varies per line is only
-the start time, the duration's piece (looked up by its microseconds) and the ids, sliced from the trace
-lines block its exchange forwarded. The lines' pieces are joined in one call. bench/RESULTS.md has what a
-line costs.
+Two kinds of queued request. A ``RequestEntry`` (Bolt, Dubbo, and a request that a sink needed as an entry
+at once: a failure, a tapped one, an exported span) is formatted by ``entry_line``. An HTTP/1.1, HTTP/2 or
+gRPC request is its recent-ring tuple (plexus.proxy.outcomes): the way it ended (its ``Outcome``) and its
+numbers, nothing decoded. Both build a line from parts that repeat from request to request (the request
+line, the outcome, the client, the upstream with its route and peer), formatted once with orjson and then
+looked up; for a tuple, what varies per line is only the start time, the duration's piece (looked up by its
+microseconds) and the ids, sliced from the trace lines block its exchange forwarded (or taken from its
+TraceStart). The lines' pieces are joined in one call. bench/RESULTS.md has what a line costs.
 
 Fields, named as Envoy's default JSON access-log format names them: ``start_time``, ``method``, ``path``,
 ``protocol``, ``response_code``, ``response_flags``, ``response_code_details``, ``bytes_received``,
@@ -185,13 +185,11 @@ _DURATION: Final = b'"duration":%d,"duration_ms":%d.%03d,"request_id":"'
 _DURATIONS_KEPT: Final = 5000  # microseconds: a hop within 5 ms finds its piece made (at most ~0.4 MB)
 _duration_pieces: list[bytes | None] = [None] * _DURATIONS_KEPT
 _TRACE_ID: Final = b'","trace_id":"'
-_TAIL: Final = b'","grpc_status":null}\n'
 _TRACE_ID_JSON: Final = b',"trace_id":'
-_TAIL_JSON: Final = b',"grpc_status":null}\n'
 
 
 def with_sizes(parts: bytes, request_bytes: int, response_bytes: int) -> bytes:
-    """``parts`` (http1_parts) followed by ``"bytes_received":..,"bytes_sent":..,``."""
+    """``parts`` (request_parts) followed by ``"bytes_received":..,"bytes_sent":..,``."""
     return parts + _SIZES % (request_bytes, response_bytes)
 
 
@@ -207,25 +205,38 @@ def duration_piece(duration_ms: float) -> bytes:
     return _DURATION % ((us + 500) // 1000, us // 1000, us % 1000)
 
 
-def http1_parts(
-    method: bytes, path: bytes, host: bytes | None, user_agent: bytes | None, outcome: OutcomeKey
+def request_parts(
+    method: bytes,
+    path: bytes,
+    authority: bytes | None,
+    user_agent: bytes | None,
+    protocol: str,
+    outcome: OutcomeKey,
 ) -> bytes:
-    """An HTTP/1.1 line's request and outcome parts together (request_part + outcome_part), from the raw
-    bytes of the request: what every line of one way of ending shares (kept by plexus.proxy.http1_outcome)."""
+    """A line's request and outcome parts together (request_part + outcome_part), from the raw bytes of the
+    request: what every line of one way of ending shares (kept by plexus.proxy.outcomes). ``protocol``:
+    Envoy's %PROTOCOL% (PROTOCOL_NAMES)."""
     request = request_part(
         method.decode("latin-1"),
         path.decode("latin-1"),
-        "HTTP/1.1",
-        host.decode("latin-1") if host is not None else "",
+        protocol,
+        authority.decode("latin-1") if authority is not None else "",
         user_agent.decode("latin-1") if user_agent is not None else "",
     )
     return request + outcome_part(*outcome)
 
 
+def line_tails(grpc_status: str) -> tuple[bytes, bytes]:
+    """A line's last piece after a trace id written as is, and after one written as JSON: the gRPC status,
+    then the end of the object and the newline."""
+    value = orjson.dumps(grpc_status or None)
+    return b'","grpc_status":%b}\n' % value, b',"grpc_status":%b}\n' % value
+
+
 def format_batch(telemetry: Telemetry, batch: list[RequestEntry | tuple[Any, ...]]) -> bytes:
-    """The access log's queued requests as lines, newlines included: entries (entry_line), and HTTP/1.1
-    requests as their ring tuples (``(outcome, started, duration_ms, request_bytes, response_bytes, wire,
-    sampled)``, plexus.proxy.http1_outcome), formatted from what their outcome keeps: the parts with the
+    """The access log's queued requests as lines, newlines included: entries (entry_line), and requests
+    queued as their ring tuples (``(outcome, started, duration_ms, request_bytes, response_bytes, wire,
+    sampled)``, plexus.proxy.outcomes), formatted from what their outcome keeps: the parts with the
     sizes, the start (shared by the lines of one millisecond), the duration's piece, and the ids sliced from
     the trace lines block (ids that need no escaping), or from a TraceStart, or none (refused before it
     started). One join of every piece: no bytes object per line."""
@@ -256,7 +267,7 @@ def format_batch(telemetry: Telemetry, batch: list[RequestEntry | tuple[Any, ...
             duration = duration_piece(duration_ms)
         ids = wire[2]
         if ids.__class__ is bytes and ids:
-            add((start, sized, duration, ids[_REQUEST_ID_AT], _TRACE_ID, ids[_TRACE_ID_AT], _TAIL))
+            add((start, sized, duration, ids[_REQUEST_ID_AT], _TRACE_ID, ids[_TRACE_ID_AT], outcome.tail))
             continue
         trace = ids if isinstance(ids, TraceStart) else None
         add(
@@ -267,7 +278,7 @@ def format_batch(telemetry: Telemetry, batch: list[RequestEntry | tuple[Any, ...
                 orjson.dumps(trace.request_id or None if trace is not None else None),
                 _TRACE_ID_JSON,
                 orjson.dumps(trace.trace_id or None if trace is not None else None),
-                _TAIL_JSON,
+                outcome.tail_json,
             )
         )
     return b"".join(out)

@@ -16,7 +16,7 @@ from plexus.proxy.telemetry import (
 )
 
 if TYPE_CHECKING:
-    from plexus.proxy.http1_outcome import Http1Outcome
+    from plexus.proxy.outcomes import Outcome
 
 # Request duration buckets in milliseconds (Istio's istio_request_duration_milliseconds buckets).
 DURATION_BUCKETS_MS: Final = (
@@ -158,7 +158,7 @@ class ServiceStats:
         "by_class",
         "direction",
         "failures",
-        "http1_outcomes",
+        "outcomes",
         "protocol",
         "service",
         "telemetry",
@@ -177,8 +177,8 @@ class ServiceStats:
         self._plain_buckets = [0] * (len(DURATION_BUCKETS_MS) + 1)
         self._plain_sum_ms = 0.0
         self.telemetry = telemetry if telemetry is not None else Telemetry()
-        # The ways HTTP/1.1 requests of this service ended, by key (bounded in plexus.proxy.http1_outcome).
-        self.http1_outcomes: dict[tuple[object, ...], Http1Outcome] = {}
+        # The ways HTTP/1.1 requests of this service ended, by key (bounded in plexus.proxy.outcomes).
+        self.outcomes: dict[tuple[object, ...], Outcome] = {}
 
     @property
     def traffic_direction(self) -> str:

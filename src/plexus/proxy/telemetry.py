@@ -273,11 +273,11 @@ class Telemetry:
         # loop.time() + offset = Unix time; set once when the loop starts (uvloop's clock is monotonic).
         self.loop_clock_offset = loop_clock_offset
         # The short ring: RequestEntry objects, or an HTTP/1.1 request's (outcome, numbers...) tuple that
-        # becomes one only when read (``recent``; plexus.proxy.http1_outcome says why).
+        # becomes one only when read (``recent``; plexus.proxy.outcomes says why).
         self.ring: deque[RequestEntry | tuple[Any, ...]] = deque(maxlen=RECENT_REQUESTS)
         self.recent_failures: deque[RequestEntry] = deque(maxlen=RECENT_FAILURES)
         # A list while an access log is configured, of what the writer formats (plexus.proxy.access_line's
-        # format_batch): entries, or HTTP/1.1 requests as their ring tuples (plexus.proxy.http1_outcome).
+        # format_batch): entries, or HTTP/1.1 requests as their ring tuples (plexus.proxy.outcomes).
         self.access_log: list[RequestEntry | tuple[Any, ...]] | None = None
         # Called once when the queue reaches ACCESS_LOG_BATCH (the writer schedules a flush then).
         self.access_log_full: Callable[[], None] | None = None
@@ -314,7 +314,7 @@ class Telemetry:
     ) -> None:
         """Every sink but the counters (``ServiceStats.done`` calls this after counting, with ``failed``:
         ``entry.failed``, already known there). ``logged``: what the access log queues instead of the entry
-        (an HTTP/1.1 request's ring tuple, plexus.proxy.http1_outcome)."""
+        (an HTTP/1.1 request's ring tuple, plexus.proxy.outcomes)."""
         self.ring.append(entry)
         if failed or (failed is None and entry.failed):
             self.recent_failures.append(entry)

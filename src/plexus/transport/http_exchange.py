@@ -14,7 +14,7 @@ turns its exchange into a ``PolicedExchange`` (see its docstring): the plain pat
 Telemetry (issue 5): ``start`` begins the trace context (``Tracer.begin`` on the headers the decoder held
 apart: traceparent, B3, x-request-id) and forwards the tracer's headers in their place; every end of a
 request (response done, local reply, client gone, upstream reset) is counted and handed to the sinks through
-the way it ended (``_ended``: an ``Http1Outcome`` of plexus.proxy.http1_outcome, a ``RequestEntry`` only
+the way it ended (``_ended``: an ``Outcome`` of plexus.proxy.outcomes, a ``RequestEntry`` only
 when a sink needs one). No clock call beyond the loop's cached time, no header re-scan.
 """
 
@@ -32,7 +32,7 @@ from plexus.codec.http1.encode import LAST_CHUNK, STATUS_LINES
 from plexus.core import reasons
 from plexus.core.errors import ProtocolError
 from plexus.proxy import Endpoint, service_from_host
-from plexus.proxy.http1_outcome import http1_ended, outcome_for
+from plexus.proxy.outcomes import outcome_for, request_ended
 from plexus.proxy.telemetry import (
     DOWNSTREAM_DISCONNECT,
     NO_FLAGS,
@@ -678,7 +678,7 @@ class Exchange:
 
     def _ended(self, now: float, reason: str, flags: str) -> None:
         """The request ended: counted and handed to the telemetry sinks through the way it ended (its
-        Http1Outcome, found by one key: plexus.proxy.http1_outcome). A request no route took counts under the
+        Outcome, found by one key: plexus.proxy.outcomes). A request no route took counts under the
         one "unknown" service of its direction, so a client-chosen Host never becomes a new label set."""
         down = self.down
         route = self.route
@@ -717,7 +717,7 @@ class Exchange:
                 None if down.outbound else head.caller,
                 attempts,
             )
-        outcome = stats.http1_outcomes.get(key) or outcome_for(stats, key)
+        outcome = stats.outcomes.get(key) or outcome_for(stats, key)
         started = self.started
         resp_bytes = self.resp_bytes
         trace = self.trace
@@ -729,7 +729,7 @@ class Exchange:
         else:
             sampled = trace.sampled
             wire = (host, agent, trace, head.trace)
-        http1_ended(
+        request_ended(
             stats,
             outcome,
             started,

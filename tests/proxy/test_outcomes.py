@@ -1,4 +1,4 @@
-"""The HTTP/1.1 end of a request through its Http1Outcome counts, rings and logs exactly what the general
+"""The HTTP/1.1 end of a request through its Outcome counts, rings and logs exactly what the general
 path (ServiceStats.done with a RequestEntry) does for the same request; failures, taps and exported spans take
 the general path; the cache of outcomes stays bounded."""
 
@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from plexus.proxy.access_line import entry_line, format_batch
-from plexus.proxy.http1_outcome import MAX_OUTCOMES, OutcomeKey, http1_ended, outcome_for
+from plexus.proxy.outcomes import MAX_OUTCOMES, OutcomeKey, outcome_for, request_ended
 from plexus.proxy.stats import ServiceStats
 from plexus.proxy.telemetry import Telemetry, WireFields
 from plexus.proxy.tracing import Tracer, ids_from_lines
@@ -30,9 +30,9 @@ def _key(status: int = 200, reason: str = "", flags: str = "-", path: bytes = b"
 
 
 def _end(stats: ServiceStats, key: OutcomeKey, lines: bytes, started: float = 100.25) -> None:
-    outcome = stats.http1_outcomes.get(key) or outcome_for(stats, key)
+    outcome = stats.outcomes.get(key) or outcome_for(stats, key)
     wire: WireFields = (key[2], key[3], lines, None)
-    http1_ended(stats, outcome, started, 1.23456, 7, 120, wire, False)
+    request_ended(stats, outcome, started, 1.23456, 7, 120, wire, False)
 
 
 def _queued_lines(telemetry: Telemetry) -> list[dict[str, object]]:
@@ -106,7 +106,7 @@ def test_a_tap_or_an_exported_span_gets_an_entry(sink: str) -> None:
         telemetry.exporting_spans = True
     lines = Tracer(sample_percent=100).fresh_lines()
     outcome = outcome_for(stats, _key())
-    http1_ended(stats, outcome, 100.0, 2.0, 0, 5, (b"orders", None, lines, None), True)
+    request_ended(stats, outcome, 100.0, 2.0, 0, 5, (b"orders", None, lines, None), True)
     got = telemetry.taps["t1"].lines if sink == "tap" else telemetry.spans
     assert len(got) == 1 and got[0].sampled and got[0].trace_id == ids_from_lines(lines)[1]
     assert stats.by_class[2] == 1 and telemetry.access_log is not None and len(telemetry.access_log) == 1
@@ -119,7 +119,55 @@ def test_the_outcome_cache_is_bounded_and_counts_survive_its_reset() -> None:
         _end(stats, _key(path=b"/p/%d" % (i % 50)), lines)  # the same 50 ways of ending, again and again
     for i in range(MAX_OUTCOMES + 5):
         _end(stats, (b"GET", b"/x", b"h%d" % i, None, 200, "", "-", "", None, 1), lines)  # new hosts
-    assert len(stats.http1_outcomes) <= MAX_OUTCOMES
+    assert len(stats.outcomes) <= MAX_OUTCOMES
     assert stats.paths[("GET", "/p/7")].count == len(range(7, MAX_OUTCOMES + 10, 50))
     assert stats.paths[("GET", "/x")].count == MAX_OUTCOMES + 5  # one record, whatever the cache forgot
     assert sum(stats.by_class) == 2 * MAX_OUTCOMES + 15
+
+
+def _grpc_key(grpc_status: str, status: int = 200, counted: int = 200) -> OutcomeKey:
+    head = (
+        b"POST",
+        b"/shop.Orders/Get",
+        b"orders",
+        b"grpc-python/1.6",
+        status,
+        "",
+        "-",
+        "127.0.0.1:9",
+        "shop",
+    )
+    return (*head, 1, grpc_status, "grpc", counted)
+
+
+def test_a_grpc_call_counts_and_logs_its_status() -> None:
+    stats = _stats()
+    stats.direction = "egress"
+    outcome = outcome_for(stats, _grpc_key("0"))
+    request_ended(stats, outcome, 100.0, 3.0, 12, 40, (b"orders", b"grpc-python/1.6", None, None), False)
+    (entry,) = stats.telemetry.recent
+    assert (entry.protocol, entry.grpc_status, entry.status, entry.path) == (
+        "grpc",
+        "0",
+        200,
+        "/shop.Orders/Get",
+    )
+    assert not entry.failed and stats.by_class[2] == 1
+    (line,) = _queued_lines(stats.telemetry)
+    assert line == orjson.loads(entry_line(entry, stats.telemetry))
+    assert (line["protocol"], line["grpc_status"], line["request_id"]) == ("HTTP/2", "0", None)
+
+
+def test_a_grpc_local_reply_counts_as_its_http_status_and_fails() -> None:
+    """UNAVAILABLE sent as a trailers-only 200 for a 503 local reply: plexus_requests_total counts a 5xx,
+    Istio's series the 200 sent with grpc status 14."""
+    stats = _stats()
+    key = (*_grpc_key("14", 200, 503)[:5], "no_healthy_upstream", "UH", *_grpc_key("14", 200, 503)[7:])
+    request_ended(stats, outcome_for(stats, key), 100.0, 1.0, 0, 0, (None, None, None, None), False)
+    assert stats.by_class == [0, 0, 0, 0, 0, 1] and stats.failures == 1
+    ((series, counters),) = stats.series.items()
+    assert series == ("shop", 200, "14", "UH") and counters.count == 1
+    (failed,) = stats.telemetry.recent_failures
+    assert (failed.status, failed.grpc_status, failed.reason) == (200, "14", "no_healthy_upstream")
+    (line,) = _queued_lines(stats.telemetry)
+    assert line["grpc_status"] == "14" and line["response_flags"] == "UH"
