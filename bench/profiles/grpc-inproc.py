@@ -156,11 +156,11 @@ async def run(args: argparse.Namespace) -> None:
     plane.ctx.loop = loop
     access = plane.stats.telemetry.access_log = [] if args.access else None
     plane.update_service(SERVICE, [Instance(service=SERVICE, address="127.0.0.1:1", protocol="grpc")])
-    down = Http2Downstream(plane.h2, _ServiceEgressRouter(plane, SERVICE), "egress")  # type: ignore[arg-type]
+    down = Http2Downstream(plane.h2, _ServiceEgressRouter(plane, SERVICE), "egress")
     dt = FakeTransport()
-    down.connection_made(dt)
     pool = plane.h2.pool
     ut = FakeTransport()
+    down.connection_made(dt)  # type: ignore[arg-type]
     pool.loop = _LoopShim(loop, ut)  # type: ignore[assignment]
     m = args.streams
     settings_frame = _frame(_SETTINGS, 0, 0, struct.pack(">HI", 3, 1024))

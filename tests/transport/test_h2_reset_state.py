@@ -56,7 +56,7 @@ def test_peer_reset_after_a_complete_answer_leaves_nothing_behind() -> None:
         assert _kinds(_to_client(client, server)) == ["ResponseHeadersReceived", "StreamEnded"]
         events = client.receive_data(_rst(sid, ErrorCodes.NO_ERROR))  # nginx's, for a stream it answered
         assert _kinds(events) == ["StreamReset"]  # reported, and nothing else
-    assert not client._peer_resets and not client._local_resets
+    assert not client._peer_resets and not client.local_resets
     assert not client.rejects and not client.closed
 
 
@@ -89,5 +89,5 @@ def test_our_resets_are_forgotten_once_written() -> None:
     _to_client(client, server)
     client.reset_stream(closed, ErrorCodes.CANCEL)
     assert client.data_to_send() == b""  # nothing to reset: nghttp2 writes nothing
-    assert not client._local_resets and not client._peer_resets
+    assert not client.local_resets and not client._peer_resets
     assert not client.rejects and not client.closed

@@ -12,6 +12,7 @@ import functools
 import struct
 import time
 from collections import Counter
+from collections.abc import Set as AbstractSet
 from typing import Any, Final, Protocol
 
 import h2.events as h2e
@@ -54,8 +55,16 @@ class EventSink(Protocol):
         """Request headers (server side) or response headers, 1xx included (client side)."""
 
     def h2_data(self, stream_id: int, data: bytes, flow_controlled_length: int, end_stream: bool) -> None: ...
-    def h2_end(self, stream_id: int) -> None: ...
-    def h2_trailers(self, stream_id: int, headers: Headers) -> None: ...
+
+    def h2_end(self, stream_id: int) -> None:
+        """The peer's side of the stream ended. The ngh2 codecs do not report it after trailers (which always
+        end it: the sink's h2_trailers ends the stream) nor, on the server side, after DATA that carries
+        END_STREAM (a request's usual end: h2_data's ``end_stream`` said it, and such a request needs nothing
+        more); the h2 engine does: a sink's h2_end must be idempotent."""
+
+    def h2_trailers(self, stream_id: int, headers: Headers) -> None:
+        """Trailers, which end the peer's side of the stream (no h2_end follows: see there)."""
+
     def h2_reset(self, stream_id: int, error_code: int, remote: bool, reason: str) -> None: ...
     def h2_window(self, stream_id: int) -> None: ...
     def h2_terminated(self, ev: ConnectionTerminated) -> None: ...
@@ -99,12 +108,15 @@ class _Collector:
 
     def h2_data(self, stream_id: int, data: bytes, flow_controlled_length: int, end_stream: bool) -> None:
         self.out.append(DataReceived(stream_id, data, flow_controlled_length, end_stream))
+        if end_stream and self.server:
+            self.out.append(StreamEnded(stream_id))  # (receive_into leaves it out on the server side)
 
     def h2_end(self, stream_id: int) -> None:
         self.out.append(StreamEnded(stream_id))
 
     def h2_trailers(self, stream_id: int, headers: Headers) -> None:
         self.out.append(TrailersReceived(stream_id, headers))
+        self.out.append(StreamEnded(stream_id))  # (receive_into leaves it out)
 
     def h2_reset(self, stream_id: int, error_code: int, remote: bool, reason: str) -> None:
         self.out.append(StreamReset(stream_id, error_code, remote, reason))
@@ -135,6 +147,8 @@ def _tune(codec: Http2ServerCodec | Http2ClientCodec) -> None:
 class ProxyServerCodec(Http2ServerCodec):
     must_close = False  # the h2 codec reports its own failures as events (see _NgCodec.data_to_send)
     close_reason = ""
+    engine: Any = None  # (_NgCodec's: flush asks data_to_send every time here)
+    local_resets: AbstractSet[int] = frozenset()
 
     def __init__(self, limits: Http2Limits) -> None:
         super().__init__(limits)
@@ -149,6 +163,9 @@ class ProxyClientCodec(Http2ClientCodec):
 
     must_close = False
     close_reason = ""
+    max_streams_known = 0  # (NgClientCodec's cache of max_streams; here it is always asked)
+    engine: Any = None  # (as ProxyServerCodec)
+    local_resets: AbstractSet[int] = frozenset()
 
     def __init__(self, limits: Http2Limits) -> None:
         super().__init__(limits)
@@ -211,6 +228,17 @@ def never_indexed(name: bytes, value: bytes) -> tuple[bytes, bytes]:
     return tuple.__new__(kind, (name, value))  # type: ignore[no-any-return]
 
 
+def never_indexed_pair(
+    name: bytes, value: bytes, name2: bytes, value2: bytes
+) -> tuple[tuple[bytes, bytes], tuple[bytes, bytes]]:
+    """Two ``never_indexed`` fields in one call (the two trace fields every stream gets)."""
+    kind = _never_indexed_type
+    if kind is None:
+        kind = never_indexed(name, value).__class__
+    new = tuple.__new__
+    return new(kind, (name, value)), new(kind, (name2, value2))
+
+
 class _NgCodec:
     """Plexus codec events and commands over one ``ngh2.Connection``."""
 
@@ -225,6 +253,7 @@ class _NgCodec:
             ng.ResponseReceived,
             ng.TrailersReceived,
             ng.WindowUpdated,
+            ng.StreamReset,
         )
         self._server = server
         self.limits = limits
@@ -234,8 +263,14 @@ class _NgCodec:
         self.goaway_received = False
         self.pings_acked = 0
         self.settings_received = False
-        self._max_streams = 0  # NgClientCodec.max_streams's answer since the peer's last SETTINGS; 0: unknown
-        self._local_resets: set[int] = set()
+        # NgClientCodec.max_streams's answer since the peer's last SETTINGS; 0: unknown (can_open reads it)
+        self.max_streams_known = 0
+        self._initial_window = -1  # the peer's SETTINGS_INITIAL_WINDOW_SIZE since its SETTINGS; -1: unknown
+        # Streams we opened whose HEADERS are still queued: nghttp2 has no state for them until they are
+        # written, so their window is the peer's initial one (send_window asks nothing that would raise).
+        self._unsent: set[int] = set()
+        # Streams we reset with an error code until the RST_STREAM is written (their close is reported then).
+        self.local_resets: set[int] = set()
         self._peer_resets: set[int] = set()
         self._last_inbound = 0
         self._tail = b""  # a GOAWAY written by hand after a fatal engine error
@@ -258,6 +293,11 @@ class _NgCodec:
         )
         role = ng.Role.SERVER if server else ng.Role.CLIENT
         conn = self._conn = ng.Connection(role, config)
+        # The engine, for the connections' flush: with nothing closing (``closed``, tested first: a failed
+        # engine raises on want_write), no reset of ours to account for (``local_resets``) and nothing queued
+        # (``engine.want_write`` false), data_to_send has nothing to do, and the flush skips the call (3 of
+        # the 5 flushes of a unary call at one stream).
+        self.engine = conn
         setting = ng.Setting
         conn.initiate_connection(
             {
@@ -281,11 +321,10 @@ class _NgCodec:
         """Feed ``data`` to the engine and hand what it reports straight to ``sink``."""
         if self.closed:
             return
-        ng = self._ng
         try:
             self._conn.receive_data(data)
-        except ng.NGH2Error as exc:
-            bomb = isinstance(exc, ng.DenialOfServiceError)
+        except self._ng.NGH2Error as exc:
+            bomb = isinstance(exc, self._ng.DenialOfServiceError)
             reason = lim.HPACK_BOMB if bomb else lim.PROTOCOL
             if "continuation" in str(exc).lower():  # nghttp2: "Too many CONTINUATION frames ..."
                 reason = lim.CONTINUATION_FLOOD
@@ -296,7 +335,8 @@ class _NgCodec:
             return
         # The events, dispatched here rather than in a method of their own (one call fewer per read): exact
         # type tests, the most frequent first (one request, one response: headers, data, close).
-        data_t, closed_t, request_t, response_t, trailers_t, window_t = self._kinds
+        data_t, closed_t, request_t, response_t, trailers_t, window_t, reset_t = self._kinds
+        client = not self._server
         for ev in self._conn.events():
             kind = type(ev)
             try:
@@ -305,11 +345,11 @@ class _NgCodec:
                     end = ev.end_stream
                     sid = ev.stream_id
                     sink.h2_data(sid, data, len(data), end)
-                    if end:
+                    if end and client:  # (a server's sink learns it from h2_data: see EventSink.h2_end)
                         sink.h2_end(sid)
                 elif kind is closed_t:
                     # A stream that ended cleanly (both END_STREAMs, or a NO_ERROR reset) needs nothing here.
-                    if (ev.error_code or self._peer_resets or self._local_resets) and self._closed_stream(
+                    if (ev.error_code or self._peer_resets or self.local_resets) and self._closed_stream(
                         ev, sink
                     ):
                         break
@@ -328,11 +368,17 @@ class _NgCodec:
                     if end:
                         sink.h2_end(sid)
                 elif kind is trailers_t:
-                    sid = ev.stream_id
-                    sink.h2_trailers(sid, list(ev.headers))
-                    sink.h2_end(sid)
+                    sink.h2_trailers(ev.stream_id, list(ev.headers))  # (the end too: EventSink.h2_end)
                 elif kind is window_t:
                     sink.h2_window(ev.stream_id)
+                elif kind is reset_t and client:
+                    # An upstream server's reset, not counted (see _rare): at one stream in flight nginx's
+                    # RST_STREAM(NO_ERROR) after each answer is a read of its own, and this is all of it.
+                    sid = ev.stream_id
+                    code = ev.error_code
+                    if code:
+                        self._peer_resets.add(sid)  # as in _rare
+                    sink.h2_reset(sid, code, True, "")
                 elif self._rare(ev, sink):
                     break  # nothing after an offence is reported: it is never forwarded
             except Exception:
@@ -345,7 +391,7 @@ class _NgCodec:
     def _closed_stream(self, ev: Any, sink: EventSink) -> bool:
         sid = ev.stream_id
         peer_resets = self._peer_resets
-        local_resets = self._local_resets
+        local_resets = self.local_resets
         peer = local = False
         if peer_resets and sid in peer_resets:
             peer = True
@@ -394,7 +440,8 @@ class _NgCodec:
                 sink.h2_terminated(self._calm(lim.SETTINGS_FLOOD))
                 return True
             self.settings_received = True
-            self._max_streams = 0  # the peer's limit may have changed: read it again (max_streams)
+            self.max_streams_known = 0  # the peer's limits may have changed: read them again (max_streams,
+            self._initial_window = -1  # send_window)
             sink.h2_window(0)  # a new INITIAL_WINDOW_SIZE may open every stream's window
         elif isinstance(ev, ng.PingAcknowledged):
             self.pings_acked += 1
@@ -435,9 +482,13 @@ class _NgCodec:
             # Nothing queued (most flushes: every read ends with one per connection it touched). The C
             # property costs a fraction of a data_to_send + events() pair; events come only from sending.
             # A failed or closing engine takes the full path (its GOAWAY, written by hand or queued).
-            if self._local_resets:
-                self._local_resets.clear()  # nothing queued: no reset of ours is still to be written
+            if self.local_resets:
+                self.local_resets.clear()  # nothing queued: no reset of ours is still to be written
             return b""
+        if self._unsent:
+            # Their HEADERS go out now (or wait for a concurrency slot: send_window then asks nghttp2, which
+            # answers for a stream it has not opened with the peer's initial window all the same).
+            self._unsent.clear()
         tail, self._tail = self._tail, b""
         try:
             data = bytes(conn.data_to_send())
@@ -451,10 +502,10 @@ class _NgCodec:
                 self.closed = self.must_close = True
                 self.close_reason = _reason_for_code(int(ev.error_code), bytes(ev.debug_data))
                 self.rejects[self.close_reason] += 1
-        if self._local_resets:
+        if self.local_resets:
             # Every RST_STREAM queued went out now; nghttp2 reported those streams' close in this write's
             # events, never in a later read: nothing is left to tell apart.
-            self._local_resets.clear()
+            self.local_resets.clear()
         return data + tail
 
     def send_headers(self, stream_id: int, headers: Headers, end_stream: bool = False) -> None:
@@ -475,17 +526,29 @@ class _NgCodec:
 
     def send_window(self, stream_id: int) -> int:
         conn = self._conn
-        ng = self._ng
-        try:
-            window = conn.stream_remote_window_size(stream_id)
-        except ng.StreamUnavailableError:
+        if stream_id in self._unsent:
             # A request whose HEADERS are still queued has no stream state yet: it starts at the peer's
-            # initial window (RFC 9113 §6.9.2).
-            window = conn.remote_settings[ng.Setting.INITIAL_WINDOW_SIZE]
-        except ng.NGH2Error:
-            return 0
-        stream = window - conn.queued_body_size(stream_id)
-        return max(0, min(int(stream), int(conn.remote_window_size - conn.queued_body_size())))
+            # initial window (RFC 9113 §6.9.2). Asking nghttp2 would raise, which cost ~3x the whole answer.
+            window = self._peer_initial_window()
+        else:
+            try:
+                window = conn.stream_remote_window_size(stream_id)
+            except self._ng.StreamUnavailableError:
+                window = self._peer_initial_window()  # as above, for one opened before the last write
+            except self._ng.NGH2Error:
+                return 0
+        window -= conn.queued_body_size(stream_id)
+        shared = conn.remote_window_size - conn.queued_body_size()
+        if shared < window:
+            window = shared
+        return window if window > 0 else 0
+
+    def _peer_initial_window(self) -> int:
+        window = self._initial_window
+        if window < 0:  # ngh2 builds a dict per remote_settings read: kept until the peer's next SETTINGS
+            window = int(self._conn.remote_settings[self._ng.Setting.INITIAL_WINDOW_SIZE])
+            self._initial_window = window
+        return window
 
     def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> int:
         """As the h2 codec: take only what the windows allow now; END_STREAM only with the last byte."""
@@ -493,15 +556,36 @@ class _NgCodec:
             if end_stream:
                 self.end_stream(stream_id)
             return 0
-        take = len(data)
-        window = self.send_window(stream_id)
-        if window < take:
-            take = window
-        if take:
+        conn = self._conn
+        # send_window, inline (this runs for every DATA frame, both ways)
+        if stream_id in self._unsent:
+            window = self._initial_window
+            if window < 0:
+                window = self._peer_initial_window()
+        else:
             try:
-                self._conn.send_data(stream_id, data[:take], end_stream=end_stream and take == len(data))
-            except self._ng.NGH2Error as exc:
-                raise h2x.StreamClosedError(stream_id) from exc
+                window = conn.stream_remote_window_size(stream_id)
+            except self._ng.StreamUnavailableError:
+                window = self._peer_initial_window()
+            except self._ng.NGH2Error:
+                return 0
+        window -= conn.queued_body_size(stream_id)
+        shared = conn.remote_window_size - conn.queued_body_size()
+        if shared < window:
+            window = shared
+        size = len(data)
+        if window >= size:
+            take = size
+        elif window > 0:
+            take = window
+            data = data[:take]
+            end_stream = False  # END_STREAM only with the last byte
+        else:
+            return 0
+        try:
+            conn.send_data(stream_id, data, end_stream=end_stream)
+        except self._ng.NGH2Error as exc:
+            raise h2x.StreamClosedError(stream_id) from exc
         return take
 
     def end_stream(self, stream_id: int) -> None:
@@ -525,11 +609,11 @@ class _NgCodec:
             # The rest of the request is read and credited instead.
             return
         if error_code != ErrorCodes.NO_ERROR:  # a NO_ERROR reset closes with code 0: nothing to tell apart
-            self._local_resets.add(stream_id)  # forgotten once the RST_STREAM is written (data_to_send)
+            self.local_resets.add(stream_id)  # forgotten once the RST_STREAM is written (data_to_send)
         try:
             self._conn.reset_stream(stream_id, error_code)
         except self._ng.NGH2Error:
-            self._local_resets.discard(stream_id)
+            self.local_resets.discard(stream_id)
             return  # a closing connection: nothing to reset
 
     def goaway(
@@ -561,13 +645,13 @@ class NgClientCodec(_NgCodec):
     def max_streams(self) -> int:
         # Asked before every stream opened (can_open); ngh2 builds a dict per remote_settings read, so the
         # answer is kept until the peer's next SETTINGS (``_rare`` clears it).
-        cached = self._max_streams
+        cached = self.max_streams_known
         if cached:
             return cached
         remote = int(self._conn.remote_settings[self._ng.Setting.MAX_CONCURRENT_STREAMS])
         answer = remote if self.settings_received else min(remote, ASSUMED_MAX_STREAMS)
         if self.settings_received:
-            self._max_streams = answer
+            self.max_streams_known = answer
         return answer
 
     def send_request(self, headers: Headers, end_stream: bool = False) -> int:
@@ -575,7 +659,10 @@ class NgClientCodec(_NgCodec):
             raise ProtocolError(
                 lim.GOAWAY_RECEIVED, "the server sent GOAWAY: open the stream on a new connection"
             )
-        return self._conn.send_request(headers, end_stream=end_stream)  # type: ignore[no-any-return]
+        sid: int = self._conn.send_request(headers, end_stream=end_stream)
+        if not end_stream:
+            self._unsent.add(sid)  # its body follows before the next write, usually (send_window)
+        return sid
 
 
 def _reason_for_code(code: int, debug: bytes) -> str:

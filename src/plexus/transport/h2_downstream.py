@@ -42,7 +42,7 @@ from plexus.proxy.tracing import (
     Tracer,
     TraceStart,
 )
-from plexus.transport.h2_codecs import never_indexed, server_codec
+from plexus.transport.h2_codecs import never_indexed, never_indexed_pair, server_codec
 from plexus.transport.h2_stream import (
     CALLER_HEADER,
     HOP_BY_HOP,
@@ -75,11 +75,13 @@ _TRACEPARENT_NAME: Final = TRACEPARENT.encode()
 _REQUEST_ID_AT: Final = len(b"x-request-id: ")
 _REQUEST_ID_END: Final = _REQUEST_ID_AT + 36  # a UUID's text
 _TRACEPARENT_AT: Final = _REQUEST_ID_END + len(b"\r\ntraceparent: ")
-# What _open does with a request field, by name: one dict lookup per field instead of a chain of compares.
+# What h2_headers does with a request field, by name: one dict lookup per field, not a chain of compares.
 # Names not in the table (most of them, and pseudo-headers other than these three) are forwarded as they are.
-(_FWD, _METHOD, _PATH, _AUTHORITY, _DROP, _HOST, _SERVICE, _CTYPE, _TIMEOUT, _TE, _TRACE, _AGENT, _CALLER) = (
+# In the order h2_headers tests them: the fields every gRPC call carries first.
+(_FWD, _METHOD, _PATH, _AUTHORITY, _CTYPE, _TE, _AGENT, _TIMEOUT, _TRACE, _CALLER, _DROP, _HOST, _SERVICE) = (
     range(13)
 )
+_GRPC: Final = b"application/grpc"  # the content type of nearly every gRPC call: no parse for it
 
 
 def _field_actions(dropped: frozenset[bytes]) -> dict[bytes, int]:
@@ -243,8 +245,12 @@ class Http2Downstream(asyncio.Protocol):
             # One write per connection for the whole read: this one, and the upstream ones it fed.
             self.flush()
             pool.reading = False
-            if pool.dirty:
-                pool.end_read()
+            dirty = pool.dirty
+            if dirty:  # pool.end_read, inline (a call fewer per read)
+                pool.dirty = []
+                for item in dirty:
+                    if item.dirty:
+                        item.flush()
 
     # -- codec events (EventSink) -------------------------------------------------------------------
 
@@ -255,9 +261,6 @@ class Http2Downstream(asyncio.Protocol):
         else:
             self.codec.acknowledge(stream_id, flow_controlled_length)
 
-    def h2_headers(self, stream_id: int, headers: Headers, end_stream: bool) -> None:
-        self._open(stream_id, headers, end_stream)
-
     def h2_end(self, stream_id: int) -> None:
         stream = self.streams.get(stream_id)
         if stream is not None and not stream.req_ended:  # else the DATA or trailers that ended it said so
@@ -266,7 +269,7 @@ class Http2Downstream(asyncio.Protocol):
     def h2_trailers(self, stream_id: int, headers: Headers) -> None:
         stream = self.streams.get(stream_id)
         if stream is not None:
-            stream.on_down_trailers(headers)
+            stream.on_down_trailers(headers)  # (they end the request: no h2_end follows)
 
     def h2_reset(self, stream_id: int, error_code: int, remote: bool, reason: str) -> None:
         if not remote:
@@ -324,7 +327,8 @@ class Http2Downstream(asyncio.Protocol):
 
     # -- streams ------------------------------------------------------------------------------------
 
-    def _open(self, sid: int, headers: Headers, end_stream: bool) -> None:
+    def h2_headers(self, sid: int, headers: Headers, end_stream: bool) -> None:
+        """A stream opens (codec event, called directly: no hop through another method)."""
         method = path = authority = service = host = timeout_raw = agent = caller = None
         timeout_at: int | None = None
         grpc = False
@@ -345,32 +349,33 @@ class Http2Downstream(asyncio.Protocol):
                     path = value
                 else:
                     authority = value
-            elif act == _DROP:
-                continue
-            elif act == _HOST:
-                host = value
-                continue
-            elif act == _SERVICE:
-                service = value  # the egress adds its own; the app behind the ingress needs none
-                continue
             elif act == _CTYPE:
-                grpc = is_grpc_content_type(value)
-            elif act == _TIMEOUT:
-                timeout_raw = value
-                timeout_at = len(up)
+                grpc = value == _GRPC or is_grpc_content_type(value)
             elif act == _TE:
                 if value != b"trailers" and value.strip().lower() != b"trailers":
                     continue
+            elif act == _AGENT:
+                agent = value  # for the stream's entry: read here, not by a second pass over the fields
+            elif act == _TIMEOUT:
+                timeout_raw = value
+                timeout_at = len(up)
             elif act == _TRACE:
                 if traced is None:
                     traced = {}
                 elif name in traced:
                     continue  # a repeated trace field: the first one counts, the rest would go stale
                 traced[name] = len(up)
-            elif act == _AGENT:
-                agent = value  # for the stream's entry: read here, not by a second pass over the fields
-            elif caller is None:  # _CALLER
-                caller = value
+            elif act == _CALLER:
+                if caller is None:
+                    caller = value
+            elif act == _DROP:
+                continue
+            elif act == _HOST:
+                host = value
+                continue
+            else:  # _SERVICE
+                service = value  # the egress adds its own; the app behind the ingress needs none
+                continue
             up.append(pair)
         authority = authority or host
         trace = self._trace(up, traced)
@@ -380,10 +385,9 @@ class Http2Downstream(asyncio.Protocol):
             named = service.decode("latin-1")
         else:
             named = self.fixed_service or service_from_authority(authority)
-        stream = H2Stream(self, sid, up, grpc, end_stream, named, trace, method, path, authority)
-        stream.timeout_at = timeout_at
-        stream.agent = agent
-        stream.caller = caller
+        stream = H2Stream(
+            self, sid, up, grpc, end_stream, named, trace, method, path, authority, timeout_at, agent, caller
+        )
         self.streams[sid] = stream
         if method == b"CONNECT":  # a tunnel (RFC 9113 §8.5), as HTTP/1.1's CONNECT: not proxied
             self.proxy.stats.downstream_reject(reasons.NOT_IMPLEMENTED)
@@ -422,8 +426,9 @@ class Http2Downstream(asyncio.Protocol):
             # Every id from one draw, as HTTP/1.1's block of lines; the two values are slices of it, and the
             # stream keeps the block: its entry reads the ids back only if a sink asks (H2Stream._report).
             lines = tracer.fresh_lines()
-            up.append(never_indexed(_REQUEST_ID_NAME, lines[_REQUEST_ID_AT:_REQUEST_ID_END]))
-            up.append(never_indexed(_TRACEPARENT_NAME, lines[_TRACEPARENT_AT:-2]))
+            request_id = lines[_REQUEST_ID_AT:_REQUEST_ID_END]
+            traceparent = lines[_TRACEPARENT_AT:-2]
+            up += never_indexed_pair(_REQUEST_ID_NAME, request_id, _TRACEPARENT_NAME, traceparent)
             return lines
         wire = _WIRE_NAME
 
@@ -547,14 +552,23 @@ class Http2Downstream(asyncio.Protocol):
     def want_flush(self) -> None:
         if not self.dirty:
             self.dirty = True
-            self.pool.schedule_flush(self)
+            pool = self.pool
+            if pool.reading:
+                pool.dirty.append(self)  # written by end_read once the read under way is over
+            else:
+                pool.schedule_flush(self)
 
     def flush(self) -> None:
         self.dirty = False
+        codec = self.codec
+        engine = codec.engine
+        if engine is not None and not codec.closed and not codec.local_resets and not engine.want_write:
+            # Nothing queued: data_to_send's own first test, without the call (see _NgCodec.engine). Closed
+            # first: a failed engine raises on want_write.
+            return
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        codec = self.codec
         data = codec.data_to_send()
         if data:
             transport.write(data)

@@ -56,8 +56,9 @@ from plexus.codec.http2 import (
 from plexus.core import reasons
 from plexus.core.errors import ProtocolError
 from plexus.proxy import Endpoint, service_from_host
+from plexus.proxy.outcomes import outcome_for, request_ended
 from plexus.proxy.stream import HeaderLookup
-from plexus.proxy.telemetry import DOWNSTREAM_DISCONNECT, NO_FLAGS, UNKNOWN, RequestEntry, response_flag
+from plexus.proxy.telemetry import DOWNSTREAM_DISCONNECT, NO_FLAGS, response_flag
 from plexus.proxy.tracing import sampled_in_lines
 from plexus.transport.h2_upstream import OVERFLOW, PENDING
 
@@ -96,6 +97,7 @@ HOP_BY_HOP: Final = frozenset(
     }
 )
 SERVICE_HEADER: Final = b"x-plexus-service"
+_HOP_OR_TE: Final = HOP_BY_HOP | {b"te"}  # filter_headers's scan: one set test per field
 CALLER_HEADER: Final = b"x-plexus-caller"  # who calls (a consumer sidecar's workload): the inbound peer
 _USER_AGENT: Final = b"user-agent"
 _GRPC_STATUS: Final = b"grpc-status"
@@ -147,7 +149,7 @@ def filter_headers(headers: Headers) -> Headers:
     """End-to-end fields only (``te`` only as ``trailers``, RFC 9113 §8.2.2): ``headers`` itself when it has
     none to drop (the usual case: nghttp2 already refuses connection-specific fields in responses)."""
     for name, _ in headers:
-        if name in HOP_BY_HOP or name == b"te":
+        if name in _HOP_OR_TE:
             break
     else:
         return headers
@@ -218,6 +220,9 @@ class H2Stream:
         method: bytes | None = None,
         path: bytes | None = None,
         authority: bytes | None = None,
+        timeout_at: int | None = None,
+        agent: bytes | None = None,
+        caller: bytes | None = None,
     ) -> None:
         self.down = down
         self.sid = sid
@@ -235,14 +240,14 @@ class H2Stream:
         self.credit_sid = 0
         self.attempts = 0
         self.refusals = 0  # REFUSED_STREAM answers of the local app, retried (LOCAL_REFUSAL_RETRIES)
-        self.req_q: deque[list[bytes | int]] = deque()  # [data, downstream credit owed once sent]
+        self.req_q: deque[tuple[bytes, int]] = deque()  # (data, downstream credit owed once sent)
         self.req_ended = ended
         self.req_end_sent = False
         self.req_trailers: Headers | None = None
         # Request bytes sent upstream, kept for a retry (None: too many). Bytes, not a bytearray: a request
         # sent in one DATA frame (a unary call) is kept as that frame's payload, with no copy.
         self.sent_copy: bytes | None = b""
-        self.resp_q: deque[list[bytes | int]] = deque()  # [data, upstream credit owed once sent]
+        self.resp_q: deque[tuple[bytes, int]] = deque()  # (data, upstream credit owed once sent)
         self.resp_started = False
         self.resp_end = False
         self.resp_done = False
@@ -251,14 +256,14 @@ class H2Stream:
         self.done = False
         self.started = down.loop.time()
         self.deadline = 0.0
-        self.timeout_at: int | None = None  # index of grpc-timeout in up_headers
+        self.timeout_at = timeout_at  # index of grpc-timeout in up_headers
         self.gov: _Gov | None = None  # the request policy's state, only on a policed route
-        # For the stream's RequestEntry (plexus.proxy.telemetry), built once when it ends.
+        # For the telemetry when the stream ends (plexus.proxy.outcomes).
         # This hop's trace context: a TraceStart (Tracer.begin), or Tracer.fresh_lines's block when no trace
         # field came in (ids_from_lines reads it back, only when a sink asks).
         self.trace = trace
-        self.agent: bytes | None = None  # user-agent and x-plexus-caller as the caller sent them
-        self.caller: bytes | None = None
+        self.agent = agent  # user-agent and x-plexus-caller as the caller sent them
+        self.caller = caller
         self.method = method
         self.path = path
         self.authority = authority
@@ -284,8 +289,10 @@ class H2Stream:
         if route.policed:
             self._govern(route, lookup, timeout)
             return
-        self.deadline = self.started + timeout
-        self.down.watch_deadline(self.deadline)  # one sweep timer per connection, not a timer per stream
+        deadline = self.deadline = self.started + timeout
+        down = self.down
+        if deadline < down.deadline_due:  # (watch_deadline's own test: the sweep is usually due earlier)
+            down.watch_deadline(deadline)  # one sweep timer per connection, not a timer per stream
         self.dispatch(None, False)
 
     def dispatch(self, exclude: Endpoint | None, same_ok: bool) -> None:
@@ -304,7 +311,7 @@ class H2Stream:
         picked.active += 1
         picked.total += 1
         self.attempts += 1
-        self.down.proxy.pool.submit(picked, self)
+        self.down.pool.submit(picked, self)
 
     # -- the request policy (only on a policed route: Route.policed) --------------------------------
 
@@ -382,9 +389,7 @@ class H2Stream:
         if not self.req_ended or self.req_trailers is not None:
             return
         size = 0
-        for item in self.req_q:
-            data = item[0]
-            assert isinstance(data, bytes)
+        for data, _ in self.req_q:
             size += len(data)
         if size > RETRY_BUFFER_BYTES:
             return
@@ -393,7 +398,7 @@ class H2Stream:
         endpoint = cluster.pick_subset(mirror.subset) if cluster is not None else None
         if endpoint is None or _MirrorStream.in_flight >= MAX_MIRRORS_IN_FLIGHT:
             return
-        body = b"".join(bytes(item[0]) for item in self.req_q if item[0])
+        body = b"".join(data for data, _ in self.req_q)
         headers: Headers = []
         for name, value in self.up_headers:
             if name == SERVICE_HEADER:
@@ -404,7 +409,7 @@ class H2Stream:
                 left = max(self.gov.overall - self.down.loop.time(), 0.001)
                 value = format_grpc_timeout(min(left, 3600.0)).encode()
             headers.append((name, value))
-        self.down.proxy.pool.submit(endpoint, _MirrorStream(headers, body))
+        self.down.pool.submit(endpoint, _MirrorStream(headers, body))
 
     def _after_delay(self, abort: int | None) -> None:
         if self.done:
@@ -474,7 +479,7 @@ class H2Stream:
                 gov.try_deadline = deadline = try_deadline
         self.deadline = deadline
         self.down.watch_deadline(deadline)
-        taken = self.down.proxy.pool.submit(picked, self, gov.breaker)
+        taken = self.down.pool.submit(picked, self, gov.breaker)
         if taken == OVERFLOW:
             gov.watched = None
             self._end_attempt()
@@ -525,11 +530,9 @@ class H2Stream:
     def on_upstream_headers(self, headers: Headers, end_stream: bool) -> None:
         if self.done:
             return
-        status = 0
-        for name, value in headers:
-            if name == b":status":
-                status = int(value) if value.isdigit() else 0
-                break
+        # nghttp2 puts the pseudo-fields first, and :status is a response's only one.
+        name, value = headers[0] if headers else (b"", b"")
+        status = int(value) if name == b":status" and value.isdigit() else _status_of(headers)
         if 100 <= status < 200:
             if status != 101:  # 101 is forbidden in HTTP/2 (RFC 9113 §8.6); h2 refuses it on input
                 self.down.codec.send_headers(self.sid, filter_headers(headers))
@@ -612,7 +615,7 @@ class H2Stream:
         if self.done:
             return
         self.resp_bytes += len(data)
-        self.resp_q.append([data, flow_controlled_length])
+        self.resp_q.append((data, flow_controlled_length))
         if end_stream:
             self.resp_end = True
         self.pump_response()
@@ -709,10 +712,12 @@ class H2Stream:
     def on_down_data(self, data: bytes, flow_controlled_length: int, end_stream: bool) -> None:
         if self.done:
             self.down.codec.acknowledge(self.sid, flow_controlled_length)
+            if end_stream:
+                self.req_ended = True  # (no h2_end follows: see EventSink.h2_end)
             return
         if data or flow_controlled_length:
             self.req_bytes += len(data)
-            self.req_q.append([data, flow_controlled_length])
+            self.req_q.append((data, flow_controlled_length))
         if end_stream:
             self.req_ended = True
         if self.conn is not None:  # else it is sent once the upstream stream opens (on_upstream_ready)
@@ -750,14 +755,11 @@ class H2Stream:
         if conn is None or up_sid is None or conn.write_paused or self.req_end_sent:
             return
         codec = conn.codec
-        down_codec = self.down.codec
         q = self.req_q
         credited = False
         try:
             while q:
-                item = q[0]
-                data = item[0]
-                assert isinstance(data, bytes)
+                data, credit = q[0]
                 end = self.req_ended and len(q) == 1 and self.req_trailers is None
                 taken = codec.send_data(up_sid, data, end)
                 copy = self.sent_copy
@@ -768,13 +770,11 @@ class H2Stream:
                         part = data[:taken] if taken < len(data) else data
                         self.sent_copy = copy + part if copy else part
                 if taken < len(data):
-                    item[0] = data[taken:]
+                    q[0] = (data[taken:], credit)
                     break
                 q.popleft()
-                credit = item[1]
-                assert isinstance(credit, int)
                 if credit:
-                    down_codec.acknowledge(self.sid, credit)
+                    self.down.codec.acknowledge(self.sid, credit)
                     credited = True
                 if end:
                     self.req_end_sent = True
@@ -802,17 +802,13 @@ class H2Stream:
         q = self.resp_q
         try:
             while q:
-                item = q[0]
-                data = item[0]
-                assert isinstance(data, bytes)
+                data, credit = q[0]
                 end = self.resp_end and len(q) == 1 and self.resp_trailers is None
                 taken = codec.send_data(self.sid, data, end)
                 if taken < len(data):
-                    item[0] = data[taken:]
+                    q[0] = (data[taken:], credit)
                     break
                 q.popleft()
-                credit = item[1]
-                assert isinstance(credit, int)
                 if credit and conn is not None:
                     conn.codec.acknowledge(self.credit_sid, credit)
                     if not conn.dirty:
@@ -894,7 +890,7 @@ class H2Stream:
         self.down.proxy.stats.upstream_rq_retry += 1
         copy = self.sent_copy
         if copy:
-            self.req_q.appendleft([copy, 0])  # already credited to the caller when first sent
+            self.req_q.appendleft((copy, 0))  # already credited to the caller when first sent
         self.sent_copy = b""
         self.req_end_sent = False
         gov = self.gov
@@ -928,7 +924,7 @@ class H2Stream:
         if conn is not None and up_sid is not None:
             conn.reset(up_sid, error_code)
         elif self.endpoint is not None:
-            self.down.proxy.pool.withdraw(self.endpoint, self)  # still waiting for a connection
+            self.down.pool.withdraw(self.endpoint, self)  # still waiting for a connection
             gov = self.gov
             if gov is not None and gov.pending:
                 gov.end_pending()
@@ -940,10 +936,8 @@ class H2Stream:
         resp_q = self.resp_q
         if resp_q:
             conn = self.credit_conn
-            for item in resp_q:
-                credit = item[1]
+            for _, credit in resp_q:
                 if credit and conn is not None:
-                    assert isinstance(credit, int)
                     conn.codec.acknowledge(self.credit_sid, credit)
             resp_q.clear()
             if conn is not None:
@@ -951,16 +945,15 @@ class H2Stream:
         req_q = self.req_q
         if req_q:
             down = self.down
-            for item in req_q:
-                credit = item[1]
+            for _, credit in req_q:
                 if credit:
-                    assert isinstance(credit, int)
                     down.codec.acknowledge(self.sid, credit)
             req_q.clear()
             down.want_flush()
 
     def _record(self) -> None:
-        self._release_credits()
+        if self.resp_q or self.req_q:
+            self._release_credits()
         self.credit_conn = None
         gov = self.gov
         if gov is not None:
@@ -971,13 +964,14 @@ class H2Stream:
         self._report(route.stats if route is not None else down.unrouted_stats())
 
     def _report(self, stats: ServiceStats) -> None:
-        """The stream's one RequestEntry: counted (``ServiceStats.done``), then to the telemetry sinks."""
+        """The stream ended: counted and handed to the telemetry sinks through the way it ended (its Outcome,
+        found by one key: plexus.proxy.outcomes), a RequestEntry only when a sink needs one."""
         down = self.down
         started = self.started
-        ms = (down.loop.time() - started) * 1000.0
         counted = status = self.status
         grpc_status = ""
-        if self.grpc:
+        grpc = self.grpc
+        if grpc:
             if status and not self.resp_started:
                 status = 200  # our trailers-only local reply: HTTP 200, the error is in grpc-status
             code = self.grpc_code
@@ -989,52 +983,42 @@ class H2Stream:
         reason = self.reason
         picked = self.picked
         if down.direction != "egress":
-            caller = self.caller
-            peer = caller.decode("latin-1") if caller else UNKNOWN
+            peer: str | bytes | None = self.caller
         else:
-            peer = (picked.instance.workload or UNKNOWN) if picked is not None else UNKNOWN
-        method = self.method
-        path = self.path
+            peer = picked.instance.workload if picked is not None else None
+        key = (
+            self.method,
+            self.path,
+            self.authority,
+            self.agent,
+            status,
+            reason,
+            DOWNSTREAM_DISCONNECT if self.client_reset else (response_flag(reason) if reason else NO_FLAGS),
+            picked.key if picked is not None else "",
+            peer,
+            self.attempts,
+            grpc_status,
+            "grpc" if grpc else "http",
+            counted,
+        )
+        outcome = stats.outcomes.get(key) or outcome_for(stats, key)
         trace = self.trace
-        # RequestEntry's fields set one by one on a bare object (its keyword constructor cost more than all
-        # of them, as on HTTP/1.1), and those that need a decode (authority, user agent, the ids) left to
-        # fill_from_wire, which runs only when a sink reads one of them (access log, tap, explain, spans).
-        entry = _new_entry(RequestEntry)
-        entry.direction = down.traffic_direction
-        entry.service = stats.service
-        entry.protocol = "grpc" if self.grpc else "http"
-        entry.method = (_METHOD_TEXT.get(method) or method.decode("latin-1")) if method else ""
-        entry.path = path.decode("latin-1") if path else ""
-        entry.start = started
-        entry.duration_ms = ms
-        entry.status = status
-        entry.grpc_status = grpc_status
-        entry.reason = reason
-        if self.client_reset:
-            entry.flags = DOWNSTREAM_DISCONNECT
-        else:
-            entry.flags = response_flag(reason) if reason else NO_FLAGS
-        entry.request_bytes = self.req_bytes
-        entry.response_bytes = self.resp_bytes
-        entry.peer_workload = peer
-        entry.upstream = picked.key if picked is not None else ""
-        entry.attempts = self.attempts
-        entry.http_version = ""
         if trace is None:
-            entry.sampled = False
+            sampled = False
         elif type(trace) is bytes:
-            entry.sampled = sampled_in_lines(trace)
+            sampled = sampled_in_lines(trace)
         else:
-            entry.sampled = trace.sampled  # type: ignore[union-attr]
-        entry._lazy = (self.authority, self.agent, trace, None)
-        stats.done(entry)
-        if counted != status:
-            # plexus_requests_total keeps counting a gRPC local reply by the HTTP status it stands for (503,
-            # 504...), as before entries existed; the entry (Istio's response_code) has the 200 sent.
-            by_class = stats.by_class
-            by_class[2] -= 1
-            cls = counted // 100
-            by_class[cls if 0 < cls < 6 else 0] += 1
+            sampled = trace.sampled  # type: ignore[union-attr]
+        request_ended(
+            stats,
+            outcome,
+            started,
+            (down.loop.time() - started) * 1000.0,
+            self.req_bytes,
+            self.resp_bytes,
+            (self.authority, self.agent, trace, None),
+            sampled,
+        )
 
     def finish(self) -> None:
         """The response ended toward the caller."""
@@ -1051,7 +1035,10 @@ class H2Stream:
                 conn.finished(up_sid)
             else:
                 conn.reset(up_sid, ErrorCodes.NO_ERROR)  # the response is complete: stop the request
-        self._end_attempt()
+        endpoint = self.endpoint
+        if endpoint is not None:  # _end_attempt, inline
+            self.endpoint = None
+            endpoint.active -= 1
         if not self.req_ended:
             self.down.reset_stream(self.sid, ErrorCodes.NO_ERROR)  # RFC 9113 §8.1: rest of request unread
         self._record()
@@ -1167,9 +1154,7 @@ class H2Stream:
         self._record()
 
 
-_new_entry: Final = object.__new__  # a RequestEntry without its keyword constructor (H2Stream._report)
 _GRPC_STATUS_TEXT: Final = {str(code).encode(): str(code) for code in range(17)}  # decoded once, not per call
-_METHOD_TEXT: Final = {m: m.decode() for m in (b"POST", b"GET", b"PUT", b"DELETE", b"HEAD", b"PATCH")}
 
 
 def service_from_authority(authority: bytes | None) -> str:

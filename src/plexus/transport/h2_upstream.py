@@ -142,8 +142,12 @@ class Http2UpstreamConnection(asyncio.Protocol):
             # One write per connection for the whole read (this one, and the downstream ones it answers).
             self.flush()
             pool.reading = False
-            if pool.dirty:
-                pool.end_read()
+            dirty = pool.dirty
+            if dirty:  # pool.end_read, inline (a call fewer per read)
+                pool.dirty = []
+                for item in dirty:
+                    if item.dirty:
+                        item.flush()
 
     # -- codec events (EventSink) -------------------------------------------------------------------
 
@@ -160,9 +164,16 @@ class Http2UpstreamConnection(asyncio.Protocol):
             stream.on_upstream_headers(headers, end_stream)
 
     def h2_trailers(self, stream_id: int, headers: Headers) -> None:
-        stream = self.streams.get(stream_id)
+        streams = self.streams
+        stream = streams.get(stream_id)
         if stream is not None:
             stream.on_upstream_trailers(headers)
+            # They end the stream (no h2_end follows): usually the answer went out whole and the stream
+            # already left (``finished``); else as h2_end.
+            ended = streams.pop(stream_id, None)
+            if ended is not None:
+                ended.on_upstream_end()
+                self._stream_gone()
 
     def h2_end(self, stream_id: int) -> None:
         stream = self.streams.pop(stream_id, None)
@@ -214,15 +225,17 @@ class Http2UpstreamConnection(asyncio.Protocol):
     # -- used by streams ----------------------------------------------------------------------------
 
     def can_open(self) -> bool:
+        codec = self.codec
         return (
             self.ready
             and not self.closed
             and not self.goaway
             and not self.endpoint.removed
-            and not self.codec.goaway_received
-            and not self.codec.closed
-            and self.codec.settings_received  # the peer's limits are known: nothing opened is refused
-            and len(self.streams) < self.codec.max_streams()
+            and not codec.goaway_received
+            and not codec.closed
+            and codec.settings_received  # the peer's limits are known: nothing opened is refused
+            # (the answer max_streams keeps, read without the call when there is one)
+            and len(self.streams) < (codec.max_streams_known or codec.max_streams())
         )
 
     def open(self, stream: UpstreamStream, headers: Headers, end_stream: bool) -> int:
@@ -256,14 +269,23 @@ class Http2UpstreamConnection(asyncio.Protocol):
     def want_flush(self) -> None:
         if not self.dirty:
             self.dirty = True
-            self.pool.schedule_flush(self)
+            pool = self.pool
+            if pool.reading:
+                pool.dirty.append(self)  # written by end_read once the read under way is over
+            else:
+                pool.schedule_flush(self)
 
     def flush(self) -> None:
         self.dirty = False
+        codec = self.codec
+        engine = codec.engine
+        if engine is not None and not codec.closed and not codec.local_resets and not engine.want_write:
+            # Nothing queued: data_to_send's own first test, without the call (see _NgCodec.engine). Closed
+            # first: a failed engine raises on want_write.
+            return
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        codec = self.codec
         data = codec.data_to_send()
         if data:
             transport.write(data)
