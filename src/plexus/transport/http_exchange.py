@@ -689,34 +689,24 @@ class Exchange:
         query = target.find(b"?")
         host = head.host
         agent = head.user_agent
-        status = self.status
-        attempts = self.attempts
         if upstream is not None:
-            key = (
-                head.method,
-                target if query < 0 else target[:query],
-                host,
-                agent,
-                status,
-                reason,
-                flags,
-                upstream.key,
-                upstream.instance.workload if down.outbound else head.caller,
-                attempts,
-            )
+            address = upstream.key
+            peer = upstream.instance.workload if down.outbound else head.caller
         else:
-            key = (
-                head.method,
-                target if query < 0 else target[:query],
-                host,
-                agent,
-                status,
-                reason,
-                flags,
-                "",
-                None if down.outbound else head.caller,
-                attempts,
-            )
+            address = ""
+            peer = None if down.outbound else head.caller
+        key = (
+            head.method,
+            target if query < 0 else target[:query],
+            host,
+            agent,
+            self.status,
+            reason,
+            flags,
+            address,
+            peer,
+            self.attempts,
+        )
         outcome = stats.outcomes.get(key) or outcome_for(stats, key)
         started = self.started
         resp_bytes = self.resp_bytes
