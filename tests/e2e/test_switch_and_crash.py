@@ -41,15 +41,20 @@ def _serving(consumers: list[Child], provider: str, minimum: int = 10) -> None:
                f"both consumers calling {provider}")
 
 
-def _check(cluster: Cluster, consumers: list[Child], sent: list[Path], received: dict[str, Path]) -> None:
+def _check(cluster: Cluster, consumers: list[Child], sent: list[Path], received: dict[str, Path],
+           crashes: int = 0) -> None:
+    """No call failed, was lost, went astray or is missing from the ledgers; none was delivered twice, except
+    (``crashes``) a call a killed app had recorded but not answered: its caller's retry delivers it again
+    elsewhere (at least once, as Envoy's retry on reset does), one call in flight per consumer at most."""
     cluster.stop_consumers()
     reports = [c.final_report for c in consumers]
     assert None not in reports
     result = read_ledger(sent, received, reports)
     print("ledger:", result.summary())
     assert result.sent > 0
-    assert (result.errors, result.lost, result.misdelivered, result.duplicated, result.unrecorded) == (
-        0, 0, 0, 0, 0), (result.summary(), result.error_samples)
+    assert (result.errors, result.lost, result.misdelivered, result.unrecorded) == (
+        0, 0, 0, 0), (result.summary(), result.error_samples)
+    assert result.duplicated <= crashes * len(consumers), result.summary()
 
 
 def test_switch_an_instance_between_direct_and_mesh(cluster: Cluster, tmp_path: Path) -> None:
@@ -89,7 +94,7 @@ def test_a_crashed_provider_app_does_not_fail_callers(cluster: Cluster, tmp_path
         assert view.wait(10, lambda s: len(s.instances) == 1), view
     _serving(consumers, "s", minimum=RATE // 2)
 
-    _check(cluster, consumers, sent, received)
+    _check(cluster, consumers, sent, received, crashes=2)
 
 
 def test_a_meshed_app_unpublishing_first_fails_no_call(cluster: Cluster, tmp_path: Path) -> None:
