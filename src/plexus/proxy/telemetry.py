@@ -5,10 +5,11 @@ Sans-IO: this module only fills counters and in-memory queues. Writers that drai
 file, the span exporter, the control-plane reports and tap lines) live in ``plexus.sidecar`` and run off the
 hot path, on timers.
 
-Per request a transport builds one ``RequestEntry`` when the request ends (after the response was written,
-or the local reply) and calls ``ServiceStats.done(entry)`` on its Route's stats (``plexus.proxy.stats``). Cost
-budget for all of it: a few microseconds, so the HTTP/1.1 path keeps >= 85% of its requests per core with
-metrics, 1% tracing and access logs on (issue 5).
+When a request ends (after the response was written, or the local reply), its transport reports it on its
+Route's stats: HTTP/1.1, HTTP/2 and gRPC through the way it ended (``plexus.proxy.outcomes``: one key, a
+``RequestEntry`` only when a sink needs one), Bolt and Dubbo with a ``RequestEntry`` to ``ServiceStats.done``
+(``plexus.proxy.stats``). Cost budget for all of it: a few microseconds per request (issue 5 asks the
+HTTP/1.1 path to keep >= 85% of its requests per core with metrics, 1% tracing and access logs on).
 
 Words, as Istio uses them: a sidecar's *outbound* (egress) side reports as ``reporter="source"``, its
 *inbound* (ingress) side as ``reporter="destination"``. ``peer_workload`` is the workload on the other side:
@@ -121,7 +122,8 @@ def fill_from_wire(entry: RequestEntry, wire: WireFields) -> None:
 
 
 class RequestEntry:
-    """One request as one hop of one sidecar saw it. Built once per request, when it ends.
+    """One request as one hop of one sidecar saw it: built when it ends (Bolt, Dubbo), or from its outcome's
+    ring tuple only when a sink reads it (HTTP/1.1, HTTP/2, gRPC: plexus.proxy.outcomes).
 
     ``start`` is the loop clock (``loop.time()``) when the request's head arrived; ``Telemetry.wall(start)``
     turns it into Unix time without a system call. ``status``: the HTTP status sent downstream (gRPC: the
