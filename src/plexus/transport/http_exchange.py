@@ -21,7 +21,6 @@ when a sink needs one). No clock call beyond the loop's cached time, no header r
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import random
 from collections.abc import Coroutine
@@ -1183,7 +1182,8 @@ class PolicedExchange(Exchange):
         head = self.head
         host = _shadow_host(head.host or b"")
         headers = [(n, host) if n.lower() == b"host" else (n, v) for n, v in head.headers]
-        shadow = dataclasses.replace(head, headers=headers, host=host, expect_continue=False)
+        shadow = head.copy()
+        shadow.headers, shadow.host, shadow.expect_continue = headers, host, False
         payload = encode_request_head(shadow, route.extra_named(mirror.service)) + data[self.head_len :]
         _Shadow(self.down.ctx, endpoint, payload, self.is_head)
 

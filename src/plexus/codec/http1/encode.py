@@ -31,9 +31,17 @@ def header_block(headers: list[tuple[bytes, bytes]], parts: list[bytes]) -> None
 def encode_request_head(head: RequestHead, extra: bytes = b"") -> bytes:
     """The head to send upstream: HTTP/1.1, the end-to-end headers, framing, the trace lines
     (``head.trace_lines``), then ``extra`` header lines."""
+    headers = head._headers
+    if headers is None and not head.chunked and head.upgrade is None:  # the decoder's lines, as they came
+        return b"".join(
+            (head.method, b" ", head.target, b" HTTP/1.1\r\n", head.raw, head.trace_lines, extra, b"\r\n")
+        )
     parts = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
-    for name, value in head.headers:
-        parts += (name, b": ", value, b"\r\n")
+    if headers is None:
+        parts.append(head.raw)
+    else:
+        for name, value in headers:
+            parts += (name, b": ", value, b"\r\n")
     if head.chunked:
         parts.append(CHUNKED_HEADER)
     if head.upgrade is not None:

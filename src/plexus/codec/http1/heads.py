@@ -6,7 +6,6 @@ without re-encoding text; the fields a proxy decides on (framing, keep-alive, ho
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Final
 
 # Headers held apart from ``RequestHead.headers`` (see ``RequestHead.trace``): W3C and B3 trace context and
@@ -21,33 +20,138 @@ TRACE_HEADERS: Final = (
 )
 
 
-@dataclass(slots=True)
 class RequestHead:
-    method: bytes
-    target: bytes
-    version: str  # "1.1" or "1.0"
-    headers: list[tuple[bytes, bytes]]  # end-to-end headers only (no Connection, Keep-Alive, TE, Expect, ...)
-    host: bytes | None  # the Host header value, as sent
-    content_length: int | None
-    chunked: bool
-    keep_alive: bool  # the client lets the connection live after this exchange
-    expect_continue: bool  # "Expect: 100-continue" was sent (and stripped)
-    upgrade: bytes | None  # the Upgrade header value when the client asks to switch protocols
-    service: bytes | None  # the x-plexus-service header value, when present
-    # Captured while parsing, for telemetry (no second scan of the headers):
-    user_agent: bytes | None = None  # forwarded as is (also in ``headers``)
-    caller: bytes | None = None  # x-plexus-caller (a consumer sidecar's workload); forwarded as is
-    # The trace-context headers (``TRACE_HEADERS``) by lower-case name, None when the client sent none. They
-    # are NOT in ``headers``: the proxy forwards the ones its tracer does not replace (see
-    # plexus.proxy.tracing), so an incoming traceparent is never sent on next to the new one.
-    trace: dict[bytes, bytes] | None = None
-    # Header lines the proxy adds after ``headers`` when it forwards the head (``name: value\r\n`` each, ready
-    # bytes): the trace context its tracer wrote (see plexus.proxy.tracing, TraceStart.block).
-    trace_lines: bytes = b""
+    """A request head as the decoder hands it up.
+
+    The end-to-end header lines are kept in one of two forms. The decoder's fast path keeps them as ``raw``:
+    the lines as received, each ``Name: value\\r\\n``, minus the ones it held apart or dropped, so the
+    proxy forwards them as one ``bytes`` without touching a header in Python. ``headers`` is the same as
+    ``(name, value)`` pairs (original case and order, values without leading whitespace, as llhttp hands
+    them over): made from ``raw`` the first time it is read, and then the form that is encoded (a caller
+    may append to it).
+    """
+
+    __slots__ = (
+        "_headers",
+        "caller",
+        "chunked",
+        "content_length",
+        "expect_continue",
+        "host",
+        "keep_alive",
+        "method",
+        "raw",
+        "service",
+        "target",
+        "trace",
+        "trace_lines",
+        "upgrade",
+        "user_agent",
+        "version",
+    )
+
+    def __init__(
+        self,
+        method: bytes,
+        target: bytes,
+        version: str,
+        headers: list[tuple[bytes, bytes]] | None,
+        host: bytes | None,
+        content_length: int | None,
+        chunked: bool,
+        keep_alive: bool,
+        expect_continue: bool,
+        upgrade: bytes | None,
+        service: bytes | None,
+        user_agent: bytes | None = None,
+        caller: bytes | None = None,
+        trace: dict[bytes, bytes] | None = None,
+        trace_lines: bytes = b"",
+        raw: bytes = b"",
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.version = version  # "1.1" or "1.0" ("2" for a head made from an HTTP/2 request)
+        # End-to-end headers only (no Connection, Keep-Alive, TE, Expect, ...); None: ``raw`` holds them.
+        self._headers = headers
+        self.raw = raw
+        self.host = host  # the Host header value, as sent
+        self.content_length = content_length
+        self.chunked = chunked
+        self.keep_alive = keep_alive  # the client lets the connection live after this exchange
+        self.expect_continue = expect_continue  # "Expect: 100-continue" was sent (and stripped)
+        self.upgrade = upgrade  # the Upgrade header value when the client asks to switch protocols
+        self.service = service  # the x-plexus-service header value, when present
+        # Captured while parsing, for telemetry (no second scan of the headers):
+        self.user_agent = user_agent  # forwarded as is (also among the headers)
+        self.caller = caller  # x-plexus-caller (a consumer sidecar's workload); forwarded as is
+        # The trace-context headers (``TRACE_HEADERS``) by lower-case name, None when the client sent none.
+        # They are NOT among the headers: the proxy forwards the ones its tracer does not replace (see
+        # plexus.proxy.tracing), so an incoming traceparent is never sent on next to the new one.
+        self.trace = trace
+        # Header lines the proxy adds after the headers when it forwards the head (``name: value\r\n`` each,
+        # ready bytes): the trace context its tracer wrote (see plexus.proxy.tracing, TraceStart.block).
+        self.trace_lines = trace_lines
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = split_lines(self.raw)
+            self.raw = b""
+        return headers
+
+    @headers.setter
+    def headers(self, value: list[tuple[bytes, bytes]]) -> None:
+        self._headers = value
+        self.raw = b""
 
     @property
     def has_body(self) -> bool:
         return self.chunked or bool(self.content_length)
+
+    def fields(self) -> tuple[object, ...]:
+        """Every field, headers as pairs (for comparisons in tests and for copies)."""
+        return (
+            self.method,
+            self.target,
+            self.version,
+            self.headers,
+            self.host,
+            self.content_length,
+            self.chunked,
+            self.keep_alive,
+            self.expect_continue,
+            self.upgrade,
+            self.service,
+            self.user_agent,
+            self.caller,
+            self.trace,
+            self.trace_lines,
+        )
+
+    def copy(self) -> RequestHead:
+        """A head with the same fields (its own list of headers)."""
+        copy = RequestHead(*self.fields())  # type: ignore[arg-type]
+        copy._headers = list(self.headers)
+        return copy
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RequestHead) and self.fields() == other.fields()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass it replaced
+
+    def __repr__(self) -> str:
+        return f"RequestHead{self.fields()!r}"
+
+
+def split_lines(raw: bytes) -> list[tuple[bytes, bytes]]:
+    """``Name: value\\r\\n`` lines as ``(name, value)`` pairs, leading whitespace of values removed."""
+    pairs = []
+    for line in raw.split(b"\r\n")[:-1]:
+        name, _, value = line.partition(b":")
+        pairs.append((name, value.lstrip(b" \t")))
+    return pairs
 
 
 class ResponseHead:

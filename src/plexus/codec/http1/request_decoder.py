@@ -15,7 +15,9 @@ limits, body limits (413), and Transfer-Encoding on HTTP/1.0. Trailers are parse
 
 from __future__ import annotations
 
-from typing import Final, Protocol
+import re
+from types import SimpleNamespace
+from typing import Any, Final, Protocol
 
 import httptools
 
@@ -68,6 +70,55 @@ _HEADER_OVERHEAD: Final = 4  # ": " and CRLF, so the byte count matches the wire
 _STANDARD_CONNECTION_TOKENS: Final = frozenset({b"close", b"keep-alive", b"upgrade"})
 
 
+# -- the fast path (see RequestDecoder) ----------------------------------------------------------------------
+# The header lines the fast path looks at, found in one pass over the lower-cased head (not re.IGNORECASE,
+# which costs the memchr skip below): the name (group 1) and where the value is, as llhttp hands it over
+# (group 2: leading whitespace skipped, trailing kept). A name matches only
+# at a line start and only when the colon follows at once: llhttp has already refused whitespace before the
+# colon, bare CR/LF, obs-fold and control bytes in this head. "\\n" first: a one-byte literal prefix lets the
+# regex engine skip ahead with memchr.
+_FAST_LINES: Final = re.compile(
+    rb"\n(host|user-agent|x-plexus-caller|x-plexus-service|traceparent|x-request-id|x-b3-traceid|x-b3-spanid"
+    rb"|x-b3-parentspanid|x-b3-sampled|content-length|connection|transfer-encoding|expect|upgrade|keep-alive"
+    rb"|proxy-connection|te|trailer):[ \t]*([^\r]*)"
+)
+# What the fast path does with each of those names; _SLOW: leave the head to the general path (framing,
+# Expect, Upgrade, hop-by-hop names: rarer, and the general path's checks are the reference).
+_SLOW: Final = 0
+_FAST_ACTIONS: Final = {
+    b"host": _HOST,
+    b"user-agent": _USER_AGENT,
+    b"x-plexus-caller": _CALLER,
+    b"x-plexus-service": _SERVICE,
+    **dict.fromkeys(TRACE_HEADERS, _TRACE),
+    b"content-length": _CONTENT_LENGTH,
+    b"connection": _CONNECTION,
+    **dict.fromkeys(
+        (b"transfer-encoding", b"expect", b"upgrade", b"keep-alive", b"proxy-connection", b"te", b"trailer"),
+        _SLOW,
+    ),
+}
+_SIMPLE_CONNECTION: Final = frozenset({b"keep-alive", b"close"})  # Connection values the fast path drops
+# Heads seen before, by their bytes (request line to the blank line), as RequestHead's arguments: a client
+# sends the same head again and again. Heads with trace context are not kept (their ids differ per request).
+# One table per set of limits (what a head passed depends on them).
+_HEADS_KEPT: Final = 512
+_heads_by_limits: dict[Http1Limits, dict[bytes, tuple[Any, ...]]] = {}
+
+
+# The trace lines a proxy writes (plexus.proxy.tracing: x-request-id, then traceparent, lower-case, one space,
+# no other whitespace): cut out of a head before it is looked up among the heads seen before, so a provider
+# sidecar finds its callers' heads there too, whatever their ids. The values are as llhttp hands them over.
+_TRACE_BLOCK: Final = re.compile(rb"\r\nx-request-id: ([!-~]+)\r\ntraceparent: ([!-~]+)(?=\r\n)")
+_LENGTH_AT: Final = 5  # RequestHead's arguments: where ``content_length`` is,
+_KEEP_ALIVE_AT: Final = 7  # ``keep_alive``,
+_TRACE_AT: Final = 13  # and ``trace``
+
+
+class _FastPathLeft(Exception):
+    """Raised inside an llhttp callback: this head is for the general path (RequestDecoder._to_general)."""
+
+
 class BodySink(Protocol):
     def on_request_body(self, data: bytes) -> None: ...
     def on_request_end(self) -> None: ...
@@ -86,8 +137,25 @@ class _Refused(Exception):
 
 
 class RequestDecoder:
+    """Two paths over one stream of requests.
+
+    The fast path (a connection's first): an llhttp parser with no per-header callback. The bytes of a head
+    are kept as they arrive; when llhttp reports it complete, the head is cut out whole and looked up among
+    the heads seen before, or scanned once (``_analyse``) for the few lines a proxy acts on; the other lines
+    travel on as one ``bytes`` (``RequestHead.raw``). Where the next message starts is known exactly (no
+    body, or Content-Length), so pipelined requests stay on it.
+
+    The general path: the llhttp parser with a callback per header (``on_url``, ``on_header``), every check
+    of this module. A head the fast path does not take (a framing, Upgrade, Expect or hop-by-hop header, a
+    limit reached, a missing Host...) and any bytes llhttp refuses are handed to the general path from the
+    start of that head, before the sink heard of it: the general path then answers for them exactly as if
+    it had read the connection from the start, and keeps the connection from then on.
+    """
+
     __slots__ = (
         "_body_bytes",
+        "_buf",
+        "_buf_len",
         "_caller",
         "_conn_tokens",
         "_content_length",
@@ -96,23 +164,33 @@ class RequestDecoder:
         "_ended",
         "_error",
         "_expect",
+        "_fast",
+        "_fast_parser",
         "_header_bytes",
         "_headers",
+        "_heads",
         "_host",
         "_host_count",
         "_in_head",
         "_in_trailers",
+        "_key",
+        "_last_keep_alive",
         "_limits",
         "_line_data",
         "_max_header_bytes",
         "_max_headers",
+        "_missed",
+        "_msg_end",
         "_parser",
+        "_pending",
         "_pending_head",
+        "_pos",
         "_service",
         "_sink",
         "_special",
         "_te",
         "_trace",
+        "_traced_max",
         "_upgrade",
         "_url",
         "_user_agent",
@@ -120,14 +198,33 @@ class RequestDecoder:
         "dead",
     )
 
-    def __init__(self, sink: RequestSink, limits: Http1Limits | None = None) -> None:
+    def __init__(self, sink: RequestSink, limits: Http1Limits | None = None, fast_path: bool = True) -> None:
         self._sink = sink
         # Body and end-of-message events go here; a proxy points it at the request's exchange (one call less).
         self.body_sink: BodySink = sink
         self._limits = limits = limits or Http1Limits()
         self._max_header_bytes = limits.max_header_bytes  # read once per header: kept flat
         self._max_headers = limits.max_headers
-        self._parser = httptools.HttpRequestParser(self)
+        self._parser: httptools.HttpRequestParser | None = None  # the general path's, made when needed
+        self._fast = True
+        self._fast_parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(
+            SimpleNamespace(
+                on_headers_complete=self._fast_head,
+                on_body=self._fast_body,
+                on_message_complete=self._fast_end,
+            )
+        )
+        self._heads = _heads_by_limits.setdefault(limits, {})
+        # A head up to this size is within the header limits (bytes, and lines of at least 4 bytes).
+        self._traced_max = min(limits.max_header_bytes, 4 * limits.max_headers)
+        self._missed = b""  # the last head _known did not find
+        self._key: bytes | None = None  # (and what its analysis is kept under)
+        self._buf = b""  # the fast path: the bytes being read, from the current head's start when split
+        self._buf_len = 0
+        self._pos = 0  # where in _buf the head being read starts
+        self._msg_end = 0  # while in a body: where in _buf it ends (past the end while it goes on)
+        self._pending = b""  # the start of a head that the next read goes on with
+        self._last_keep_alive = True  # the last message let the connection live
         self._error: ProtocolError | None = None
         self.dead = False
         self._in_head = True  # between messages counts as head: bytes there are a request line to come
@@ -137,6 +234,8 @@ class RequestDecoder:
         self._ended = False  # a message ended inside the bytes being fed
         self._line_data: bytes | None = None  # bytes whose first CRLF ends this message's request line
         self._begin_message()
+        if not fast_path:  # (tests compare the two paths)
+            self._to_general(b"")
 
     def _begin_message(self) -> None:
         """Fresh per-message state. Run after each message ends rather than from llhttp's on_message_begin,
@@ -168,10 +267,59 @@ class RequestDecoder:
     def feed(self, data: bytes) -> None:
         if self.dead:
             return
+        if not self._fast:
+            self._feed_general(data)
+            return
+        if self._in_head:
+            pending = self._pending
+            if pending:
+                self._pending = b""
+                buf = pending + data
+            elif self._last_keep_alive:  # llhttp stands at a message's start
+                fields = self._known(data)
+                if fields is not None and not fields[_LENGTH_AT] and fields[_KEEP_ALIVE_AT]:
+                    self._whole(fields)  # one whole head seen before, and no body: llhttp is not needed
+                    return
+                buf = data
+            else:
+                buf = data
+            self._pos = 0
+        else:
+            self._msg_end -= self._buf_len  # the body goes on in these bytes
+            buf = data
+        self._buf = buf
+        self._buf_len = len(buf)
+        parser = self._fast_parser
+        assert parser is not None
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade:  # (a head that can upgrade is the general path's: not reached)
+            self._fail(errors.bad_request("unexpected protocol upgrade"))
+            return
+        except httptools.HttpParserError as exc:
+            # The head of a message the sink has not heard of is the general path's now; but after a message
+            # that closes the connection, llhttp refuses any byte (which a fresh parser would not know).
+            if self._in_head and self._last_keep_alive:
+                self._to_general(buf[self._pos :])
+            else:
+                self._fail(self._error or self._map_parser_error(exc))
+            return
+        if self._in_head:
+            pos = self._pos
+            if pos < self._buf_len:  # a head begun: kept (bounded as the general path bounds it)
+                self._pending = pending = buf[pos:]
+                if len(pending) > self._limits.max_header_bytes + self._limits.max_request_line:
+                    self._pending = b""
+                    self._to_general(pending)
+            self._buf = b""
+
+    def _feed_general(self, data: bytes) -> None:
         self._data = data
         self._ended = False
+        parser = self._parser
+        assert parser is not None
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             offset = exc.args[0] if exc.args else len(data)
             self.dead = True  # the rest of the connection is not HTTP
@@ -186,6 +334,192 @@ class RequestDecoder:
             self._pending_head = 0 if self._ended else self._pending_head + len(data)
             if self._pending_head > self._limits.max_header_bytes + self._limits.max_request_line:
                 self._fail(errors.too_large(f"request head over {self._limits.max_header_bytes} bytes"))
+
+    def _to_general(self, data: bytes) -> None:
+        """From here on the general path reads the connection, starting with ``data``: the bytes from the
+        start of a head that the sink has not heard of."""
+        self._fast = False
+        self._fast_parser = None
+        self._buf = self._pending = b""
+        self._parser = httptools.HttpRequestParser(self)
+        self._special = True
+        self._begin_message()
+        self._pending_head = 0
+        self._error = None
+        if data:
+            self._feed_general(data)
+
+    # -- the fast path's llhttp callbacks -------------------------------------------------------------
+
+    def _fast_head(self) -> None:
+        buf = self._buf
+        pos = self._pos
+        end = buf.find(b"\r\n\r\n", pos)
+        # llhttp skips empty lines before a request line: a head that does not start with a method's first
+        # letter is left to the general path, as is one whose start is not in these bytes (never expected).
+        if end < 0 or not 65 <= buf[pos] <= 90:  # "A" to "Z"
+            raise _FastPathLeft
+        head = buf[pos : end + 4] if buf.__class__ is bytes else bytes(buf[pos : end + 4])
+        fields = self._known(head) if head is not self._missed else None
+        if fields is None:
+            fields = self._analyse(head, self._key)
+        request = RequestHead(*fields)
+        length = request.content_length
+        self._msg_end = end + 4 + length if length else end + 4
+        self._last_keep_alive = request.keep_alive
+        self._in_head = False
+        self._sink.on_request_head(request)
+
+    def _known(self, head: bytes) -> tuple[Any, ...] | None:
+        """RequestHead's arguments for ``head`` when it is one whole head seen before, as it is or without
+        its _TRACE_BLOCK (then with the block's values as its trace context); else None, with the key to
+        keep its analysis under in ``_key`` and ``head`` in ``_missed`` (so it is not looked up again)."""
+        heads = self._heads
+        fields = heads.get(head)
+        if fields is not None:
+            return fields
+        self._missed = head
+        self._key = None
+        if len(head) > self._traced_max:  # (a head up to this size meets every limit: the key's were checked)
+            return None
+        block = _TRACE_BLOCK.search(head)
+        if block is None:
+            return None
+        begin, stop = block.span()
+        if head[begin - 1] == 10:  # "\n": the block would follow a blank line, so it is not in a head
+            return None
+        key = self._key = head[:begin] + head[stop:]
+        fields = heads.get(key)
+        if fields is None:
+            return None
+        request_id, parent = block.groups()
+        trace = {b"x-request-id": request_id, b"traceparent": parent}
+        return (*fields[:_TRACE_AT], trace, *fields[_TRACE_AT + 1 :])
+
+    def _whole(self, fields: tuple[Any, ...]) -> None:
+        """A whole head without a body, known (``_known``): the events llhttp would report, in its order and
+        with the decoder in the same states around them."""
+        request = RequestHead(*fields)
+        self._in_head = False
+        try:
+            self._sink.on_request_head(request)
+            self._in_head = True
+            self.body_sink.on_request_end()
+        except Exception as exc:  # (what llhttp would turn into a parser error: the connection ends)
+            self._in_head = True
+            self._fail(errors.bad_request(f"malformed request: {exc!r}"))
+
+    def _fast_body(self, body: bytes) -> None:
+        self.body_sink.on_request_body(body)  # (within max_body_bytes: its Content-Length was checked)
+
+    def _fast_end(self) -> None:
+        self._in_head = True
+        self._pos = self._msg_end  # the next message starts right after this one
+        self.body_sink.on_request_end()
+
+    def _analyse(self, head: bytes, key: bytes | None) -> tuple[Any, ...]:
+        """RequestHead's arguments for ``head`` (request line to blank line, accepted by llhttp), kept for
+        the next time it comes: under ``head`` when it has no trace context, under ``key`` (the head without
+        its _TRACE_BLOCK) when the block's are its only trace lines. Raises _FastPathLeft for a head that is
+        the general path's."""
+        parser = self._fast_parser
+        assert parser is not None
+        method: bytes = parser.get_method()
+        line, _, _ = head.partition(b"\r\n")
+        tail = line[-8:]
+        version = "1.1" if tail == b"HTTP/1.1" else "1.0" if tail == b"HTTP/1.0" else ""
+        target = line[len(method) + 1 : -9]  # (llhttp also takes extra spaces around it: not here)
+        limits = self._limits
+        start = len(line) + 2  # the first header line
+        size = len(head) - 2 - start
+        if (
+            not version
+            or method == b"CONNECT"
+            or not target
+            or target[0] == 32
+            or target[-1] == 32
+            or len(target) > limits.max_request_line
+            or size > limits.max_header_bytes
+            or (size > 4 * limits.max_headers and head.count(b"\n") - 2 > limits.max_headers)
+        ):
+            raise _FastPathLeft  # (a header line is at least 4 bytes: a short head holds few enough)
+        host = user_agent = caller = service = None
+        trace: dict[bytes, bytes] | None = None
+        content_length: int | None = None
+        hosts = traces = 0
+        cut_from = start  # the lines forwarded: from here to each cut line, and after the last
+        kept: list[bytes] = []
+        for match in _FAST_LINES.finditer(head.lower(), start - 1):
+            name = match.group(1)
+            begin, stop = match.span(2)
+            value = head[begin:stop]
+            action = _FAST_ACTIONS[name]
+            if action == _HOST:
+                hosts += 1
+                host = value
+                continue
+            if action == _USER_AGENT:
+                user_agent = value
+                continue
+            if action == _CALLER:
+                caller = value
+                continue
+            if action == _CONTENT_LENGTH:
+                content_length = int(value)  # (llhttp took it: digits, one Content-Length)
+                continue
+            if action == _TRACE:
+                if trace is None:
+                    trace = {}
+                traces += 1
+                trace[name] = value  # (a repeated one: the last wins, as on the general path)
+            elif action == _SERVICE:
+                service = value
+            elif action != _CONNECTION or value.rstrip(b" \t").lower() not in _SIMPLE_CONNECTION:
+                raise _FastPathLeft
+            line_start = match.start() + 1
+            if line_start > cut_from:
+                kept.append(head[cut_from:line_start])
+            cut_from = stop + 2  # past the line's CRLF
+        if hosts != 1 and (hosts > 1 or version == "1.1"):
+            raise _FastPathLeft
+        max_body = limits.max_body_bytes
+        if max_body is not None and content_length is not None and content_length > max_body:
+            raise _FastPathLeft
+        end = len(head) - 2
+        if kept:
+            if cut_from < end:
+                kept.append(head[cut_from:end])
+            raw = b"".join(kept)
+        else:
+            raw = head[cut_from:end]
+        fields = (
+            method,
+            target,
+            version,
+            None,
+            host,
+            content_length,
+            False,
+            parser.should_keep_alive(),
+            False,
+            None,
+            service,
+            user_agent,
+            caller,
+            trace,
+            b"",
+            raw,
+        )
+        if trace is None:
+            key = head
+        elif key is None or traces != 2 or len(trace) != 2:
+            return fields  # (other trace lines: seen again only with other ids)
+        heads = self._heads
+        if len(heads) >= _HEADS_KEPT:
+            heads.clear()
+        # Without the block the fields are the same but for ``trace``: its lines are never forwarded.
+        heads[key] = fields if trace is None else (*fields[:_TRACE_AT], None, *fields[_TRACE_AT + 1 :])
+        return fields
 
     def _fail(self, error: ProtocolError) -> None:
         self.dead = True
@@ -292,6 +626,7 @@ class RequestDecoder:
         self._in_head = False
         self._pending_head = 0
         parser = self._parser
+        assert parser is not None  # (the general path's callbacks run only once it has a parser)
         data = self._line_data
         version = ""
         if data is not None:
