@@ -159,7 +159,8 @@ class ResponseHead:
 
     ``raw`` keeps the end-to-end header lines as received, each as ``\\r\\nName: value`` (CRLF first, none
     after the last), so the proxy writes ``status line + raw + its own lines + \\r\\n\\r\\n`` without touching
-    one header in Python. ``headers`` parses it for the rare caller that needs pairs.
+    one header in Python. ``headers`` parses it for the rare caller that needs pairs. The response decoder
+    hands the same object out again for byte-identical heads: never mutate one.
     """
 
     __slots__ = ("chunked", "error_reason", "has_length", "keep_alive", "raw", "status")

@@ -6,6 +6,26 @@ as they arrive; when llhttp reports the head complete, the head is cut out of th
 by a regular expression for the few fields a proxy acts on (framing, hop-by-hop lines, x-plexus-error).
 The end-to-end lines travel on as one ``bytes`` (``ResponseHead.raw``).
 
+Servers answer with byte-identical heads again and again (a Date line changes once a second), so the
+analysis is memoized by the head's bytes from the status line through its CRLFCRLF. That key holds the
+version, the status and every header line: all that the analysis reads, and all that llhttp's status and
+keep-alive verdict depend on (llhttp clears its flags at each message's start). A hit hands out the same
+``ResponseHead`` object again (nothing mutates one). Each decoder first compares the bytes at the head's
+start with the head it saw last (one slice, no search); else the head's end is searched once and a table
+shared by the decoders with the same limits (the analysis checks them) is consulted; only a miss there
+analyses. Refused heads are never cached.
+
+A whole response in one read, whose head is the decoder's last head and whose body is exactly its
+Content-Length, skips llhttp altogether (``feed``, ``_skip_parser``): the same events in the same order,
+with the decoder's state around them what llhttp's callbacks would leave. That needs llhttp at the start of
+a message (nothing of a head kept since the last message ended), a head that llhttp frames by Content-Length
+alone and after which it reads on (final, keep-alive, not chunked, not 204 or 304, whose length llhttp
+ignores; llhttp refuses a second Content-Length), and a read that is not the answer to a HEAD. The last
+head is the head of the last message llhttp or the skip ended, so a skip never follows a message that closed
+llhttp (a Connection: close). Whether a head may skip is worked out the second time it is seen, so a stream
+of heads that never repeat (a changing Content-Length) pays nothing for it. Anything else goes through
+llhttp as before.
+
 The caller says, before each request, whether it was a HEAD (``set_sink(sink, is_head)``), because llhttp
 through httptools cannot be told to skip a HEAD response's body. For a HEAD the decoder stops at the end of
 the final head, checks that no body byte followed it (an upstream that sends one has lost framing: error),
@@ -38,6 +58,21 @@ _SPECIAL: Final = re.compile(
 )
 _TYPICAL: Final = [b"content-length", b"connection"]
 _HOP_NAMES: Final = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer"})
+
+# Analysed heads by head bytes (status line through CRLFCRLF), one table per (max_header_bytes, max_headers):
+# a head accepted under looser limits must not be handed to a decoder with tighter ones. Bounded: a table is
+# cleared when full (a varying header such as a request id in every head would otherwise grow it forever);
+# 256 distinct heads cover the few shapes a service answers with, times the Date values of a second or two.
+_HEADS_MAX: Final = 256
+# Longer heads are not kept in a table (only as a decoder's memo): 256 of them stay under ~2 MiB with their
+# analysed copies, where heads at the limit (60 KiB) could pin 17 MiB. Typical heads are 100-600 bytes.
+_HEAD_KEPT_MAX: Final = 4096
+# Each entry: the head, and the length of a whole response with it when one may skip llhttp (-1: none may;
+# _UNKNOWN: not worked out yet).
+_HEADS: Final[dict[tuple[int, int], dict[bytes, tuple[ResponseHead, int]]]] = {}
+_UNKNOWN: Final = -2
+# Never handed out: the first memo of a decoder, whose key (None) equals no slice of bytes.
+_NO_HEAD: Final = ResponseHead(0, b"", False, False, False, None)
 
 
 class ResponseSink(Protocol):
@@ -76,6 +111,20 @@ def _strip_lines(raw: bytes, low: bytes, names: list[bytes]) -> bytes:
     return raw
 
 
+def _whole_length(head: ResponseHead, key: bytes) -> int:
+    """The length of a whole response with this head (``key``: its bytes) when one may skip llhttp, else -1.
+
+    Only for a head llhttp frames by Content-Length alone, and after which it reads on: final, keep-alive,
+    not chunked, not 204 or 304 (whose Content-Length llhttp ignores)."""
+    if not head.keep_alive or not head.has_length or head.chunked or head.status < 200:
+        return -1
+    if head.status == 204 or head.status == 304:
+        return -1
+    # llhttp has refused a second Content-Length, and anything but digits and blanks in the value.
+    value = key.lower().partition(b"\ncontent-length:")[2].partition(b"\r")[0].strip(b" \t")
+    return len(key) + int(value) if value.isdigit() else -1
+
+
 def _upstream_error(message: str) -> ProtocolError:
     return ProtocolError(reasons.UPSTREAM_PROTOCOL_ERROR, message, 502)
 
@@ -83,6 +132,7 @@ def _upstream_error(message: str) -> ProtocolError:
 class ResponseDecoder:
     __slots__ = (
         "_buf",
+        "_cache",
         "_error",
         "_head",
         "_head_end",
@@ -91,6 +141,10 @@ class ResponseDecoder:
         "_max_head",
         "_max_header_bytes",
         "_max_headers",
+        "_memo_head",
+        "_memo_key",
+        "_memo_len",
+        "_memo_whole",
         "_parser",
         "_pos",
         "body_out",
@@ -106,6 +160,19 @@ class ResponseDecoder:
         self._max_head = limits.max_header_bytes + limits.max_request_line
         self._max_header_bytes = limits.max_header_bytes
         self._max_headers = limits.max_headers
+        cache_key = (limits.max_header_bytes, limits.max_headers)
+        cache = _HEADS.get(cache_key)
+        if cache is None:
+            if len(_HEADS) >= 16:  # (only tests build decoders with many different limits)
+                _HEADS.clear()
+            cache = _HEADS[cache_key] = {}
+        self._cache = cache
+        # The last head this decoder analysed or found: its key (head bytes), its length, the head, and the
+        # length of a whole response with it that may skip llhttp (-1: none may; _UNKNOWN: not known yet).
+        self._memo_key: bytes | None = None
+        self._memo_len = 0
+        self._memo_head = _NO_HEAD
+        self._memo_whole = -1
         self._parser = httptools.HttpResponseParser(self)
         self._error: ProtocolError | None = None
         self.dead = False
@@ -139,6 +206,14 @@ class ResponseDecoder:
         if not self._in_body:
             buf = self._buf
             if not buf:
+                # llhttp stands at a message's start. A whole response with the memo's head skips it.
+                if (
+                    len(data) == self._memo_whole
+                    and data[: self._memo_len] == self._memo_key
+                    and not self.is_head
+                ):
+                    self._skip_parser(data)
+                    return
                 self._buf = data  # the usual case: a whole head in one read, kept as is
             else:
                 if isinstance(buf, bytes):
@@ -156,17 +231,44 @@ class ResponseDecoder:
             self.sink.on_response_upgrade(head, data[offset:])
             return
         except httptools.HttpParserError:
-            if self._error is None and self.is_head and self._head is not None and self._head.status >= 200:
-                self._finish_head_response()
-                return
-            self.dead = True
-            error, self._error = self._error, None
-            self.sink.on_response_error(error or _upstream_error("malformed response from upstream"))
+            self._parser_failed()
             return
         if not self._in_body and len(self._buf) - self._pos > self._max_head and not self.dead:
             # llhttp keeps a partial head inside itself without telling us; bound what we keep of it.
             self.dead = True
             self.sink.on_response_error(_upstream_error("response head over the limits"))
+
+    def _skip_parser(self, data: bytes) -> None:
+        """The events llhttp would report for ``data``: the memo's head, then its whole body, then the end.
+
+        The decoder's state around each event is what llhttp's callbacks leave, and an exception from the
+        sink ends the decoder as one raised inside llhttp does (httptools turns it into a parser error)."""
+        head = self._memo_head
+        n = self._memo_len
+        try:
+            self._head = head  # (as on_headers_complete leaves it)
+            self._in_body = True
+            self.sink.on_response_head(head)
+            if len(data) > n:  # (llhttp calls on_body only for a body byte)
+                out = self.body_out
+                if out is not None:
+                    out.append(data[n:])
+                else:
+                    self.sink.on_response_body(data[n:])
+            self._in_body = False  # (as on_message_complete leaves it)
+            self._head = None
+            self.sink.on_response_end()
+        except BaseException:  # what httptools catches in a callback (and reports as a parser error)
+            self._parser_failed()
+
+    def _parser_failed(self) -> None:
+        """llhttp stopped on an error: ours (a refusal, the end of a HEAD response's head) or its own."""
+        if self._error is None and self.is_head and self._head is not None and self._head.status >= 200:
+            self._finish_head_response()
+            return
+        self.dead = True
+        error, self._error = self._error, None
+        self.sink.on_response_error(error or _upstream_error("malformed response from upstream"))
 
     def _finish_head_response(self) -> None:
         head = self._head
@@ -201,16 +303,59 @@ class ResponseDecoder:
     def on_headers_complete(self) -> None:
         buf = self._buf
         start = self._pos
-        # llhttp parsed a status line here, so an "H" at the start means "HTTP/" (one index, no method call).
-        if start >= len(buf) or buf[start] != 72:  # ord("H")
-            start = buf.find(b"HTTP/", start)  # llhttp skips empty lines before a status line
-            if start < 0:
-                raise self._refuse("a second response in the read that ended the first")
-        line_end = buf.find(b"\r\n", start)
-        end = buf.find(b"\r\n\r\n", line_end)
-        if end < 0:
-            raise self._refuse("response head without CRLF line ends")
-        raw = buf[line_end:end] if isinstance(buf, bytes) else bytes(buf[line_end:end])
+        if buf[start : start + self._memo_len] == self._memo_key:
+            head = self._memo_head  # the same head as this decoder's last one: no search, no analysis
+            if self._memo_whole == _UNKNOWN:  # seen twice in a row: may the next one skip llhttp?
+                self._memo_whole = _whole_length(head, self._memo_key)
+        else:
+            # llhttp parsed a status line here, so an "H" at the start means "HTTP/" (no method call).
+            if start >= len(buf) or buf[start] != 72:  # ord("H")
+                start = buf.find(b"HTTP/", start)  # llhttp skips empty lines before a status line
+                if start < 0:
+                    raise self._refuse("a second response in the read that ended the first")
+            end = buf.find(b"\r\n\r\n", start) + 4  # (a status line holds no CRLF: the headers' end)
+            if end < 4:
+                raise self._refuse("response head without CRLF line ends")
+            key = buf[start:end]
+            if not isinstance(key, bytes):
+                key = bytes(key)  # (a head dripped in over several reads)
+            cache = self._cache
+            entry = cache.get(key)
+            if entry is None:
+                head = self._analyse(key)
+                whole = _UNKNOWN  # worked out when the head comes again: most heads of a busy API never do
+                if end - start <= _HEAD_KEPT_MAX:
+                    if len(cache) >= _HEADS_MAX:
+                        cache.clear()
+                    cache[key] = (head, whole)
+            else:
+                head, whole = entry
+                if whole == _UNKNOWN:
+                    whole = _whole_length(head, key)
+                    cache[key] = (head, whole)
+            self._memo_key = key
+            self._memo_len = end - start
+            self._memo_head = head
+            self._memo_whole = whole
+        self._head = head
+        status = head.status
+        if status >= 200:
+            if self.is_head:
+                self._head_end = start + self._memo_len - 4
+                raise _Stop("end of a HEAD response")
+            self._buf = b""
+            self._pos = 0
+            self._in_body = True
+            self.sink.on_response_head(head)
+            return
+        if status == 101:
+            return  # httptools raises HttpParserUpgrade right after
+        self._pos = start + self._memo_len  # the final head follows this one
+        self.sink.on_response_head(head)
+
+    def _analyse(self, key: bytes) -> ResponseHead:
+        """The head of ``key`` (status line through CRLFCRLF): limits, framing, hop-by-hop lines cut."""
+        raw = key[key.find(b"\r\n") : -4]  # the header lines as received
         has_length = chunked = False
         error_reason: bytes | None = None
         if raw:
@@ -222,31 +367,23 @@ class ResponseDecoder:
                 raise self._refuse("response headers over the limits")
             low = raw.lower()
             names = _SPECIAL.findall(low)
-            if names == _TYPICAL:  # Content-Length, then Connection last: nginx, most app servers
+            if names == _TYPICAL:  # Content-Length, then Connection: nginx, most app servers
                 has_length = True
-                cut = low.rfind(b"\r\nconnection:")
-                # The Connection line is usually the head's last: then dropping it is one slice.
-                last = low.find(b"\r", cut + 2) < 0
-                raw = raw[:cut] if last else _strip_lines(raw, low, [b"connection"])
+                # The Connection line is usually the head's last: then dropping it is one slice. (partition,
+                # not rfind: a METH_O call, where find's argument parsing costs more than the search.)
+                before, _, last = low.rpartition(b"\r\n")
+                if last[:11] == b"connection:":
+                    raw = raw[: len(before)]
+                else:
+                    raw = _strip_lines(raw, low, [b"connection"])
             elif names:
                 has_length, chunked, error_reason, raw = self._special_lines(names, raw, low)
         parser = self._parser
-        status: int = parser.get_status_code()
-        head = ResponseHead(status, raw, has_length, chunked, parser.should_keep_alive(), error_reason)
-        self._head = head
-        if status == 101:
-            return  # httptools raises HttpParserUpgrade right after
-        if status < 200:
-            self._pos = end + 4  # the final head follows this one
-            self.sink.on_response_head(head)
-            return
-        if self.is_head:
-            self._head_end = end
-            raise _Stop("end of a HEAD response")
-        self._buf = b""
-        self._pos = 0
-        self._in_body = True
-        self.sink.on_response_head(head)
+        # Both read from llhttp, and both decided by the key alone: the version and status are in its status
+        # line, and the keep-alive verdict by its Connection, Content-Length and Transfer-Encoding lines.
+        return ResponseHead(
+            parser.get_status_code(), raw, has_length, chunked, parser.should_keep_alive(), error_reason
+        )
 
     def _special_lines(
         self, names: list[bytes], raw: bytes, low: bytes
