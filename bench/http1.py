@@ -14,6 +14,8 @@ access logs on (one file), tracing at 1% exported to a JSON-lines file (metrics 
 log is checked to be written before measuring. ``plexus2s`` runs the same two sidecars from another source
 tree, ``--baseline-src DIR`` (e.g. the skeleton before issue 5: ``git archive COMMIT src | tar -x -C DIR``,
 then ``--baseline-src DIR/src``), so plexus2o can be compared with the skeleton's default features alone.
+``plexus2b`` runs this tree's two sidecars with the telemetry cut out (bench/lib/ablation.py: the skeleton's
+per-service record, no trace context; not a configuration a user can run): what the telemetry itself costs.
 ``direct`` must be among the modes (the report pairs every mode with it).
 
 One nginx upstream and every topology are started once and kept up; then, per layout and round, wrk runs
@@ -55,7 +57,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lib import envoy, plexus_topo, procstat, upstream, wrk
+from lib import ablation, envoy, plexus_topo, procstat, upstream, wrk
 from lib.canary import canary_us, cpu_canary, pair_ratios
 from lib.results import (
     CPU_HEADERS,
@@ -77,7 +79,7 @@ from lib.topology import Endpoint, Placement, Workspace
 
 MODES = ("direct", "plexus1", "plexus2", "envoy1", "envoy2")
 # Run only when asked for: calibration, policy overhead, observability overhead.
-EXTRA_MODES = ("nginx1", "plexus1p", "plexus2p", "plexus2o", "plexus2s")
+EXTRA_MODES = ("nginx1", "plexus1p", "plexus2p", "plexus2o", "plexus2s", "plexus2b")
 LAYOUTS = ("split", "single")
 PROXY_CPU, LOAD_CPU = 1, 0  # TESTING.md §J: the proxy under test on CPU 1, wrk + upstream on CPU 0
 WARMUP_S = 2.0  # first connections, lazy imports, allocator growth: not part of any measured run
@@ -237,6 +239,26 @@ def _from_baseline(ws: Workspace, mode: str, port: int, sidecars: int) -> Iterat
         yield endpoint
 
 
+@contextlib.contextmanager
+def _with_ablation(ws: Workspace, mode: str, port: int, sidecars: int) -> Iterator[Endpoint]:
+    """The Plexus topology with bench/lib/ablation.py's sitecustomize first on PYTHONPATH while it starts;
+    refused unless both sidecars applied it."""
+    site = ablation.prepare(ws.dir(mode) / "site")
+    old = os.environ.get("PYTHONPATH")
+    with contextlib.ExitStack() as stack:
+        os.environ["PYTHONPATH"] = str(site) + (os.pathsep + old if old else "")
+        try:
+            endpoint = stack.enter_context(plexus_topo.topology(ws, mode, port, sidecars=sidecars))
+        finally:
+            if old is None:
+                os.environ.pop("PYTHONPATH", None)
+            else:
+                os.environ["PYTHONPATH"] = old
+        if ablation.applied(site) < sidecars:
+            raise RuntimeError(f"{mode}: the telemetry ablation took in {ablation.applied(site)} processes")
+        yield endpoint
+
+
 ACCESS_LOG_WAIT_S = 5.0  # the writer flushes every 0.1 s; this bounds the check, it is not a timing
 
 
@@ -266,6 +288,7 @@ BUILDERS: dict[str, Builder] = {
     "plexus2p": lambda ws, mode, port: _with_policy(ws, mode, port, sidecars=2),
     "plexus2o": lambda ws, mode, port: _with_observability(ws, mode, port, sidecars=2),
     "plexus2s": lambda ws, mode, port: _from_baseline(ws, mode, port, sidecars=2),
+    "plexus2b": lambda ws, mode, port: _with_ablation(ws, mode, port, sidecars=2),
 }
 
 
@@ -683,9 +706,10 @@ def observability_verdicts(
     for s in summaries:
         if s.mode != "plexus2o" or not s.rps_per_proxy_core:
             continue
-        # Against this tree's default path (plexus2) and, when run, the baseline tree's (plexus2s).
-        for reference in ("plexus2", "plexus2s"):
-            if reference == "plexus2s" and reference not in modes:
+        # Against this tree's default path (plexus2) and, when run, the baseline tree's (plexus2s) and this
+        # tree's with the telemetry cut out (plexus2b).
+        for reference in ("plexus2", "plexus2s", "plexus2b"):
+            if reference != "plexus2" and reference not in modes:
                 continue
             key = (s.layout, s.connections, reference)
             plain = next((p for p in summaries if (p.layout, p.connections, p.mode) == key), None)
