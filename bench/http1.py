@@ -221,14 +221,14 @@ BASELINE_SRC: Path | None = None  # --baseline-src: the source tree plexus2s run
 
 
 @contextlib.contextmanager
-def _from_baseline(ws: Workspace, mode: str, port: int, sidecars: int) -> Iterator[Endpoint]:
-    """The Plexus topology run from BASELINE_SRC instead of this tree (PYTHONPATH while the processes start;
-    it comes before the editable install on sys.path)."""
-    if BASELINE_SRC is None or not (BASELINE_SRC / "plexus" / "__init__.py").is_file():
-        raise RuntimeError(f"{mode} needs --baseline-src DIR holding a plexus package (got {BASELINE_SRC})")
+def _topology_with_path(
+    ws: Workspace, mode: str, port: int, sidecars: int, first: Path
+) -> Iterator[Endpoint]:
+    """The Plexus topology with ``first`` put first on PYTHONPATH while its processes start (it comes before
+    the editable install on their sys.path)."""
     old = os.environ.get("PYTHONPATH")
     with contextlib.ExitStack() as stack:
-        os.environ["PYTHONPATH"] = str(BASELINE_SRC) + (os.pathsep + old if old else "")
+        os.environ["PYTHONPATH"] = str(first) + (os.pathsep + old if old else "")
         try:
             endpoint = stack.enter_context(plexus_topo.topology(ws, mode, port, sidecars=sidecars))
         finally:
@@ -240,20 +240,20 @@ def _from_baseline(ws: Workspace, mode: str, port: int, sidecars: int) -> Iterat
 
 
 @contextlib.contextmanager
+def _from_baseline(ws: Workspace, mode: str, port: int, sidecars: int) -> Iterator[Endpoint]:
+    """The Plexus topology run from BASELINE_SRC instead of this tree."""
+    if BASELINE_SRC is None or not (BASELINE_SRC / "plexus" / "__init__.py").is_file():
+        raise RuntimeError(f"{mode} needs --baseline-src DIR holding a plexus package (got {BASELINE_SRC})")
+    with _topology_with_path(ws, mode, port, sidecars, BASELINE_SRC) as endpoint:
+        yield endpoint
+
+
+@contextlib.contextmanager
 def _with_ablation(ws: Workspace, mode: str, port: int, sidecars: int) -> Iterator[Endpoint]:
-    """The Plexus topology with bench/lib/ablation.py's sitecustomize first on PYTHONPATH while it starts;
-    refused unless both sidecars applied it."""
+    """The Plexus topology with bench/lib/ablation.py's sitecustomize while it starts; refused unless both
+    sidecars applied it."""
     site = ablation.prepare(ws.dir(mode) / "site")
-    old = os.environ.get("PYTHONPATH")
-    with contextlib.ExitStack() as stack:
-        os.environ["PYTHONPATH"] = str(site) + (os.pathsep + old if old else "")
-        try:
-            endpoint = stack.enter_context(plexus_topo.topology(ws, mode, port, sidecars=sidecars))
-        finally:
-            if old is None:
-                os.environ.pop("PYTHONPATH", None)
-            else:
-                os.environ["PYTHONPATH"] = old
+    with _topology_with_path(ws, mode, port, sidecars, site) as endpoint:
         if ablation.applied(site) < sidecars:
             raise RuntimeError(f"{mode}: the telemetry ablation took in {ablation.applied(site)} processes")
         yield endpoint
