@@ -73,10 +73,10 @@ _STANDARD_CONNECTION_TOKENS: Final = frozenset({b"close", b"keep-alive", b"upgra
 # -- the fast path (see RequestDecoder) ----------------------------------------------------------------------
 # The header lines the fast path looks at, found in one pass over the lower-cased head (not re.IGNORECASE,
 # which costs the memchr skip below): the name (group 1) and where the value is, as llhttp hands it over
-# (group 2: leading whitespace skipped, trailing kept). A name matches only
-# at a line start and only when the colon follows at once: llhttp has already refused whitespace before the
-# colon, bare CR/LF, obs-fold and control bytes in this head. "\\n" first: a one-byte literal prefix lets the
-# regex engine skip ahead with memchr.
+# (group 2: leading whitespace skipped, trailing kept). A name matches only at a line start and only when
+# the colon follows at once: llhttp has already refused whitespace before the colon, bare CR/LF, obs-fold
+# and control bytes in this head. "\\n" first: a one-byte literal prefix lets the regex engine skip ahead
+# with memchr.
 _FAST_LINES: Final = re.compile(
     rb"\n(host|user-agent|x-plexus-caller|x-plexus-service|traceparent|x-request-id|x-b3-traceid|x-b3-spanid"
     rb"|x-b3-parentspanid|x-b3-sampled|content-length|connection|transfer-encoding|expect|upgrade|keep-alive"
@@ -100,8 +100,9 @@ _FAST_ACTIONS: Final = {
 }
 _SIMPLE_CONNECTION: Final = frozenset({b"keep-alive", b"close"})  # Connection values the fast path drops
 # Heads seen before, by their bytes (request line to the blank line), as RequestHead's arguments: a client
-# sends the same head again and again. Heads with trace context are not kept (their ids differ per request).
-# One table per set of limits (what a head passed depends on them).
+# sends the same head again and again. A head with trace context is kept only without its _TRACE_BLOCK (the
+# ids differ per request), and only when those are its only trace lines. One table per set of limits (what a
+# head passed depends on them); cleared when full.
 _HEADS_KEPT: Final = 512
 _heads_by_limits: dict[Http1Limits, dict[bytes, tuple[Any, ...]]] = {}
 
