@@ -194,3 +194,174 @@ def test_splits_and_pipelines_decode_alike_on_both_paths(parts: list[bytes], cut
     pieces.append(data[last:])
     # (the same pieces on both paths: the tail after an Upgrade head is what its read held, on either path)
     assert decode(pieces, True)[0] == decode(pieces, False)[0]
+
+
+# -- trace blocks: a proxy's trace lines, found by their place after the first head with them --------------
+
+BLOCK = TRACE + PARENT  # (as a consumer sidecar forwards them)
+
+
+def _traced(request_id: bytes, parent: bytes, before: bytes = b"", after: bytes = b"") -> bytes:
+    """INBOUND with these values in its block, and lines before or after the block."""
+    return INBOUND.replace(
+        BLOCK, before + b"x-request-id: " + request_id + b"\r\ntraceparent: " + parent + b"\r\n" + after
+    )
+
+
+def _heads(pieces: list[bytes], limits: Http1Limits | None = None) -> list[RequestHead]:
+    recorder = Recorder()
+    recorder.on_request_head = recorder.heads.append  # type: ignore[method-assign,assignment]
+    decoder = RequestDecoder(recorder, limits)
+    for piece in pieces:
+        decoder.feed(piece)
+    return recorder.heads
+
+
+def _block_ok(head: RequestHead) -> bool:
+    """No block, or the block its trace context came in."""
+    return head.trace_block == b"" or head.trace_block == _block_of(head)
+
+
+def _block_of(head: RequestHead) -> bytes:
+    assert head.trace is not None
+    return b"x-request-id: %b\r\ntraceparent: %b\r\n" % (
+        head.trace[b"x-request-id"],
+        head.trace[b"traceparent"],
+    )
+
+
+def test_a_heads_block_is_handed_up_as_it_came_and_as_its_values() -> None:
+    ids = [
+        (b"feed%04d-0000-4000-8000-000000000001" % i, PARENT[13:-2].replace(b"-00", b"-%02x" % i))
+        for i in range(20)
+    ]
+    heads = _heads([_traced(*pair) for pair in ids])
+    assert len(heads) == 20
+    for head, (request_id, parent) in zip(heads, ids, strict=True):
+        assert head.trace == {b"x-request-id": request_id, b"traceparent": parent}
+        assert head.trace_block == b"x-request-id: " + request_id + b"\r\ntraceparent: " + parent + b"\r\n"
+        assert head.caller == b"Consumer-A" and head.service == b"bench"
+    # Not one of the fields (the general path never sets it), but kept by copy().
+    assert heads[0].copy().trace_block == heads[0].trace_block and heads[0] == heads[0].copy()
+    assert decode([_traced(*ids[0])], False)[0] == decode([_traced(*ids[0])], True)[0]
+    # Other trace lines, another spelling, or none: no block (trace says what came).
+    for data in (
+        INBOUND.replace(b"Host: bench\r\n", b"Host: bench\r\nX-B3-Sampled: 1\r\n"),
+        INBOUND.replace(TRACE, TRACE.replace(b"x-request-id", b"X-Request-Id")),
+        INBOUND.replace(TRACE + PARENT, PARENT + TRACE),
+        INBOUND.replace(TRACE, TRACE.replace(b": ", b":  ")),
+        USUAL[0],
+    ):
+        head = _heads([data, data])[-1]
+        assert head.trace_block == b"" and (head.trace is None) == (data is USUAL[0])
+
+
+def test_a_block_of_other_lengths_or_at_another_place_is_found_by_its_search() -> None:
+    pieces = [
+        _traced(b"r1", PARENT[13:-2]),
+        _traced(b"a-much-longer-request-id-" * 3, PARENT[13:-2]),
+        _traced(b"r2", b"not-a-traceparent"),
+        _traced(b"r3", PARENT[13:-2], before=b"X-Before: 1\r\n"),
+        _traced(b"r4", PARENT[13:-2], after=b"X-After: 2\r\n"),
+        _traced(b"r5", PARENT[13:-2]),
+    ]
+    heads = _heads(pieces)
+    assert [h.trace_block == _block_of(h) for h in heads] == [True] * 6
+    assert [h.trace[b"x-request-id"] for h in heads if h.trace] == [
+        b"r1",
+        b"a-much-longer-request-id-" * 3,
+        b"r2",
+        b"r3",
+        b"r4",
+        b"r5",
+    ]
+    assert decode(pieces, True)[0] == decode(pieces, False)[0]
+
+
+# Values the block's search takes ([!-~]+) and values it does not: each must decode as on the general path,
+# right after a head that the decoder remembers by its block's place (so the place is checked first).
+_VALUE_BYTES = [b"\x00", b"\t", b" ", b"\x7f", b"\x80", b"\xff", b"\x01", b"\r", b"\n", b"\r\n", b"\r\n\r\n"]
+
+
+def test_bad_bytes_in_a_blocks_values_are_judged_as_on_the_general_path() -> None:
+    good_id, good_parent = TRACE[14:-2], PARENT[13:-2]
+    for bad in _VALUE_BYTES:
+        for at in (0, 5, len(good_id) - 1):
+            request_id = good_id[:at] + bad + good_id[at + len(bad) :]
+            parent = good_parent[:at] + bad + good_parent[at + len(bad) :]
+            for data in (_traced(request_id, good_parent), _traced(good_id, parent)):
+                pieces = [INBOUND, data, INBOUND]
+                fast = decode(pieces, True)[0]
+                assert fast == decode(pieces, False)[0], data
+                heads = _heads(pieces)
+                assert all(map(_block_ok, heads))
+                if (
+                    len(heads) > 1 and b"\n" not in bad
+                ):  # (a CRLF ends the value, and the line: then it is one)
+                    assert heads[1].trace_block == b""  # (not [!-~]+: never taken as a block)
+
+
+def test_a_block_after_a_blank_line_or_in_a_body_is_not_in_the_head() -> None:
+    residual = INBOUND.replace(BLOCK, b"")
+    body = BLOCK[:-2]
+    with_body = residual.replace(b"\r\n\r\n", b"\r\nContent-Length: %d\r\n\r\n" % len(body)) + body
+    after_blank = residual[:-2] + BLOCK
+    pieces_list = [
+        [INBOUND, residual[:-2] + b"\r\n" + BLOCK],
+        [INBOUND, with_body],
+        [INBOUND, after_blank],
+        [INBOUND, INBOUND + residual],
+    ]
+    for pieces in pieces_list:
+        assert decode(pieces, True)[0] == decode(pieces, False)[0], pieces
+        assert all(map(_block_ok, _heads(pieces)))
+
+
+def test_a_traced_head_over_the_limits_is_refused_after_one_within_them() -> None:
+    limits = Http1Limits(max_headers=6, max_header_bytes=400)
+    within = INBOUND
+    too_many = INBOUND.replace(b"Host: bench\r\n", b"Host: bench\r\nX-1: a\r\nX-2: b\r\n")
+    too_big = INBOUND.replace(b"Host: bench\r\n", b"Host: bench\r\nX-1: " + b"a" * 300 + b"\r\n")
+    long_id = _traced(b"r" * 300, PARENT[13:-2])
+    for data in (too_many, too_big, long_id):
+        pieces = [within, data]
+        events = decode(pieces, True, limits)[0]
+        assert events == decode(pieces, False, limits)[0]
+        assert events[-1][:2] == ("error", 431), data
+
+
+_value = st.binary(min_size=0, max_size=70).map(lambda v: v.replace(b"\r\n\r\n", b"\r\n")) | st.sampled_from(
+    [TRACE[14:-2], PARENT[13:-2], b"0123abcd-0000-4000-8000-000000000002", b"x"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_value, _value), min_size=1, max_size=4))
+def test_heads_with_any_block_values_decode_alike_on_both_paths(values: list[tuple[bytes, bytes]]) -> None:
+    pieces = [INBOUND] + [_traced(r, p) for r, p in values]
+    assert decode(pieces, True)[0] == decode(pieces, False)[0]
+    assert all(map(_block_ok, _heads(pieces)))
+
+
+def test_a_block_check_is_asked_once_per_shape_and_its_no_keeps_the_block_back() -> None:
+    """With a block_check (a proxy passes its tracer's), a block becomes trace_block only when the check
+    approved a block of the same byte classes; the check is asked once per shape, and a refused block's
+    values still come as the trace context."""
+    asked: list[bytes] = []
+
+    def check(block: bytes) -> bool:
+        asked.append(block)
+        return b'"' not in block
+
+    recorder = Recorder()
+    recorder.on_request_head = recorder.heads.append  # type: ignore[method-assign,assignment]
+    decoder = RequestDecoder(recorder, block_check=check)
+    plain = [b"feed%04d-0000-4000-8000-000000000001" % i for i in range(6)]
+    quoted = [b'feed%04d-0000-4000-8000-00000000000"' % i for i in range(6)]
+    for request_id in plain + quoted + plain[:2]:
+        decoder.feed(_traced(request_id, PARENT[13:-2]))
+    heads = recorder.heads
+    assert [head.trace_block != b"" for head in heads] == [True] * 6 + [False] * 6 + [True] * 2
+    assert all(head.trace is not None and _block_of(head).startswith(b"x-request-id: feed") for head in heads)
+    # Asked for the first block, the first quoted one, and the first plain one after those: once a shape.
+    assert [b'"' in block for block in asked] == [False, True, False]

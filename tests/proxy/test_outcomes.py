@@ -171,3 +171,69 @@ def test_a_grpc_local_reply_counts_as_its_http_status_and_fails() -> None:
     assert (failed.status, failed.grpc_status, failed.reason) == (200, "14", "no_healthy_upstream")
     (line,) = _queued_lines(stats.telemetry)
     assert line["grpc_status"] == "14" and line["response_flags"] == "UH"
+
+
+def test_the_journal_counts_runs_as_count_into_counts_each_request() -> None:
+    """Journaled requests (interleaved outcomes, runs short and long, durations in every bucket, sizes that
+    change within a run) end up in the same records as count_into gives them one by one."""
+    import random
+
+    from plexus.proxy.outcomes import JOURNAL_FOLD
+    from plexus.proxy.stats import DURATION_BUCKETS_MS, count_into
+
+    journaled, reference = _stats(), _stats()
+    journaled.telemetry.access_log = reference.telemetry.access_log = None
+    keys = [_key(), _key(path=b"/a"), _key(201, path=b"/b")]
+    rng = random.Random(5)
+    edges = [*DURATION_BUCKETS_MS, 0.0, 70000.0]  # durations exactly on a bound count in its bucket
+    wire: WireFields = (b"orders", None, b"", None)
+    ended = 0
+    for _ in range(200):
+        key = keys[rng.randrange(len(keys))]
+        size = rng.choice([0, 13, 999, 1000, 1001, 10**7 + 1])
+        for _ in range(rng.choice([1, 2, 3, 4, 5, 40, JOURNAL_FOLD + 3])):  # (runs: short and long)
+            ms = rng.choice(edges) if rng.random() < 0.3 else rng.random() * 3000.0
+            changed = size + (1 if rng.random() < 0.2 else 0)
+            outcome = journaled.outcomes.get(key) or outcome_for(journaled, key)
+            request_ended(journaled, outcome, 1.0, ms, changed, size, wire, None)
+            mirror = reference.outcomes.get(key) or outcome_for(reference, key)
+            count_into(mirror.record, ms, changed, size)
+            reference.counts_by_class[mirror.status_class] += 1
+            ended += 1
+    assert journaled.telemetry.journal  # some are still journaled: reading settles them
+    assert journaled.by_class == reference.by_class and sum(journaled.by_class) == ended
+    assert not journaled.telemetry.journal
+    assert _views(journaled.series) == _views(reference.series)
+    assert _views(journaled.paths) == _views(reference.paths)
+    assert journaled.buckets == reference.buckets
+    assert journaled.duration_sum_ms == reference.duration_sum_ms  # (added in the same order)
+
+
+def test_the_ring_and_the_log_keep_the_order_requests_ended_in() -> None:
+    """A failure (the general path) after journaled requests comes after them in the ring and the log;
+    a request journaled after it comes after it; nothing is lost or counted twice."""
+    stats = _stats()
+    telemetry = stats.telemetry
+    lines = Tracer(sample_percent=0).fresh_lines()
+    _end(stats, _key(), lines, started=1.0)
+    _end(stats, _key(), lines, started=2.0)
+    _end(stats, _key(503, "no_healthy_upstream", "UH"), b"", started=3.0)
+    _end(stats, _key(), lines, started=4.0)
+    assert [entry.start for entry in telemetry.recent] == [1.0, 2.0, 3.0, 4.0]
+    assert [line["response_code"] for line in _queued_lines(telemetry)] == [200, 200, 503, 200]
+    assert stats.by_class == [0, 0, 3, 0, 0, 1] and stats.failures == 1
+
+
+def test_the_access_log_queue_stays_bounded_when_settled() -> None:
+    from plexus.proxy import telemetry as telemetry_module
+
+    stats = _stats()
+    telemetry = stats.telemetry
+    assert telemetry.access_log is not None
+    telemetry.access_log.extend([()] * (telemetry_module.ACCESS_LOG_BUFFER - 2))
+    lines = Tracer(sample_percent=0).fresh_lines()
+    for _ in range(5):
+        _end(stats, _key(), lines)
+    telemetry.settle()
+    assert len(telemetry.access_log) == telemetry_module.ACCESS_LOG_BUFFER
+    assert telemetry.access_log_dropped == 3 and stats.by_class[2] == 5

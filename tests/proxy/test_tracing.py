@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from plexus.proxy.tracing import (
     B3_SAMPLED,
@@ -166,3 +168,113 @@ def test_fresh_lines_sample_at_the_current_rate() -> None:
     assert sampled_in_lines(tracer.fresh_lines())
     tracer.sample_rate = 0.0
     assert not any(sampled_in_lines(tracer.fresh_lines()) for _ in range(300))
+
+
+_HEX = "0123456789abcdef"
+_hex = st.text(_HEX, min_size=0, max_size=34)
+_printable = st.binary(min_size=1, max_size=MAX_REQUEST_ID + 20).map(
+    lambda v: bytes(33 + b % 94 for b in v)  # [!-~]: what the decoder takes as a block's value
+)
+_traceparents = st.one_of(
+    st.builds(
+        lambda version, trace, span, flags: f"{version}-{trace}-{span}-{flags}".encode(),
+        st.sampled_from(["00", "01", "ff", "0", "000", "0A", "zz"]),
+        st.sampled_from([TRACE, TRACE.upper(), "0" * 32, TRACE[:-1], TRACE + "0", "g" * 32]) | _hex,
+        st.sampled_from([PARENT, PARENT.upper(), "0" * 16, PARENT[:-1]]) | _hex,
+        st.sampled_from(["00", "01", "03", "ff", "0F", "0", "001", "0g"]) | _hex,
+    ),
+    _printable,
+    st.builds(  # (valid, but for a zero id now and then: followed)
+        lambda trace, span, flags: f"00-{trace}-{span}-{flags}".encode(),
+        st.text("0a", min_size=32, max_size=32),
+        st.text("0f", min_size=16, max_size=16),
+        st.sampled_from(["00", "01", "02", "03"]),
+    ),
+)
+_request_ids = st.one_of(
+    st.sampled_from([b"r", b"req-7", b'a"b', b"a\\b", b"x" * MAX_REQUEST_ID, b"x" * (MAX_REQUEST_ID + 1)]),
+    _printable,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_traceparents, _request_ids, st.integers(0, 2**32))
+def test_follow_block_is_follow_lines_for_the_blocks_values(
+    parent: bytes, request_id: bytes, seed: int
+) -> None:
+    block = b"x-request-id: " + request_id + b"\r\ntraceparent: " + parent + b"\r\n"
+    expected = Tracer(0.0, random.Random(seed)).follow_lines(parent, request_id)
+    got = Tracer(0.0, random.Random(seed)).follow_block(block)  # (the same span id when sampled)
+    assert got == expected
+    if expected is not None and not sampled_in_lines(expected):
+        assert got is block  # unsampled: the lines that came, not a copy
+
+
+def test_follow_block_for_the_usual_blocks() -> None:
+    tracer = Tracer(0.0, random.Random(3))
+    sampled = f"x-request-id: r\r\ntraceparent: 00-{TRACE}-{PARENT}-01\r\n".encode()
+    followed = tracer.follow_block(sampled)
+    assert followed is not None and ids_from_lines(followed)[:2] == ("r", TRACE)
+    assert ids_from_lines(followed)[2] != PARENT and sampled_in_lines(followed)
+    for block in (Tracer(0.0).fresh_lines(), Tracer(100.0).fresh_lines()):
+        assert Tracer(0.0, random.Random(1)).follow_block(block) == Tracer(
+            0.0, random.Random(1)
+        ).follow_lines(block[-57:-2], block[14:-72])
+
+
+def test_fresh_lines_batches_from_the_os_or_a_seeded_generator() -> None:
+    """Blocks come 256 to a batch: each batch's blocks are valid, and go on from the last one's counter; a
+    seeded tracer repeats its blocks, one without a generator draws from the OS."""
+    for tracer in (Tracer(50.0), Tracer(50.0, random.Random(9))):
+        blocks = [tracer.fresh_lines() for _ in range(700)]
+        ids = [ids_from_lines(b) for b in blocks]
+        counters = [int(i[0][-12:], 16) for i in ids]
+        assert counters == list(range(counters[0], counters[0] + 700))
+        assert len({i[1] for i in ids}) == 700 and len({i[2] for i in ids}) == 700
+        assert 250 < sum(i[3] for i in ids) < 450
+        for block, (request_id, trace_id, span_id, sampled) in zip(blocks, ids, strict=True):
+            flags = "01" if sampled else "00"
+            assert (
+                block
+                == f"x-request-id: {request_id}\r\ntraceparent: 00-{trace_id}-{span_id}-{flags}\r\n".encode()
+            )
+            assert parse_traceparent(block[-57:-2].decode()) == (trace_id, span_id, sampled)
+    first = [Tracer(1.0, random.Random(4)).fresh_lines() for _ in range(3)]
+    again = [Tracer(1.0, random.Random(4)).fresh_lines() for _ in range(3)]
+    assert first == again and first != [Tracer(1.0).fresh_lines() for _ in range(3)]
+
+
+def _same_classes(block: bytes, draw: random.Random) -> bytes:
+    """Another block whose bytes have the same classes in plexus.codec.http1's decoder (the classes its
+    block_check verdict is kept for): each byte swapped for a random one of its class."""
+    from plexus.codec.http1.request_decoder import _BLOCK_CLASSES
+
+    members: dict[int, list[int]] = {}
+    for byte in range(256):
+        members.setdefault(_BLOCK_CLASSES[byte], []).append(byte)
+    return bytes(draw.choice(members[_BLOCK_CLASSES[b]]) for b in block)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_traceparents, _request_ids, st.integers(0, 2**32))
+def test_approves_block_depends_only_on_the_decoders_byte_classes(
+    parent: bytes, request_id: bytes, seed: int
+) -> None:
+    """A decoder asks Tracer.approves_block once per shape of block and trusts the answer for every block
+    of the same byte classes; follow_approved then gives follow_block's answer."""
+    block = b"x-request-id: " + request_id + b"\r\ntraceparent: " + parent + b"\r\n"
+    draw = random.Random(seed)
+    for _ in range(5):
+        other = (
+            b"x-request-id: "
+            + _same_classes(request_id, draw)
+            + b"\r\ntraceparent: "
+            + _same_classes(parent, draw)
+            + b"\r\n"
+        )
+        assert Tracer.approves_block(other) == Tracer.approves_block(block)
+        if Tracer.approves_block(other):
+            got = Tracer(0.0, random.Random(seed)).follow_approved(other)
+            assert got == Tracer(0.0, random.Random(seed)).follow_block(other)
+    if not Tracer.approves_block(block):
+        assert Tracer(0.0).follow_block(block) is None

@@ -255,3 +255,26 @@ def test_a_full_batch_is_written_before_the_timer(tmp_path: Path) -> None:
     early, total = asyncio.run(run())
     assert early == ACCESS_LOG_BATCH + 1
     assert total == ACCESS_LOG_BATCH + 1
+
+
+def test_journaled_requests_are_written_by_the_next_flush(tmp_path: Path) -> None:
+    """An HTTP/1.1 request that ended through its outcome waits in the telemetry's journal, uncounted; the
+    writer's flush settles the journal first, so one request is logged on the next tick, not after
+    hundreds."""
+    from plexus.proxy.outcomes import outcome_for, request_ended
+    from plexus.proxy.tracing import Tracer, ids_from_lines
+
+    log_path = tmp_path / "access.log"
+    telemetry = Telemetry("shop-v1", "prod")
+    writer = AccessLogWriter.open(str(log_path), telemetry)
+    telemetry.access_log = []
+    stats = DataPlaneStats(telemetry).service("orders", "egress")
+    key = (b"GET", b"/cart", b"orders", b"curl/8", 200, "", "-", "10.0.0.7:15006", "orders-v2", 1)
+    lines = Tracer(sample_percent=0).fresh_lines()
+    request_ended(stats, outcome_for(stats, key), 1.0, 2.5, 0, 13, (b"orders", b"curl/8", lines, None), None)
+    assert telemetry.journal and telemetry.access_log == []  # journaled: nothing queued yet
+    assert writer.flush() == 1
+    writer.close()
+    (line,) = _lines(log_path)
+    assert (line["path"], line["response_code"], line["bytes_sent"]) == ("/cart", 200, 13)
+    assert line["request_id"] == ids_from_lines(lines)[0] and stats.by_class[2] == 1

@@ -119,6 +119,34 @@ def test_bad_specs_name_the_flag(tmp_path: Path) -> None:
     assert SpanExport.open(None, Telemetry()) is None  # a bare sidecar exports nothing
 
 
+_LAZY_PROBE = """
+import asyncio, sys
+from plexus.proxy.telemetry import Telemetry
+from plexus.sidecar.trace_export import SpanExport
+
+async def main():
+    export = SpanExport.open(sys.argv[1], Telemetry())
+    export.start(asyncio.get_running_loop())
+    await asyncio.sleep(0.05)
+    idle = "opentelemetry.sdk.trace" in sys.modules
+    await export.aclose()
+    print(idle, "opentelemetry.sdk.trace" in sys.modules)
+
+asyncio.run(main())
+"""
+
+
+def test_an_exporter_with_no_span_to_export_never_imports_the_sdk(tmp_path: Path) -> None:
+    """Idle RSS: OpenTelemetry's SDK is mapped only when the first batch of spans is exported."""
+    path = tmp_path / "spans.jsonl"
+    done = subprocess.run(
+        [sys.executable, "-c", _LAZY_PROBE, f"file:{path}"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False"]
+    assert path.exists() and path.read_bytes() == b""  # opened at start (a bad path fails then), left empty
+
+
 class _Receiver(BaseHTTPRequestHandler):
     requests: list[ExportTraceServiceRequest] = []
     paths: list[str] = []

@@ -21,6 +21,7 @@ The order keeps the parts that repeat from request to request together.
 
 from __future__ import annotations
 
+import struct
 import time
 from typing import Any, Final
 
@@ -236,49 +237,175 @@ def line_tails(grpc_status: str) -> tuple[bytes, bytes]:
 def format_batch(telemetry: Telemetry, batch: list[RequestEntry | tuple[Any, ...]]) -> bytes:
     """The access log's queued requests as lines, newlines included: entries (entry_line), and requests
     queued as their ring tuples (``(outcome, started, duration_ms, request_bytes, response_bytes, wire,
-    sampled)``, plexus.proxy.outcomes), formatted from what their outcome keeps: the parts with the
-    sizes, the start (shared by the lines of one millisecond), the duration's piece, and the ids sliced from
-    the trace lines block (ids that need no escaping), or from a TraceStart, or none (refused before it
-    started). One join of every piece: no bytes object per line."""
+    sampled)``, plexus.proxy.outcomes), formatted from what their outcome keeps (``_tuple_lines``). A batch
+    of tuples only (the usual one) is formatted at once; entries split a batch into runs of tuples."""
+    try:
+        return _tuple_lines(telemetry, batch)  # type: ignore[arg-type]
+    except _NotTuples:
+        pass
     out: list[bytes] = []
-    add = out.extend
-    offset = telemetry.loop_clock_offset
-    durations = _duration_pieces
-    last_started, last_millis, start = -1.0, -1, b""
+    run: list[tuple[Any, ...]] = []
     for item in batch:
-        if item.__class__ is not tuple:
-            out.append(entry_line(item, telemetry).encode() + b"\n")  # type: ignore[arg-type]
-            continue
-        outcome, started, duration_ms, request_bytes, response_bytes, wire, _ = item
-        if started != last_started:  # a new turn of the loop
-            last_started = started
-            millis = int((started + offset) * 1000)
-            if millis != last_millis:
-                last_millis = millis
-                seconds, ms = divmod(millis, 1000)
-                start = b'{"start_time":"%b.%03dZ",' % (_second_bytes(seconds), ms)
-        if request_bytes == outcome.sized_request and response_bytes == outcome.sized_response:
-            sized = outcome.sized_parts
+        if isinstance(item, RequestEntry):
+            if run:
+                out.append(_tuple_lines(telemetry, run))
+                run = []
+            out.append(entry_line(item, telemetry).encode() + b"\n")
         else:
-            sized = outcome.parts_sized(request_bytes, response_bytes)
-        us = int(duration_ms * 1000.0 + 0.5)  # duration_piece, inlined for the usual case
-        duration = durations[us] if 0 <= us < _DURATIONS_KEPT else None
-        if duration is None:
-            duration = duration_piece(duration_ms)
-        ids = wire[2]
-        if ids.__class__ is bytes and ids:
-            add((start, sized, duration, ids[_REQUEST_ID_AT], _TRACE_ID, ids[_TRACE_ID_AT], outcome.tail))
-            continue
-        trace = ids if isinstance(ids, TraceStart) else None
-        add(
-            (
-                start,
-                sized,
-                duration[:-1],  # (then the id as JSON: null, or a string with its escapes)
-                orjson.dumps(trace.request_id or None if trace is not None else None),
-                _TRACE_ID_JSON,
-                orjson.dumps(trace.trace_id or None if trace is not None else None),
-                outcome.tail_json,
-            )
-        )
+            run.append(item)
+    if run:
+        out.append(_tuple_lines(telemetry, run))
     return b"".join(out)
+
+
+class _NotTuples(Exception):
+    """A batch holds entries too (format_batch splits it into runs)."""
+
+
+# A line's pieces that repeat from line to line are worked out once per change, not per line: the start (per
+# millisecond, from the second's part and the millisecond's), the parts with the sizes (per outcome), the
+# duration's piece (duration_piece's table), the tail (the same for every HTTP/1.1 outcome). (Joining a line's
+# repeating pieces into one head per change, or caching starts per clock value, costs more than it saves when
+# the start changes from line to line, as under load.)
+_MILLIS: Final = [b'%03dZ",' % ms for ms in range(1000)]  # a start's end: ".mmmZ", after the second's part
+_NOT_A_TIME: Final = float("-inf")  # "no previous value" (a start or a duration compares unequal to it)
+# The ids of trace lines blocks of one shape (fresh_lines; follow_lines with request ids of one length), taken
+# by one struct.unpack per run of blocks: the request id and the trace id of each, and no slice per line.
+_IDS_FORMAT: Final = "14x%ds18x32s22x"  # "x-request-id: " ID "\r\ntraceparent: 00-" TRACE "-SPAN-FLAGS\r\n"
+_BLOCK_FIXED: Final = 14 + 18 + 32 + 22  # a block's length but its request id
+_IDS_CHUNK: Final = 256  # blocks per unpack (its struct, and those of the powers of two below it, are kept)
+_ids_structs: dict[tuple[int, int], struct.Struct] = {}
+_IDS_STRUCTS_KEPT: Final = 64
+
+
+def _ids_struct(id_length: int, blocks: int) -> struct.Struct:
+    key = (id_length, blocks)
+    unpacker = _ids_structs.get(key)
+    if unpacker is None:
+        if len(_ids_structs) >= _IDS_STRUCTS_KEPT:
+            _ids_structs.clear()
+        unpacker = _ids_structs[key] = struct.Struct((_IDS_FORMAT % id_length) * blocks)
+    return unpacker
+
+
+def _block_ids(blob: bytes, id_length: int, blocks: int) -> list[bytes]:
+    """[request id, trace id, ...] of ``blocks`` joined blocks of one shape: chunks, then powers of two."""
+    flat: list[bytes] = []
+    width = _BLOCK_FIXED + id_length
+    at = 0
+    left = blocks
+    while left:
+        count = _IDS_CHUNK if left >= _IDS_CHUNK else 1 << (left.bit_length() - 1)
+        flat += _ids_struct(id_length, count).unpack_from(blob, at)
+        at += count * width
+        left -= count
+    return flat
+
+
+def _tuple_lines(telemetry: Telemetry, items: list[tuple[Any, ...]]) -> bytes:
+    """Ring tuples as lines (see format_batch). Raises _NotTuples when ``items`` holds an entry."""
+    starts: list[bytes] = []
+    add_start = starts.append
+    parts: list[bytes] = []
+    add_parts = parts.append
+    durations: list[bytes] = []
+    add_duration = durations.append
+    ids: list[Any] = []
+    add_ids = ids.append
+    offset = telemetry.loop_clock_offset
+    table = _duration_pieces
+    kept = _DURATIONS_KEPT
+    millis_end = _MILLIS
+    last_started = last_duration = _NOT_A_TIME
+    last_millis: int | None = None
+    last_seconds: int | None = None
+    last_outcome: Any = None
+    start = second = duration = tail = b""
+    one_tail = True  # every line's outcome has the first line's tail
+    try:
+        for outcome, started, duration_ms, request_bytes, response_bytes, wire, _ in items:
+            if started != last_started:
+                last_started = started
+                millis = int((started + offset) * 1000)
+                if millis != last_millis:
+                    last_millis = millis
+                    seconds = millis // 1000
+                    if seconds != last_seconds:
+                        last_seconds = seconds
+                        second = b'{"start_time":"%b.' % _second_bytes(seconds)
+                    start = second + millis_end[millis - seconds * 1000]
+            if duration_ms != last_duration:
+                last_duration = duration_ms
+                us = int(duration_ms * 1000.0 + 0.5)  # duration_piece, inlined for the usual case
+                duration = (table[us] if 0 <= us < kept else None) or duration_piece(duration_ms)
+            if outcome is not last_outcome:
+                if last_outcome is None:
+                    tail = outcome.tail
+                elif outcome.tail != tail:
+                    one_tail = False
+                last_outcome = outcome
+            add_start(start)
+            add_parts(
+                outcome.sized_parts
+                if request_bytes == outcome.sized_request and response_bytes == outcome.sized_response
+                else outcome.parts_sized(request_bytes, response_bytes)
+            )
+            add_duration(duration)
+            add_ids(wire[2])
+    except TypeError:
+        if any(item.__class__ is not tuple for item in items):
+            raise _NotTuples from None
+        raise
+    count = len(ids)
+    if not count:
+        return b""
+    # Per line: start, parts with sizes, duration, request id, _TRACE_ID, trace id, tail.
+    out = [_TRACE_ID] * (7 * count)
+    out[0::7] = starts
+    out[1::7] = parts
+    out[2::7] = durations
+    out[6::7] = [tail] * count if one_tail else [item[0].tail for item in items]
+    for i in _place_ids(out, ids):  # a TraceStart or no ids: the ids as JSON (null, or strings with escapes)
+        trace = ids[i] if isinstance(ids[i], TraceStart) else None
+        at = 7 * i
+        out[at + 2] = out[at + 2][:-1]  # (the duration's piece ends with '"request_id":"')
+        out[at + 3] = orjson.dumps(trace.request_id or None if trace is not None else None)
+        out[at + 4] = _TRACE_ID_JSON
+        out[at + 5] = orjson.dumps(trace.trace_id or None if trace is not None else None)
+        out[at + 6] = items[i][0].tail_json
+    return b"".join(out)
+
+
+def _place_ids(out: list[bytes], ids: list[Any]) -> list[int]:
+    """Put each line's request id and trace id into ``out`` (sliced from its trace lines block); returns the
+    lines whose ids are not such a block (a TraceStart, b"", None), left for the caller."""
+    count = len(ids)
+    try:
+        blob = b"".join(ids)
+    except TypeError:  # a TraceStart or None among them
+        blob = b""
+    width = len(ids[0]) if ids[0].__class__ is bytes else 0
+    id_length = width - _BLOCK_FIXED
+    if id_length >= 0 and len(blob) == count * width:
+        # Every block has two CRs (request ids are printable, the rest hex): all 2 * count at the places of
+        # blocks of one width means every block has that width and its request id that length.
+        crs = b"\r" * count
+        if blob[14 + id_length :: width] == crs and blob[width - 2 :: width] == crs:
+            flat = _block_ids(blob, id_length, count)
+            out[3::7] = flat[0::2]
+            out[5::7] = flat[1::2]
+            return []
+    odd: list[int] = []
+    request_ids: list[bytes] = []
+    trace_ids: list[bytes] = []
+    for i, block in enumerate(ids):
+        if block.__class__ is bytes and block:
+            request_ids.append(block[_REQUEST_ID_AT])
+            trace_ids.append(block[_TRACE_ID_AT])
+        else:
+            request_ids.append(b"")
+            trace_ids.append(b"")
+            odd.append(i)
+    out[3::7] = request_ids
+    out[5::7] = trace_ids
+    return odd

@@ -14,15 +14,40 @@ A request that a sink needs as an entry at once (a failure, for the failures rin
 tap; a sampled span while spans are exported) takes the general path, ``ServiceStats.done``, with the same
 fields. Measured in bench/RESULTS.md (issue 5: the entry, its counters and its line were a third of an
 HTTP/1.1 hop's Python; issue 3: the largest block left of a gRPC call's).
+
+Any other request is only *journaled*: its tuple is appended to ``Telemetry.journal``, nothing counted.
+``Telemetry.settle`` counts the journal when it holds JOURNAL_FOLD requests and before anything is read (the
+counters' and the ring's readers, the access-log writer, and any request that takes the general path, so
+the ring and the log keep the order requests ended in): requests that ended alike come in runs, and a run
+is counted at once (``Outcome.count``: sums and histogram buckets over the run in C, per run not per
+request in Python). The HTTP/1.1 exchange also finds its outcome without a key most of the time: a
+connection remembers its last request's signature and outcome (plexus.transport.http_exchange).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
+from collections import Counter
+from itertools import repeat
+from operator import itemgetter
 from typing import Any, Final
 
 from plexus.proxy.access_line import PROTOCOL_NAMES, line_tails, request_parts, with_sizes
-from plexus.proxy.stats import ServiceStats, count_into
-from plexus.proxy.telemetry import UNKNOWN, RequestEntry, WireFields
+from plexus.proxy.stats import (
+    DURATION_BUCKETS_MS,
+    REC_COUNT,
+    REC_DURATION,
+    REC_DURATION_SUM,
+    REC_REQUEST,
+    REC_REQUEST_BYTES,
+    REC_RESPONSE,
+    REC_RESPONSE_BYTES,
+    SIZE_BUCKETS_BYTES,
+    ServiceStats,
+    count_into,
+)
+from plexus.proxy.telemetry import UNKNOWN, RequestEntry, Telemetry, WireFields
+from plexus.proxy.tracing import sampled_in_lines
 
 # Ways of ending remembered per service; past it the cache starts again (a client that invents paths or
 # headers costs this sidecar a decode and a formatted part per request, never memory).
@@ -31,6 +56,16 @@ MAX_OUTCOMES: Final = 1024
 _METHOD_TEXT: Final = {
     m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE")
 }
+
+# Requests journaled before Telemetry.settle counts them: enough for runs to amortise a run's Python, few
+# enough that the counters' lists are still in the CPU's caches.
+JOURNAL_FOLD: Final = 256
+# A run shorter than this is counted request by request (count_into): for a few, the run's lists and sort
+# cost more.
+_SHORT_RUN: Final = 4
+_DURATION_OF: Final = itemgetter(2)  # a journal tuple's fields (see request_ended)
+_REQUEST_BYTES_OF: Final = itemgetter(3)
+_RESPONSE_BYTES_OF: Final = itemgetter(4)
 
 # HTTP/1.1: (method, path, Host, User-Agent, status, reason, flags, upstream address, peer, attempts); the
 # peer is the chosen instance's workload (outbound: a str) or the x-plexus-caller bytes (inbound), "" or None
@@ -44,6 +79,7 @@ class Outcome:
 
     __slots__ = (
         "attempts",
+        "by_class",
         "direction",
         "failed",
         "flags",
@@ -59,10 +95,12 @@ class Outcome:
         "sized_parts",
         "sized_request",
         "sized_response",
+        "stats",
         "status",
         "status_class",
         "tail",
         "tail_json",
+        "telemetry",
         "upstream",
     )
 
@@ -71,6 +109,9 @@ class Outcome:
         grpc_status, protocol, counted = key[10:] if len(key) > 10 else ("", "http", status)
         self.direction = stats.traffic_direction
         self.service = stats.service
+        self.stats = stats
+        self.telemetry = stats.telemetry
+        self.by_class = stats.counts_by_class  # (the list itself: counted into without a settle)
         self.protocol = protocol
         self.method = (_METHOD_TEXT.get(method) or method.decode("latin-1")) if method else ""
         self.path = path.decode("latin-1") if path else ""
@@ -111,6 +152,46 @@ class Outcome:
             self.sized_response = response_bytes
         return self.sized_parts
 
+    def count(self, run: list[tuple[Any, ...]]) -> None:
+        """Count a run of this outcome's journal tuples (Telemetry.settle): what count_into does for each,
+        with the sums and the buckets made over the whole run in C. The durations add in the run's order
+        (sum() of floats in CPython 3.11), as count_into's would."""
+        n = len(run)
+        self.by_class[self.status_class] += n
+        record = self.record
+        if n < _SHORT_RUN:
+            for item in run:
+                count_into(record, item[2], item[3], item[4])
+            return
+        record[REC_COUNT] += n
+        durations = list(map(_DURATION_OF, run))
+        record[REC_DURATION_SUM] = sum(durations, record[REC_DURATION_SUM])
+        # The buckets from the sorted durations: how many are at most each bound (a sort in C costs less per
+        # request than a bisect each).
+        durations.sort()
+        below = 0
+        at = REC_DURATION
+        for bound in DURATION_BUCKETS_MS:
+            upto = bisect_right(durations, bound)
+            if upto != below:
+                record[at] += upto - below
+                below = upto
+            at += 1
+        if below != n:
+            record[at] += n - below  # (+Inf)
+        for sizes, total, first in (
+            (list(map(_REQUEST_BYTES_OF, run)), REC_REQUEST_BYTES, REC_REQUEST),
+            (list(map(_RESPONSE_BYTES_OF, run)), REC_RESPONSE_BYTES, REC_RESPONSE),
+        ):
+            size = sizes[0]
+            if sizes.count(size) == n:  # (a way of ending usually has one size)
+                record[total] += size * n
+                record[first + bisect_left(SIZE_BUCKETS_BYTES, size)] += n
+            else:
+                record[total] += sum(sizes)
+                for bucket, many in Counter(map(bisect_left, repeat(SIZE_BUCKETS_BYTES), sizes)).items():
+                    record[first + bucket] += many
+
     def entry(
         self,
         started: float,
@@ -118,9 +199,12 @@ class Outcome:
         request_bytes: int,
         response_bytes: int,
         wire: WireFields | None,
-        sampled: bool,
+        sampled: bool | None,
     ) -> RequestEntry:
-        """A request of this outcome as its RequestEntry (its lazy fields decoded from ``wire`` when read)."""
+        """A request of this outcome as its RequestEntry (its lazy fields decoded from ``wire`` when read).
+        ``sampled`` None: read from the trace lines that ``wire`` holds (an HTTP/1.1 journal tuple's)."""
+        if sampled is None:
+            sampled = sampled_of(wire)
         entry = RequestEntry(
             self.direction,
             self.service,
@@ -144,6 +228,14 @@ class Outcome:
         return entry
 
 
+def sampled_of(wire: WireFields | None) -> bool:
+    """Whether the request that ``wire`` describes is sampled: from its trace lines block, or TraceStart."""
+    trace = wire[2] if wire is not None else None
+    if isinstance(trace, bytes):
+        return sampled_in_lines(trace)
+    return trace is not None and trace.sampled
+
+
 def outcome_for(stats: ServiceStats, key: OutcomeKey) -> Outcome:
     """The outcome of ``key`` in ``stats``, made and remembered the first time (bounded: MAX_OUTCOMES)."""
     outcomes = stats.outcomes
@@ -161,23 +253,43 @@ def request_ended(
     request_bytes: int,
     response_bytes: int,
     wire: WireFields,
-    sampled: bool,
+    sampled: bool | None,
 ) -> None:
-    """A request ended as ``outcome``: every count and every sink, as ServiceStats.done would do with its
-    entry. ``wire``: the Host (:authority) and User-Agent bytes, the trace lines block (or the TraceStart)
-    and the trace headers that came in (RequestEntry._lazy)."""
-    telemetry = stats.telemetry
+    """A request ended as ``outcome``: journaled (see the module's docstring), or, when a sink needs its
+    entry at once, every count and every sink as ServiceStats.done would do with its entry. ``wire``: the
+    Host (:authority) and User-Agent bytes, the trace lines block (or the TraceStart) and the trace headers
+    that came in (RequestEntry._lazy). ``sampled``: None when it is to be read from the lines."""
+    telemetry = outcome.telemetry
     item = (outcome, started, duration_ms, request_bytes, response_bytes, wire, sampled)
-    if outcome.failed or telemetry.tapping or (sampled and telemetry.exporting_spans):
-        entry = outcome.entry(*item[1:])
-        stats.done(entry, item)
-        cls = entry.status // 100
-        if outcome.status_class != (cls if 0 < cls < 6 else 0):  # a gRPC local reply (see OutcomeKey)
-            stats.by_class[cls if 0 < cls < 6 else 0] -= 1
-            stats.by_class[outcome.status_class] += 1
+    if outcome.failed or telemetry.tapping or telemetry.exporting_spans:
+        ended_at_once(stats, item)
+    else:
+        journal(telemetry, item)
+
+
+def journal(telemetry: Telemetry, item: tuple[Any, ...]) -> None:
+    """``item`` (a request_ended tuple) into the journal, settled when it holds JOURNAL_FOLD requests."""
+    requests = telemetry.journal
+    requests.append(item)
+    if len(requests) >= JOURNAL_FOLD:
+        telemetry.settle()
+
+
+def ended_at_once(stats: ServiceStats, item: tuple[Any, ...]) -> None:
+    """The general path of request_ended (``item``: its journal tuple): the entry made now, counted and
+    handed to every sink (after the journal: ServiceStats.done settles it first)."""
+    outcome: Outcome = item[0]
+    telemetry: Telemetry = outcome.telemetry
+    sampled = item[6]
+    if sampled is None:
+        sampled = sampled_of(item[5])
+    if not (outcome.failed or telemetry.tapping or (sampled and telemetry.exporting_spans)):
+        journal(telemetry, item)  # (spans are exported, but not this request's)
         return
-    stats.by_class[outcome.status_class] += 1
-    count_into(outcome.record, duration_ms, request_bytes, response_bytes)
-    telemetry.ring.append(item)
-    if telemetry.access_log is not None:
-        telemetry.queue_line(item)  # (format_batch of plexus.proxy.access_line makes its line, later)
+    entry = outcome.entry(item[1], item[2], item[3], item[4], item[5], sampled)
+    stats.done(entry, item)
+    cls = entry.status // 100
+    if outcome.status_class != (cls if 0 < cls < 6 else 0):  # a gRPC local reply (see OutcomeKey)
+        by_class = stats.counts_by_class
+        by_class[cls if 0 < cls < 6 else 0] -= 1
+        by_class[outcome.status_class] += 1

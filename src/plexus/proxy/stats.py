@@ -155,7 +155,7 @@ class ServiceStats:
         "_plain_sum_ms",
         "_records",
         "_series_keys",
-        "by_class",
+        "counts_by_class",
         "direction",
         "failures",
         "outcomes",
@@ -167,7 +167,9 @@ class ServiceStats:
     def __init__(self, service: str, direction: str, telemetry: Telemetry | None = None) -> None:
         self.service = service
         self.direction = direction  # "egress" or "ingress"
-        self.by_class = [0, 0, 0, 0, 0, 0]  # index status // 100 (0 for a response never given)
+        # Index status // 100 (0 for a response never given). Read ``by_class``: this list lacks the requests
+        # the telemetry's journal holds until it is settled (plexus.proxy.outcomes).
+        self.counts_by_class = [0, 0, 0, 0, 0, 0]
         self.failures = 0  # RequestEntry.failed, for reports and `plexus stat`
         self.protocol = "http"  # the protocol of the newest record (a service speaks one)
         self._records: dict[RecordKey, list[float]] = {}
@@ -185,9 +187,15 @@ class ServiceStats:
         """Istio's words: "outbound" for egress, "inbound" for ingress."""
         return OUTBOUND if self.direction == "egress" else INBOUND
 
+    @property
+    def by_class(self) -> list[int]:
+        """Requests by status class, index status // 100 (0 for a response never given)."""
+        self.telemetry.settle()
+        return self.counts_by_class
+
     def record(self, status: int, duration_ms: float) -> None:
         cls = status // 100
-        self.by_class[cls if 0 < cls < 6 else 0] += 1
+        self.counts_by_class[cls if 0 < cls < 6 else 0] += 1
         self._plain_buckets[bisect_left(DURATION_BUCKETS_MS, duration_ms)] += 1
         self._plain_sum_ms += duration_ms
 
@@ -203,7 +211,7 @@ class ServiceStats:
             and entry.failed
         )
         cls = status // 100
-        self.by_class[cls if 0 < cls < 6 else 0] += 1
+        self.counts_by_class[cls if 0 < cls < 6 else 0] += 1
         key = (entry.peer_workload, status, grpc_status, entry.flags, entry.method, entry.path)
         record = self._records.get(key) or self._new_record(key, entry.protocol)
         if failed:
@@ -244,16 +252,19 @@ class ServiceStats:
     @property
     def series(self) -> dict[tuple[str, int, str, str], Series]:
         """Istio's series: (peer_workload, status, grpc_status, flags) -> counters over every path."""
+        self.telemetry.settle()
         return _summed(self._records, slice(0, 4), Series)
 
     @property
     def paths(self) -> dict[tuple[str, str], PathStats]:
         """(method, path) -> counters over every series."""
+        self.telemetry.settle()
         return _summed(self._records, slice(4, 6), PathStats)
 
     @property
     def buckets(self) -> list[int]:
         """The service's duration histogram (plexus_request_duration_milliseconds), +Inf last."""
+        self.telemetry.settle()
         out = list(self._plain_buckets)
         for record in list(self._records.values()):
             _add_into(out, record, REC_DURATION)
@@ -261,6 +272,7 @@ class ServiceStats:
 
     @property
     def duration_sum_ms(self) -> float:
+        self.telemetry.settle()
         return self._plain_sum_ms + sum(record[REC_DURATION_SUM] for record in list(self._records.values()))
 
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
+from itertools import groupby
+from operator import itemgetter
 from typing import Any, Final
 
 from plexus.core import reasons
@@ -71,6 +73,7 @@ def response_flag(reason: str) -> str:
 # slower (each request's objects outlived the CPU caches) while remembering about a second of traffic.
 RECENT_REQUESTS: Final = 64
 RECENT_FAILURES: Final = 4096  # (~1 MB at most)
+_OUTCOME_OF: Final = itemgetter(0)  # a journal tuple's Outcome (plexus.proxy.outcomes)
 TAP_BUFFER: Final = 1000  # tap lines held per tap between two flushes; more are counted as dropped
 SPAN_BUFFER: Final = 10_000  # sampled spans held between two exports; more are dropped (and counted)
 
@@ -277,6 +280,9 @@ class Telemetry:
         # The short ring: RequestEntry objects, or an HTTP/1.1 request's (outcome, numbers...) tuple that
         # becomes one only when read (``recent``; plexus.proxy.outcomes says why).
         self.ring: deque[RequestEntry | tuple[Any, ...]] = deque(maxlen=RECENT_REQUESTS)
+        # HTTP/1.1, HTTP/2 and gRPC requests that ended as their outcome's tuple, not yet counted nor handed
+        # to the ring and the access log (``settle``; plexus.proxy.outcomes says why).
+        self.journal: list[tuple[Any, ...]] = []
         self.recent_failures: deque[RequestEntry] = deque(maxlen=RECENT_FAILURES)
         # A list while an access log is configured, of what the writer formats (plexus.proxy.access_line's
         # format_batch): entries, or HTTP/1.1 requests as their ring tuples (plexus.proxy.outcomes).
@@ -299,9 +305,33 @@ class Telemetry:
         self.access_log_written = 0
         self.tap_dropped = 0
 
+    def settle(self) -> None:
+        """Count the journal's requests (each run of one outcome at once: ``Outcome.count``), then hand them
+        to the ring and the access log, in the order they ended. Every reader of the counters, the ring or
+        the log calls this first."""
+        journal = self.journal
+        if not journal:
+            return
+        self.journal = []
+        for outcome, run in groupby(journal, _OUTCOME_OF):
+            outcome.count(list(run))
+        self.ring.extend(journal)
+        log = self.access_log
+        if log is not None:
+            queued = len(log)
+            room = ACCESS_LOG_BUFFER - queued
+            if room >= len(journal):
+                log.extend(journal)
+            else:
+                log.extend(journal[: max(room, 0)])
+                self.access_log_dropped += len(journal) - max(room, 0)
+            if queued <= ACCESS_LOG_BATCH < len(log) and self.access_log_full is not None:
+                self.access_log_full()
+
     @property
     def recent(self) -> list[RequestEntry]:
         """The short ring's requests as entries, oldest first."""
+        self.settle()
         return [item if isinstance(item, RequestEntry) else item[0].entry(*item[1:]) for item in self.ring]
 
     def set_clock(self, loop_time: float) -> None:
@@ -317,6 +347,8 @@ class Telemetry:
         """Every sink but the counters (``ServiceStats.done`` calls this after counting, with ``failed``:
         ``entry.failed``, already known there). ``logged``: what the access log queues instead of the entry
         (an HTTP/1.1 request's ring tuple, plexus.proxy.outcomes)."""
+        if self.journal:  # (the requests that ended before this one first: the ring and the log keep order)
+            self.settle()
         self.ring.append(entry)
         if failed or (failed is None and entry.failed):
             self.recent_failures.append(entry)

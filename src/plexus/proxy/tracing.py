@@ -19,7 +19,9 @@ expect:
 from __future__ import annotations
 
 import math
+import os
 import random
+from binascii import hexlify
 from typing import Final
 
 TRACEPARENT: Final = "traceparent"
@@ -63,16 +65,33 @@ _TRACEPARENT_SHAPE: Final = b"xx-" + b"x" * 32 + b"-" + b"x" * 16 + b"-xx"
 _PLAIN_CLASSES: Final = bytes(
     ord("a") if 0x20 <= c <= 0x7E and c not in b'"\\' else ord("?") for c in range(256)
 )
-_FRESH_BATCH: Final = 256  # fresh_lines blocks made at once (a power of 16: see _make_fresh)
+_FRESH_BATCH: Final = 256  # fresh_lines blocks made at once (the counter's last two digits: _make_fresh)
 _HEX_B: Final = b"0123456789abcdef"
-# The last two hex digits of the counter values 0..255, as columns: block i gets _NIBBLE_HI[i], _NIBBLE_LO[i].
-_NIBBLE_HI: Final = bytes(_HEX_B[i >> 4] for i in range(_FRESH_BATCH))
-_NIBBLE_LO: Final = bytes(_HEX_B[i & 15] for i in range(_FRESH_BATCH))
-_COUNTER_END: Final = len("x-request-id: ") + 36  # in a block: where the request id (and its counter) ends
-_TRACE_AT: Final = _COUNTER_END + len("\r\ntraceparent: 00-")
-_SPAN_AT: Final = _TRACE_AT + 33
-_SAMPLED_AT: Final = _SPAN_AT + 18  # the flags' last digit
+# _make_fresh lays a batch out as 256 units of _UNIT bytes: _PAD, a block, _PAD; the random digits go in by
+# 8-byte columns (memoryviews cast to "Q"), so the trace id starts one byte before a multiple of 8 and the
+# span id at one. _PAD never occurs in a block: a split on two of them cuts the batch into its blocks.
+_UNIT: Final = 128
+_PAD: Final = b"\0\0\0"
+_TRACE_AT: Final = len(_PAD) + len("x-request-id: ") + 36 + len("\r\ntraceparent: 00-")  # in a unit: 71
+_TRACE_WORDS: Final = range((_TRACE_AT + 1) // 8, (_TRACE_AT + 1) // 8 + 4)  # its last 31 digits, and the "-"
+_SPAN_WORDS: Final = range(_TRACE_WORDS.stop, _TRACE_WORDS.stop + 2)  # the span id, 8-aligned
+_COUNTER_AT: Final = len(_PAD) + len("x-request-id: ") + 34  # the counter's last two digits
+_SAMPLED_AT: Final = _TRACE_AT + 32 + 1 + 16 + 2  # the flags' last digit
+# The counter's last two digits, as columns, the last unit first (fresh_lines pops from the end of the list).
+_COUNTER_HI: Final = bytes(_HEX_B[i >> 4] for i in reversed(range(_FRESH_BATCH)))
+_COUNTER_LO: Final = bytes(_HEX_B[i & 15] for i in reversed(range(_FRESH_BATCH)))
+_RANDOM_BYTES: Final = 24 * _FRESH_BATCH + _FRESH_BATCH // 2  # 6 words of hex digits a unit, and one digit
 _FOLLOW_LINE: Final = b"x-request-id: %b\r\ntraceparent: %b\r\n"
+# follow_block: a block's last _LINES_TAIL + 2 bytes ("\r\ntraceparent: " and a 55-byte value, then CRLF)
+# through _TAIL_CLASSES must be _TAIL_SHAPE: lower-case hex digits -> "x", "-" and the name's letters as they
+# are, anything else "?" (CR and LF too: the shape pins them where the template has them).
+_BLOCK_TAIL: Final = b"\r\ntraceparent: 00-" + _ZERO_TRACE_B + b"-" + _ZERO_SPAN_B + b"-00\r\n"
+_TAIL_CLASSES: Final = bytes(
+    ord("x") if c in _HEX_B else c if c in b"-traceprn: " else ord("?") for c in range(256)
+)
+_TAIL_SHAPE: Final = _BLOCK_TAIL.translate(_TAIL_CLASSES)
+_BLOCK_ID_AT: Final = len("x-request-id: ")
+_BLOCK_MIN: Final = _BLOCK_ID_AT + len(_BLOCK_TAIL)  # (a block with an empty request id)
 
 
 def ids_from_lines(lines: bytes) -> tuple[str, str, str, bool]:
@@ -142,9 +161,14 @@ class Tracer:
     ) -> None:
         if not 0.0 <= sample_percent <= 100.0:
             raise ValueError(f"tracing sample percent must be within 0..100, got {sample_percent}")
+        injected = rand
         self._rand = rand = rand or random.Random()
         self._getrandbits = rand.getrandbits  # bound once: the fast paths call them per request
         self._random = rand.random
+        # fresh_lines's trace and span ids, 24 random bytes a block: from the OS (one call for a batch,
+        # cheaper than the generator's bits and their conversion), or from ``rand`` when one is given (so a
+        # seeded tracer repeats its ids).
+        self._random_bytes = os.urandom if injected is None else rand.randbytes
         # Request ids: UUID-shaped, a random prefix drawn once per tracer and a counter in the last group.
         # They only have to be unique (a request id is no secret and no sampling input, unlike trace ids,
         # which stay random): 72 random bits tell sidecars and restarts apart, the counter the requests.
@@ -185,44 +209,49 @@ class Tracer:
         return fresh.pop()
 
     def _make_fresh(self) -> None:
-        """_FRESH_BATCH blocks at once, with no per-block formatting: a row of copies of one block template
-        (the request id prefix and the counter's first ten digits are the same for the whole batch, which
-        starts at a multiple of 256), then, column by column (strided slice assignments, in C), the
-        counter's last two digits and the random hex digits of the trace ids (128 bits) and span ids (64
-        bits), from one draw; each block is then one slice of the row. The sampled blocks are drawn apart,
-        at the rate (a geometric gap to the next one: the loop runs only for them). An all-zero id, which
-        W3C forbids, has odds of 2**-64 or less and is not tested for."""
+        """_FRESH_BATCH blocks at once, with no per-block formatting or slicing in Python: a row of copies of
+        one unit (see _UNIT: the request id prefix and the counter's first ten digits are the same for the
+        whole batch, which starts at a multiple of 256); then, column by column (strided assignments, in C),
+        the counter's last two digits and the hex digits of one draw of random bytes: 8 digits a column but
+        the trace id's first, 128 random bits a trace id and 64 a span id. The sampled blocks are drawn apart,
+        at the rate (a geometric gap to the next one: the loop runs only for them). An all-zero id, which W3C
+        forbids, has odds of 2**-64 or less and is not tested for."""
         n = _FRESH_BATCH
         base = (((self._id_count >> 8) + 1) << 8) & _COUNTER_MASK
-        template = b"x-request-id: %b%010x00\r\ntraceparent: 00-%b-%b-00\r\n" % (
+        unit = b"%bx-request-id: %b%010x00\r\ntraceparent: 00-%b-%b-00\r\n%b" % (
+            _PAD,
             self._id_prefix_b,
             base >> 8,
             _ZERO_TRACE_B,
             _ZERO_SPAN_B,
+            _PAD,
         )
-        width = len(template)
-        row = bytearray(template * n)
-        row[_COUNTER_END - 2 :: width] = _NIBBLE_HI
-        row[_COUNTER_END - 1 :: width] = _NIBBLE_LO
-        digits = b"%0*x" % (48 * n, self._getrandbits(192 * n))
-        for column in range(32):
-            row[_TRACE_AT + column :: width] = digits[column::48]
-        for column in range(16):
-            row[_SPAN_AT + column :: width] = digits[32 + column :: 48]
+        row = bytearray(unit) * n
+        row[_COUNTER_AT::_UNIT] = _COUNTER_HI
+        row[_COUNTER_AT + 1 :: _UNIT] = _COUNTER_LO
+        digits = hexlify(self._random_bytes(_RANDOM_BYTES))
+        with memoryview(digits)[: 48 * n].cast("Q") as words, memoryview(row).cast("Q") as row_words:
+            step = _UNIT // 8
+            row_words[_TRACE_WORDS[0] :: step] = words[0::6]
+            row_words[_TRACE_WORDS[1] :: step] = words[1::6]
+            row_words[_TRACE_WORDS[2] :: step] = words[2::6]
+            row_words[_TRACE_WORDS[3] :: step] = words[3::6]
+            row_words[_SPAN_WORDS[0] :: step] = words[4::6]
+            row_words[_SPAN_WORDS[1] :: step] = words[5::6]
+        row[_TRACE_AT::_UNIT] = digits[48 * n :]
+        row[_TRACE_AT + 32 :: _UNIT] = b"-" * n
         rate = self._sample_rate
         if rate >= 1.0:
-            row[_SAMPLED_AT::width] = b"1" * n
+            row[_SAMPLED_AT::_UNIT] = b"1" * n
         elif rate > 0.0:
             one, log_miss, random_ = ord("1"), math.log(1.0 - rate), self._random
             at = int(math.log(1.0 - random_()) / log_miss)
             while at < n:
-                row[at * width + _SAMPLED_AT] = one
+                row[at * _UNIT + _SAMPLED_AT] = one
                 at += 1 + int(math.log(1.0 - random_()) / log_miss)
         self._id_count = base + n - 1
-        values = bytes(row)
-        blocks = [values[at : at + width] for at in range(0, width * n, width)]
-        blocks.reverse()  # taken from the end: ids in counter order
-        self._fresh[:] = blocks
+        with memoryview(row)[len(_PAD) : -len(_PAD)] as blocks:
+            self._fresh[:] = bytes(blocks).split(_PAD + _PAD)  # (the last block first)
 
     def fresh_start(self) -> tuple[TraceStart, bytes, bytes]:
         """``begin(None, None)`` from one draw (HTTP/2, gRPC: no trace field came in): the TraceStart and the
@@ -263,6 +292,41 @@ class Tracer:
             self._getrandbits(64) or 1,
             traceparent[52:],
         )
+
+    def follow_block(self, block: bytes) -> bytes | None:
+        """``follow_lines(traceparent, request_id)`` for a block of the lines a proxy forwards,
+        ``x-request-id: ID\r\ntraceparent: TP\r\n`` with values of printable ASCII and no spaces (as the
+        decoder hands it over, ``RequestHead.trace_block``): the same result, ``block`` itself when the
+        request is not sampled (then the lines forwarded are the lines that came). A traceparent that
+        follow_lines takes is 55 bytes long, so it is the block's last 55 bytes before the CRLF."""
+        return self.follow_approved(block) if self.approves_block(block) else None
+
+    @staticmethod
+    def approves_block(block: bytes) -> bool:
+        """follow_block's checks that depend only on the classes of the block's bytes (its length, where
+        lower-case hex digits, "-", quotes and backslashes are, and any other byte): a decoder asks once per
+        shape of block (the ``block_check`` of plexus.codec.http1's RequestDecoder) and hands over as
+        ``trace_block`` only blocks of approved shapes, for ``follow_approved``."""
+        return (
+            _BLOCK_MIN < len(block) <= _BLOCK_MIN + MAX_REQUEST_ID
+            and block[-_LINES_TAIL - 2 :].translate(_TAIL_CLASSES) == _TAIL_SHAPE
+            and 34 not in block  # '"' (the request id would need escaping in an access line; an int: memchr)
+            and 92 not in block  # "\\"
+        )
+
+    def follow_approved(self, block: bytes) -> bytes | None:
+        """follow_block for a block ``approves_block`` approved: what is left to check is in the values."""
+        if (
+            block[-57] != 48  # "0": version 00 (the traceparent is block[-57:-2])
+            or block[-56] != 48
+            # A zero trace or span id (a look at two of their digits first: found is cheaper than sliced)
+            or (block[-54] == 48 == block[-23] and block[-54:-22] == _ZERO_TRACE_B)
+            or (block[-21] == 48 == block[-6] and block[-21:-5] == _ZERO_SPAN_B)
+        ):
+            return None
+        if block[-3] not in _SAMPLED_FLAGS:
+            return block
+        return b"%b%016x%b" % (block[:-21], self._getrandbits(64) or 1, block[-5:])
 
     def begin(
         self,

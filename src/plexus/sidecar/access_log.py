@@ -85,6 +85,7 @@ class AccessLogWriter:
     def flush(self) -> int:
         """Write what is queued now; returns the number of lines written."""
         telemetry = self.telemetry
+        telemetry.settle()  # (the requests still in its journal: plexus.proxy.outcomes)
         batch = telemetry.access_log
         if not batch:
             return 0

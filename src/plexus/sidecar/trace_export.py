@@ -19,18 +19,20 @@ Exporters (``SPEC``):
 
 One span per hop, as Envoy makes them: CLIENT on a sidecar's outbound side, SERVER on its inbound side; the
 next hop's span is the child (``parentSpanId``) of the one that forwarded the request (plexus.proxy.tracing).
-The OpenTelemetry SDK is imported only when an exporter starts, so a sidecar without one never maps it.
+The OpenTelemetry SDK is imported only when the first batch of spans is exported (in the worker thread), so a
+sidecar that exports none (no exporter, or no sampled request yet) never maps it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import queue
 import threading
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable, Sequence
+from typing import IO, TYPE_CHECKING, Any, Final
 
 from plexus.config.sidecar_settings import parse_trace_export
 from plexus.core.errors import PlexusError
@@ -49,6 +51,7 @@ CLOSE_TIMEOUT: Final = 3.0  # seconds the last export may take on stop (a collec
 OTLP_TIMEOUT: Final = 5.0  # seconds per OTLP/HTTP request (the exporter's own default is 10)
 DEFAULT_EXPORT: Final = "none"
 SCOPE_NAME: Final = "plexus.sidecar"
+_OTLP_MODULE: Final = "opentelemetry.exporter.otlp.proto.http.trace_exporter"
 
 
 class TraceExportError(PlexusError):
@@ -168,28 +171,40 @@ def span_json(span: ReadableSpan) -> dict[str, Any]:
     }
 
 
-def make_exporter(kind: str, target: str) -> SpanExporter:
-    """The SDK exporter for a parsed ``--trace-export`` (imports OpenTelemetry now). Raises
-    TraceExportError when the file cannot be opened."""
+def make_exporter(kind: str, target: str) -> tuple[Callable[[], SpanExporter], Callable[[], None]]:
+    """What makes the SDK exporter for a parsed ``--trace-export`` (in the worker thread, at the first
+    batch: OpenTelemetry is imported only once there is a span to export, so an idle sidecar never maps it),
+    and what releases what it holds if it is never made. What can be checked without OpenTelemetry is
+    checked now: raises TraceExportError when the file cannot be opened or the OTLP exporter is not
+    installed."""
     if kind == "otlp":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        if importlib.util.find_spec(_OTLP_MODULE) is None:  # (imports its parent packages only)
+            raise TraceExportError(f"--trace-export otlp:{target}: {_OTLP_MODULE} is not installed")
 
-        return OTLPSpanExporter(endpoint=target, timeout=OTLP_TIMEOUT)
+        def otlp() -> SpanExporter:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            return OTLPSpanExporter(endpoint=target, timeout=OTLP_TIMEOUT)
+
+        return otlp, _nothing
     if kind == "file":
-        return _json_file_exporter(target)
+        try:
+            stream = open(target, "ab")  # noqa: SIM115 - held until the exporter's shutdown
+        except OSError as exc:
+            raise TraceExportError(
+                f"--trace-export file:{target}: cannot open for writing: {exc.strerror or exc}"
+            ) from None
+        return (lambda: _json_file_exporter(stream)), stream.close
     raise TraceExportError(f"--trace-export: no exporter for {kind!r}")
 
 
-def _json_file_exporter(path: str) -> SpanExporter:
+def _nothing() -> None:
+    pass
+
+
+def _json_file_exporter(stream: IO[bytes]) -> SpanExporter:
     import orjson
     from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-
-    try:
-        stream = open(path, "ab")  # noqa: SIM115 - held until shutdown
-    except OSError as exc:
-        raise TraceExportError(
-            f"--trace-export file:{path}: cannot open for writing: {exc.strerror or exc}"
-        ) from None
 
     class JsonLinesSpanExporter(SpanExporter):
         """OTLP-shaped JSON, one span per line, appended to a file."""
@@ -214,9 +229,15 @@ def _json_file_exporter(path: str) -> SpanExporter:
 class SpanExport:
     """Drains ``Telemetry.spans`` on a timer and exports them from a worker thread."""
 
-    def __init__(self, telemetry: Telemetry, exporter: SpanExporter, spec: str) -> None:
+    def __init__(
+        self,
+        telemetry: Telemetry,
+        exporter: tuple[Callable[[], SpanExporter], Callable[[], None]],
+        spec: str,
+    ) -> None:
         self.telemetry = telemetry
-        self.exporter = exporter
+        self._make, self._discard = exporter  # (make_exporter)
+        self.exporter: SpanExporter | None = None  # made by the worker at the first batch
         self.spec = spec
         self._queue: queue.Queue[list[RequestEntry] | None] = queue.Queue(MAX_QUEUED_BATCHES)
         self._thread = threading.Thread(target=self._work, name="plexus-span-export", daemon=True)
@@ -262,15 +283,18 @@ class SpanExport:
         return len(batch)
 
     def _work(self) -> None:
-        from opentelemetry.sdk.trace.export import SpanExportResult
-
         telemetry = self.telemetry
-        resource = make_resource(telemetry)
+        resource: Resource | None = None
         while True:
             batch = self._queue.get()
             if batch is None:
                 return
             try:
+                from opentelemetry.sdk.trace.export import SpanExportResult
+
+                if self.exporter is None:
+                    self.exporter = self._make()
+                    resource = make_resource(telemetry)
                 spans = build_spans(batch, telemetry, resource)
                 result = self.exporter.export(spans)
                 ok = result is SpanExportResult.SUCCESS
@@ -307,4 +331,7 @@ class SpanExport:
             return
         self._thread.join(CLOSE_TIMEOUT)
         if not self._thread.is_alive():
-            self.exporter.shutdown()
+            if self.exporter is not None:
+                self.exporter.shutdown()
+            else:
+                self._discard()

@@ -21,6 +21,7 @@ from plexus.proxy.telemetry import INBOUND, OUTBOUND, UNKNOWN, RequestEntry, res
 from plexus.transport.http_exchange import Exchange
 
 if TYPE_CHECKING:
+    from plexus.proxy.outcomes import Outcome
     from plexus.transport.context import DataPlaneContext
     from plexus.transport.routes import Router
     from plexus.transport.upstream import UpstreamConnection
@@ -44,7 +45,8 @@ class HttpDownstream(asyncio.Protocol):
         self.traffic = OUTBOUND if self.outbound else INBOUND  # RequestEntry.direction (Istio's words)
         self.tracer = ctx.stats.telemetry.tracer  # (read once per request by Exchange.start)
         self.transport: asyncio.Transport | None = None
-        self.decoder = RequestDecoder(self, ctx.limits)
+        # (trace blocks come as head.trace_block only in shapes the tracer approved: Exchange.start)
+        self.decoder = RequestDecoder(self, ctx.limits, block_check=self.tracer.approves_block)
         self.current: Exchange | None = None
         self.decoding: Exchange | None = None
         self.pending: deque[Exchange] = deque()
@@ -61,6 +63,10 @@ class HttpDownstream(asyncio.Protocol):
         self.idle_timer: asyncio.TimerHandle | None = None
         self.request_timer: asyncio.TimerHandle | None = None
         self._starting = False
+        # The last request's ending (Exchange._ended): its signature and its Outcome (set with the first
+        # signature: () matches none).
+        self.last_signature: tuple[object, ...] = ()
+        self.last_outcome: Outcome
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------
 

@@ -31,12 +31,11 @@ from plexus.codec.http1.encode import LAST_CHUNK, STATUS_LINES
 from plexus.core import reasons
 from plexus.core.errors import ProtocolError
 from plexus.proxy import Endpoint, service_from_host
-from plexus.proxy.outcomes import outcome_for, request_ended
+from plexus.proxy.outcomes import JOURNAL_FOLD, Outcome, ended_at_once, outcome_for
 from plexus.proxy.telemetry import (
     DOWNSTREAM_DISCONNECT,
     NO_FLAGS,
     UNKNOWN,
-    WireFields,
     response_flag,
 )
 from plexus.proxy.tracing import (
@@ -237,14 +236,19 @@ class Exchange:
         if incoming is None:
             head.trace_lines = tracer.fresh_lines()
         else:
-            # The usual inbound hop: a consumer sidecar sent exactly traceparent and x-request-id.
-            parent = incoming.get(b"traceparent")
-            request_id = incoming.get(b"x-request-id")
-            lines = (
-                tracer.follow_lines(parent, request_id)
-                if parent is not None and request_id is not None and len(incoming) == 2
-                else None
-            )
+            # The usual inbound hop: a consumer sidecar sent exactly x-request-id then traceparent, which
+            # the decoder kept as they came (head.trace_block); or other trace lines, checked one by one.
+            block = head.trace_block  # (of a shape the tracer approved: see HttpDownstream's decoder)
+            if block:
+                lines = tracer.follow_approved(block)
+            else:
+                parent = incoming.get(b"traceparent")
+                request_id = incoming.get(b"x-request-id")
+                lines = (
+                    tracer.follow_lines(parent, request_id)
+                    if parent is not None and request_id is not None and len(incoming) == 2
+                    else None
+                )
             if lines is not None:
                 head.trace_lines = lines
             else:
@@ -676,9 +680,71 @@ class Exchange:
         down.exchange_finished(self, now)
 
     def _ended(self, now: float, reason: str, flags: str) -> None:
-        """The request ended: counted and handed to the telemetry sinks through the way it ended (its
-        Outcome, found by one key: plexus.proxy.outcomes). A request no route took counts under the
-        one "unknown" service of its direction, so a client-chosen Host never becomes a new label set."""
+        """The request ended: handed to the telemetry through the way it ended (its Outcome:
+        plexus.proxy.outcomes), journaled, counted later with the requests that ended alike. The outcome is
+        the connection's last one when this request's signature (the head's fields as the decoder kept
+        them, route, upstream, status, attempts, reason and flags) equals the last request's, as a
+        keep-alive client's repeated requests do: no key made, no lookup."""
+        down = self.down
+        head = self.head
+        signature = (
+            head.method,
+            head.target,
+            head.host,
+            head.user_agent,
+            head.caller,
+            self.route,
+            self.upstream,
+            self.upstream and self.upstream.instance,  # (the peer: an instance's metadata can change)
+            self.status,
+            self.attempts,
+            reason,
+            flags,
+        )
+        if signature == down.last_signature:  # (its fields compared by identity first, in C)
+            outcome = down.last_outcome
+        else:
+            outcome = down.last_outcome = self._outcome(reason, flags)
+            down.last_signature = signature
+        started = self.started
+        resp_bytes = self.resp_bytes
+        trace = self.trace
+        # Only what the entry's lazy fields need is held, not the head (its headers list is freed now). The
+        # trace lines are b"" when the request was refused before it started; sampled (None) is read from
+        # them when needed.
+        item = (
+            outcome,
+            started,
+            (now - started) * 1000.0,
+            self.req_bytes,
+            resp_bytes if resp_bytes > 0 else 0,
+            (head.host, head.user_agent, head.trace_lines if trace is None else trace, head.trace),
+            None,
+        )
+        telemetry = outcome.telemetry
+        if (
+            outcome.failed
+            or telemetry.tapping
+            or (
+                telemetry.exporting_spans
+                and (
+                    lines[-3] in _SAMPLED_FLAGS  # (tracing.sampled_in_lines, inlined)
+                    if trace is None and len(lines := head.trace_lines) > 3
+                    else trace is not None and trace.sampled
+                )
+            )
+        ):
+            ended_at_once(outcome.stats, item)
+            return
+        journal = telemetry.journal  # (outcomes.journal, inlined)
+        journal.append(item)
+        if len(journal) >= JOURNAL_FOLD:
+            telemetry.settle()
+
+    def _outcome(self, reason: str, flags: str) -> Outcome:
+        """The Outcome of this request, by its key (plexus.proxy.outcomes.OutcomeKey). A request no route
+        took counts under the one "unknown" service of its direction, so a client-chosen Host never becomes
+        a new label set."""
         down = self.down
         route = self.route
         stats = route.stats if route is not None else down.ctx.stats.service(UNKNOWN, down.direction)
@@ -686,8 +752,6 @@ class Exchange:
         upstream = self.upstream
         target = head.target
         query = target.find(b"?")
-        host = head.host
-        agent = head.user_agent
         if upstream is not None:
             address = upstream.key
             peer = upstream.instance.workload if down.outbound else head.caller
@@ -697,8 +761,8 @@ class Exchange:
         key = (
             head.method,
             target if query < 0 else target[:query],
-            host,
-            agent,
+            head.host,
+            head.user_agent,
             self.status,
             reason,
             flags,
@@ -706,28 +770,7 @@ class Exchange:
             peer,
             self.attempts,
         )
-        outcome = stats.outcomes.get(key) or outcome_for(stats, key)
-        started = self.started
-        resp_bytes = self.resp_bytes
-        trace = self.trace
-        # Only what the entry's lazy fields need is held, not the head (its headers list is freed now).
-        lines = head.trace_lines  # (b"" when the request was refused before it started)
-        if trace is None:
-            sampled = len(lines) > 3 and lines[-3] in _SAMPLED_FLAGS  # tracing.sampled_in_lines
-            wire: WireFields = (host, agent, lines, head.trace)
-        else:
-            sampled = trace.sampled
-            wire = (host, agent, trace, head.trace)
-        request_ended(
-            stats,
-            outcome,
-            started,
-            (now - started) * 1000.0,
-            self.req_bytes,
-            resp_bytes if resp_bytes > 0 else 0,
-            wire,
-            sampled,
-        )
+        return stats.outcomes.get(key) or outcome_for(stats, key)
 
     def fail(self, reason: str, status: int = 0) -> None:
         """Answer with a local reply naming ``reason`` (or reset the client if the response already began);

@@ -44,6 +44,7 @@ class RequestHead:
         "service",
         "target",
         "trace",
+        "trace_block",
         "trace_lines",
         "upgrade",
         "user_agent",
@@ -89,6 +90,12 @@ class RequestHead:
         # They are NOT among the headers: the proxy forwards the ones its tracer does not replace (see
         # plexus.proxy.tracing), so an incoming traceparent is never sent on next to the new one.
         self.trace = trace
+        # The incoming trace lines as they came, ``x-request-id: ID\r\ntraceparent: TP\r\n``, when they were
+        # the head's only trace lines and in exactly that spelling (what a Plexus proxy forwards, see
+        # plexus.proxy.tracing), so the tracer can follow them without formatting (Tracer.follow_block); b""
+        # otherwise (``trace`` says what came). Set by the decoder's fast path only, and then the same as
+        # ``trace`` written out: not one of ``fields()``, so it takes no part in equality.
+        self.trace_block = b""
         # Header lines the proxy adds after the headers when it forwards the head (``name: value\r\n`` each,
         # ready bytes): the trace context its tracer wrote (see plexus.proxy.tracing, TraceStart.block).
         self.trace_lines = trace_lines
@@ -111,7 +118,8 @@ class RequestHead:
         return self.chunked or bool(self.content_length)
 
     def fields(self) -> tuple[object, ...]:
-        """Every field, headers as pairs (for comparisons in tests and for copies)."""
+        """Every field, headers as pairs (for comparisons in tests and for copies); not ``trace_block``, which
+        only repeats ``trace`` in the form it came in."""
         return (
             self.method,
             self.target,
@@ -134,6 +142,7 @@ class RequestHead:
         """A head with the same fields (its own list of headers)."""
         copy = RequestHead(*self.fields())  # type: ignore[arg-type]
         copy._headers = list(self.headers)
+        copy.trace_block = self.trace_block
         return copy
 
     def __eq__(self, other: object) -> bool:

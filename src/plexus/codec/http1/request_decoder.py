@@ -16,6 +16,7 @@ limits, body limits (413), and Transfer-Encoding on HTTP/1.0. Trailers are parse
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any, Final, Protocol
 
@@ -100,7 +101,7 @@ _FAST_ACTIONS: Final = {
 }
 _SIMPLE_CONNECTION: Final = frozenset({b"keep-alive", b"close"})  # Connection values the fast path drops
 # Heads seen before, by their bytes (request line to the blank line), as RequestHead's arguments: a client
-# sends the same head again and again. A head with trace context is kept only without its _TRACE_BLOCK (the
+# sends the same head again and again. A head with trace context is kept only without its trace block (the
 # ids differ per request), and only when those are its only trace lines. One table per set of limits (what a
 # head passed depends on them); cleared when full.
 _HEADS_KEPT: Final = 512
@@ -108,12 +109,39 @@ _heads_by_limits: dict[Http1Limits, dict[bytes, tuple[Any, ...]]] = {}
 
 
 # The trace lines a proxy writes (plexus.proxy.tracing: x-request-id, then traceparent, lower-case, one space,
-# no other whitespace): cut out of a head before it is looked up among the heads seen before, so a provider
-# sidecar finds its callers' heads there too, whatever their ids. The values are as llhttp hands them over.
-_TRACE_BLOCK: Final = re.compile(rb"\r\nx-request-id: ([!-~]+)\r\ntraceparent: ([!-~]+)(?=\r\n)")
-_LENGTH_AT: Final = 5  # RequestHead's arguments: where ``content_length`` is,
-_KEEP_ALIVE_AT: Final = 7  # ``keep_alive``,
-_TRACE_AT: Final = 13  # and ``trace``
+# no other whitespace), "\r\nx-request-id: ID\r\ntraceparent: TP" followed by "\r\n", each value one or
+# more bytes of [!-~]: cut out of a head before it is looked up among the heads seen before, so a provider
+# sidecar finds its callers' heads there too, whatever their ids. Found without a regex (``_known``): the two
+# names by position, the values' bytes by their classes through one translate table, compared with the shape
+# the block must have. The classes split visible ASCII the way a tracer's checks see a block (lower-case hex
+# digits "x", "-" itself, the quote and the backslash '"', any other visible byte "!"; CR, LF and space kept,
+# anything else "?"), so a block of the same classes as one the tracer approved is approved too (see
+# RequestDecoder's ``block_check``); _FOLD_CLASSES folds them into what the decoder itself needs.
+_BLOCK_START: Final = b"\r\nx-request-id: "
+_BLOCK_MIDDLE: Final = b"\r\ntraceparent: "
+_BLOCK_CLASSES: Final = bytes(
+    ord("x")
+    if c in b"0123456789abcdef"
+    else c
+    if c in b"-\r\n "
+    else ord('"')
+    if c in b'"\\'
+    else ord("!")
+    if 0x21 <= c <= 0x7E
+    else ord("?")
+    for c in range(256)
+)
+_FOLD_CLASSES: Final = bytes(ord("!") if c in b'x-"!' else c for c in range(256))
+_TRACE_AT: Final = 13  # RequestHead's arguments: where ``trace`` is
+_join: Final = b"".join
+# What RequestDecoder._known compares a head with (see _remember_block).
+_BlockSeen = tuple[bytes, bytes, int, int, int, bytes, tuple[Any, ...], bool]
+
+
+def _block_shape(id_len: int, parent_len: int) -> bytes:
+    """What a block's bytes (``RequestHead.trace_block``) through _BLOCK_CLASSES then _FOLD_CLASSES must be,
+    for values of these lengths."""
+    return b"!" * 13 + b" " + b"!" * id_len + b"\r\n" + b"!" * 12 + b" " + b"!" * parent_len + b"\r\n"
 
 
 class _FastPathLeft(Exception):
@@ -154,6 +182,9 @@ class RequestDecoder:
     """
 
     __slots__ = (
+        "_block_check",
+        "_block_len",
+        "_block_seen",
         "_body_bytes",
         "_buf",
         "_buf_len",
@@ -162,6 +193,7 @@ class RequestDecoder:
         "_content_length",
         "_count",
         "_data",
+        "_early",
         "_ended",
         "_error",
         "_expect",
@@ -175,6 +207,7 @@ class RequestDecoder:
         "_in_head",
         "_in_trailers",
         "_key",
+        "_key_block",
         "_last_keep_alive",
         "_limits",
         "_line_data",
@@ -199,8 +232,18 @@ class RequestDecoder:
         "dead",
     )
 
-    def __init__(self, sink: RequestSink, limits: Http1Limits | None = None, fast_path: bool = True) -> None:
+    def __init__(
+        self,
+        sink: RequestSink,
+        limits: Http1Limits | None = None,
+        fast_path: bool = True,
+        block_check: Callable[[bytes], bool] | None = None,
+    ) -> None:
+        """``block_check``: a head's trace block becomes its ``trace_block`` only when this accepts a block
+        of the same byte classes (_BLOCK_CLASSES; asked once per new shape, e.g. Tracer.approves_block);
+        None: every block does."""
         self._sink = sink
+        self._block_check = block_check
         # Body and end-of-message events go here; a proxy points it at the request's exchange (one call less).
         self.body_sink: BodySink = sink
         self._limits = limits = limits or Http1Limits()
@@ -220,6 +263,14 @@ class RequestDecoder:
         self._traced_max = min(limits.max_header_bytes, 4 * limits.max_headers)
         self._missed = b""  # the last head _known did not find
         self._key: bytes | None = None  # (and what its analysis is kept under)
+        # (where that key's block starts, its traceparent line, where it stops; its shape)
+        self._key_block = (0, 0, 0, b"")
+        # The last head found (or kept) without its trace block, for the next one, which from the same peer
+        # most likely differs only in the block's values: its length (-1: none yet), then what _known
+        # compares (see there) and the head's arguments.
+        self._block_len = -1
+        self._block_seen: _BlockSeen = (b"", b"", 0, 0, 0, b"", (), False)
+        self._early: RequestHead | None = None  # a known head with a body, found by feed for _fast_head
         self._buf = b""  # the fast path: the bytes being read, from the current head's start when split
         self._buf_len = 0
         self._pos = 0  # where in _buf the head being read starts
@@ -277,10 +328,22 @@ class RequestDecoder:
                 self._pending = b""
                 buf = pending + data
             elif self._last_keep_alive:  # llhttp stands at a message's start
-                fields = self._known(data)
-                if fields is not None and not fields[_LENGTH_AT] and fields[_KEEP_ALIVE_AT]:
-                    self._whole(fields)  # one whole head seen before, and no body: llhttp is not needed
-                    return
+                request = self._known(data)
+                if request is not None:
+                    if not request.content_length and request.keep_alive:
+                        # One whole head seen before, and no body: llhttp is not needed. The events llhttp
+                        # would report, in its order and with the decoder in the same states around them
+                        # (here, not in a method: one call less per request).
+                        self._in_head = False
+                        try:
+                            self._sink.on_request_head(request)
+                            self._in_head = True
+                            self.body_sink.on_request_end()
+                        except Exception as exc:  # (what llhttp would turn into a parser error: it ends)
+                            self._in_head = True
+                            self._fail(errors.bad_request(f"malformed request: {exc!r}"))
+                        return
+                    self._early = request  # (data is exactly that head: _fast_head takes it from here)
                 buf = data
             else:
                 buf = data
@@ -341,6 +404,7 @@ class RequestDecoder:
         start of a head that the sink has not heard of."""
         self._fast = False
         self._fast_parser = None
+        self._early = None
         self._buf = self._pending = b""
         self._parser = httptools.HttpRequestParser(self)
         self._special = True
@@ -361,54 +425,90 @@ class RequestDecoder:
         if end < 0 or not 65 <= buf[pos] <= 90:  # "A" to "Z"
             raise _FastPathLeft
         head = buf[pos : end + 4] if buf.__class__ is bytes else bytes(buf[pos : end + 4])
-        fields = self._known(head) if head is not self._missed else None
-        if fields is None:
-            fields = self._analyse(head, self._key)
-        request = RequestHead(*fields)
+        request = self._early
+        self._early = None
+        if request is None or head is not buf:  # (feed found it when the head is the whole read)
+            request = self._known(head) if head is not self._missed else None
+            if request is None:
+                request = self._analyse(head, self._key)
         length = request.content_length
         self._msg_end = end + 4 + length if length else end + 4
         self._last_keep_alive = request.keep_alive
         self._in_head = False
         self._sink.on_request_head(request)
 
-    def _known(self, head: bytes) -> tuple[Any, ...] | None:
-        """RequestHead's arguments for ``head`` when it is one whole head seen before, as it is or without
-        its _TRACE_BLOCK (then with the block's values as its trace context); else None, with the key to
-        keep its analysis under in ``_key`` and ``head`` in ``_missed`` (so it is not looked up again)."""
+    def _known(self, head: bytes) -> RequestHead | None:
+        """The request of ``head`` when it is one whole head seen before, as it is or without its trace
+        block (then with the block's values as its trace context, and the block as ``trace_block``); else
+        None, with the key to keep its analysis under in ``_key`` (and the block's place in ``_key_block``)
+        and ``head`` in ``_missed`` (so it is not looked up again)."""
+        if len(head) == self._block_len:
+            # The same head as the last one with a block, but for the values? Then (values of the same
+            # lengths: a proxy's request ids and traceparents are of fixed length) the head is that one's
+            # bytes up to the first value, the value, the second name, the value, that one's bytes after the
+            # block (one compare), and the block's bytes are of the right classes: what the search below would
+            # find, and then the same key. (Cheaper than the search and the key's lookup, which hashes a new
+            # bytes.)
+            before, after, id_at, middle, stop, shape, known, approved = self._block_seen
+            request_id = head[id_at:middle]
+            parent = head[middle + 15 : stop]
+            block = head[id_at - 14 : stop + 2]
+            if _join((before, request_id, _BLOCK_MIDDLE, parent, after)) == head and (
+                block.translate(_BLOCK_CLASSES) == shape
+            ):
+                request = RequestHead(*known)
+                request.trace = {b"x-request-id": request_id, b"traceparent": parent}
+                if approved:  # (the same classes as that one's block: the same answer from block_check)
+                    request.trace_block = block
+                return request
         heads = self._heads
         fields = heads.get(head)
         if fields is not None:
-            return fields
+            return RequestHead(*fields)
         self._missed = head
         self._key = None
         if len(head) > self._traced_max:  # (a head up to this size meets every limit: the key's were checked)
             return None
-        block = _TRACE_BLOCK.search(head)
-        if block is None:
+        # The block: the first x-request-id line in this spelling, the traceparent line right after it. (A
+        # later one is never needed: a head with two x-request-id lines is never kept, see _analyse.)
+        begin = head.find(_BLOCK_START)
+        if begin < 0:
             return None
-        begin, stop = block.span()
+        middle = head.find(b"\r\n", begin + 16)
+        if middle < 0 or not head.startswith(_BLOCK_MIDDLE, middle):
+            return None
+        stop = head.find(b"\r\n", middle + 15)
+        if stop < 0 or middle == begin + 16 or stop == middle + 15:
+            return None
+        block = head[begin + 2 : stop + 2]
+        shape = block.translate(_BLOCK_CLASSES)
+        if shape.translate(_FOLD_CLASSES) != _block_shape(middle - begin - 16, stop - middle - 15):
+            return None
         if head[begin - 1] == 10:  # "\n": the block would follow a blank line, so it is not in a head
             return None
         key = self._key = head[:begin] + head[stop:]
+        self._key_block = (begin, middle, stop, shape)
         fields = heads.get(key)
         if fields is None:
             return None
-        request_id, parent = block.groups()
-        trace = {b"x-request-id": request_id, b"traceparent": parent}
-        return (*fields[:_TRACE_AT], trace, *fields[_TRACE_AT + 1 :])
-
-    def _whole(self, fields: tuple[Any, ...]) -> None:
-        """A whole head without a body, known (``_known``): the events llhttp would report, in its order and
-        with the decoder in the same states around them."""
         request = RequestHead(*fields)
-        self._in_head = False
-        try:
-            self._sink.on_request_head(request)
-            self._in_head = True
-            self.body_sink.on_request_end()
-        except Exception as exc:  # (what llhttp would turn into a parser error: the connection ends)
-            self._in_head = True
-            self._fail(errors.bad_request(f"malformed request: {exc!r}"))
+        request.trace = {b"x-request-id": head[begin + 16 : middle], b"traceparent": head[middle + 15 : stop]}
+        if self._remember_block(head, begin, middle, stop, shape, fields):
+            request.trace_block = block
+        return request
+
+    def _remember_block(
+        self, head: bytes, begin: int, middle: int, stop: int, shape: bytes, fields: tuple[Any, ...]
+    ) -> bool:
+        """``head``, whose block is at ``begin``..``stop`` and of the classes ``shape``, is the one ``_known``
+        compares the next with. Returns whether ``block_check`` approves the block (asked here, once for
+        the heads of these classes)."""
+        check = self._block_check
+        approved = check is None or check(head[begin + 2 : stop + 2])
+        self._block_len = len(head)
+        before, after = head[: begin + 16], head[stop:]
+        self._block_seen = (before, after, begin + 16, middle, stop, shape, fields, approved)
+        return approved
 
     def _fast_body(self, body: bytes) -> None:
         self.body_sink.on_request_body(body)  # (within max_body_bytes: its Content-Length was checked)
@@ -418,11 +518,11 @@ class RequestDecoder:
         self._pos = self._msg_end  # the next message starts right after this one
         self.body_sink.on_request_end()
 
-    def _analyse(self, head: bytes, key: bytes | None) -> tuple[Any, ...]:
-        """RequestHead's arguments for ``head`` (request line to blank line, accepted by llhttp), kept for
+    def _analyse(self, head: bytes, key: bytes | None) -> RequestHead:
+        """The request of ``head`` (request line to blank line, accepted by llhttp), its arguments kept for
         the next time it comes: under ``head`` when it has no trace context, under ``key`` (the head without
-        its _TRACE_BLOCK) when the block's are its only trace lines. Raises _FastPathLeft for a head that is
-        the general path's."""
+        its trace block, at ``_key_block``) when the block's are its only trace lines (then the request has
+        the block as ``trace_block``). Raises _FastPathLeft for a head that is the general path's."""
         parser = self._fast_parser
         assert parser is not None
         method: bytes = parser.get_method()
@@ -511,16 +611,22 @@ class RequestDecoder:
             b"",
             raw,
         )
-        if trace is None:
-            key = head
-        elif key is None or traces != 2 or len(trace) != 2:
-            return fields  # (other trace lines: seen again only with other ids)
+        if trace is not None and (key is None or traces != 2 or len(trace) != 2):
+            return RequestHead(*fields)  # (other trace lines: seen again only with other ids)
         heads = self._heads
         if len(heads) >= _HEADS_KEPT:
             heads.clear()
+        if trace is None:
+            heads[head] = fields
+            return RequestHead(*fields)
+        assert key is not None
         # Without the block the fields are the same but for ``trace``: its lines are never forwarded.
-        heads[key] = fields if trace is None else (*fields[:_TRACE_AT], None, *fields[_TRACE_AT + 1 :])
-        return fields
+        heads[key] = keyed = (*fields[:_TRACE_AT], None, *fields[_TRACE_AT + 1 :])
+        begin, middle, stop, shape = self._key_block
+        request = RequestHead(*fields)
+        if self._remember_block(head, begin, middle, stop, shape, keyed):
+            request.trace_block = head[begin + 2 : stop + 2]
+        return request
 
     def _fail(self, error: ProtocolError) -> None:
         self.dead = True
