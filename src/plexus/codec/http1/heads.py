@@ -92,9 +92,10 @@ class RequestHead:
         self.trace = trace
         # The incoming trace lines as they came, ``x-request-id: ID\r\ntraceparent: TP\r\n``, when they were
         # the head's only trace lines and in exactly that spelling (what a Plexus proxy forwards, see
-        # plexus.proxy.tracing), so the tracer can follow them without formatting (Tracer.follow_block); b""
-        # otherwise (``trace`` says what came). Set by the decoder's fast path only, and then the same as
-        # ``trace`` written out: not one of ``fields()``, so it takes no part in equality.
+        # plexus.proxy.tracing), and of a shape the decoder's ``block_check`` approved, so the tracer can
+        # follow them without formatting (Tracer.follow_approved; follow_block with no check); b"" otherwise
+        # (``trace`` says what came). Set by the decoder's fast path only, and then the same as ``trace``
+        # written out: not one of ``fields()``, so it takes no part in equality.
         self.trace_block = b""
         # Header lines the proxy adds after the headers when it forwards the head (``name: value\r\n`` each,
         # ready bytes): the trace context its tracer wrote (see plexus.proxy.tracing, TraceStart.block).
