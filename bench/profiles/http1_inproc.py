@@ -15,6 +15,14 @@ round each, after 2,000 warm-up requests) and divide the difference by 1,000:
 ``--access`` turns both sidecars' access-log queues on; ``--format`` also runs the access-log writer over
 them every 1,000 requests (into a null stream), as the sidecar's timer would. Without ``--access`` the
 telemetry is the default (metrics, the recent rings, trace context at 1 %).
+
+``--sidecar-flush`` runs the writer when the queue asks for it (``Telemetry.access_log_full``: every 256
+requests, when the journal is counted), as a busy sidecar does, instead of every 1,000; ``--log-dir DIR``
+writes the lines into files there (consumer.log, provider.log) instead of a null stream. With both, the CPU
+time per request of plexus2o's telemetry against bench/lib/ablation.py's cut (``PYTHONPATH=<its
+sitecustomize dir>:src``) gives about the share the real sidecars keep (bench/RESULTS.md, 2026-11-26 21:00),
+where the instruction counts give a higher one: the file's writes are the kernel's, and the telemetry's
+instructions cost more time than the path's (memory, not instructions).
 """
 
 from __future__ import annotations
@@ -50,6 +58,8 @@ class NullStream(io.RawIOBase):
 
 def main(argv: list[str]) -> None:
     access, formatted = "--access" in argv, "--format" in argv
+    sidecar_flush = "--sidecar-flush" in argv
+    log_dir = argv[argv.index("--log-dir") + 1] if "--log-dir" in argv else None
     count = int(argv[-1]) if argv and argv[-1].isdigit() else 30_000
     loop = uvloop.new_event_loop()
     consumer = DataPlane(DataPlaneSettings(workload="consumer"))
@@ -67,7 +77,19 @@ def main(argv: list[str]) -> None:
     if formatted and telemetries:
         from plexus.sidecar.access_log import AccessLogWriter
 
-        writers = [AccessLogWriter(t, "null", NullStream(), owned=False) for t in telemetries]
+        writers = [
+            AccessLogWriter(
+                t,
+                name,
+                open(os.path.join(log_dir, f"{name}.log"), "ab") if log_dir else NullStream(),  # noqa: SIM115
+                owned=log_dir is not None,
+            )
+            for t, name in zip(telemetries, ("consumer", "provider"), strict=True)
+        ]
+    asked: list[Any] = []  # --sidecar-flush: the writers whose queue asked for a run (access_log_full)
+    if sidecar_flush:
+        for writer in writers:
+            writer.telemetry.access_log_full = lambda writer=writer: asked.append(writer)
     consumer.update_service("bench", [Instance(service="bench", address="127.0.0.1:1", workload="provider")])
     provider.set_local_service("bench", "http", HostPort("127.0.0.1", 2))
     consumer_route, provider_route = consumer.egress_route("bench"), provider.ingress_route("bench")
@@ -96,7 +118,11 @@ def main(argv: list[str]) -> None:
         answer = client_t.take()
         assert answer.startswith(b"HTTP/1.1 200"), answer
         served[0] += 1
-        if access and served[0] % FLUSH_EVERY == 0:
+        if asked:  # (the sidecar's writer runs them from call_soon: after this request's events)
+            for writer in asked:
+                writer.flush()
+            asked.clear()
+        elif access and not sidecar_flush and served[0] % FLUSH_EVERY == 0:
             for writer in writers:
                 writer.flush()
             for telemetry in telemetries:
@@ -113,6 +139,8 @@ def main(argv: list[str]) -> None:
         for _ in range(count):
             one()
         best = min(best, (time.process_time() - started) / count * 1e6)
+    for writer in writers:
+        writer.close()
     print(f"{best:.2f} µs per request (both hops, Python side)")
 
 
