@@ -346,6 +346,9 @@ def test_status_errors_preserved_end_to_end(mesh: GrpcMesh) -> None:
     assert read_ledger(app.ledger) == Counter({f"abort-{code}": 1 for code, _ in STATUS_CASES})
 
 
+APP_CLOCK_SLACK_S = 0.05
+
+
 def test_deadline_exceeded_and_app_sees_it(mesh: GrpcMesh) -> None:
     app = serve(mesh, "g-deadline", mesh.b, "d0")
     with channel(egress(mesh, "g-deadline", [app])) as ch:
@@ -356,9 +359,12 @@ def test_deadline_exceeded_and_app_sees_it(mesh: GrpcMesh) -> None:
         assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
         assert time.monotonic() - started < 6  # not the app's 8 s answer
     stats = wait_for(lambda: (s := app_stats(app.port))["cancelled"] == 1 and s, timeout=3, what="app cancel")
-    # grpc-timeout travelled through both sidecars: the app saw a deadline no later than the client's
+    # grpc-timeout travelled through both sidecars: the app saw a deadline no later than the client's. The
+    # slack is grpcio's, not the mesh's: the app's time_remaining() turns grpc core's deadline into wall-clock
+    # time with a clock read apart from the one the deadline was set by (8 ms over was seen once under load),
+    # while the sidecars only ever shorten what they forward (h2_stream: what is left of started + timeout).
     (left,) = stats["deadlines"]
-    assert left is not None and 0 < left <= 1.5, stats
+    assert left is not None and 0 < left <= 1.5 + APP_CLOCK_SLACK_S, stats
 
 
 def test_cancel_reaches_the_app(mesh: GrpcMesh) -> None:
