@@ -57,7 +57,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lib import ablation, envoy, plexus_topo, procstat, upstream, wrk
+from lib import ablation, environ, envoy, plexus_topo, procstat, upstream, wrk
 from lib.canary import canary_us, cpu_canary, pair_ratios
 from lib.results import (
     CPU_HEADERS,
@@ -202,17 +202,9 @@ def _with_observability(ws: Workspace, mode: str, port: int, sidecars: int) -> I
         "PLEXUS_TRACE_SAMPLE_PERCENT": "1",
         "PLEXUS_TRACE_EXPORT": f"file:{spans}",
     }
-    old = {name: os.environ.get(name) for name in env}
     with contextlib.ExitStack() as stack:
-        os.environ.update(env)
-        try:
+        with environ.set_while(env):
             endpoint = stack.enter_context(plexus_topo.topology(ws, mode, port, sidecars=sidecars))
-        finally:
-            for name, value in old.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
         _check_access_log(mode, endpoint, access_log)
         yield endpoint
 
@@ -228,14 +220,8 @@ def _topology_with_path(
     the editable install on their sys.path)."""
     old = os.environ.get("PYTHONPATH")
     with contextlib.ExitStack() as stack:
-        os.environ["PYTHONPATH"] = str(first) + (os.pathsep + old if old else "")
-        try:
+        with environ.set_while({"PYTHONPATH": str(first) + (os.pathsep + old if old else "")}):
             endpoint = stack.enter_context(plexus_topo.topology(ws, mode, port, sidecars=sidecars))
-        finally:
-            if old is None:
-                os.environ.pop("PYTHONPATH", None)
-            else:
-                os.environ["PYTHONPATH"] = old
         yield endpoint
 
 

@@ -40,7 +40,7 @@ from typing import Final
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lib import ablation, plexus_topo, procstat, upstream, wrk
+from lib import ablation, environ, plexus_topo, procstat, upstream, wrk
 from lib.topology import Endpoint, Placement, Workspace
 
 PROXY_CPU: Final = 1
@@ -89,17 +89,9 @@ def _started(ws: Workspace, part: Part, upstream_port: int) -> Iterator[Endpoint
     if site is not None:
         old_path = os.environ.get("PYTHONPATH")
         env["PYTHONPATH"] = str(site) + (os.pathsep + old_path if old_path else "")
-    old = {name: os.environ.get(name) for name in env}
     with contextlib.ExitStack() as stack:
-        os.environ.update(env)
-        try:
+        with environ.set_while(env):
             endpoint = stack.enter_context(plexus_topo.topology(ws, part.name, upstream_port, sidecars=2))
-        finally:
-            for name, value in old.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
         if site is not None and ablation.applied(site) < 2:
             raise RuntimeError(f"{part.name}: the ablation took in {ablation.applied(site)} of 2 sidecars")
         yield endpoint
