@@ -20,9 +20,9 @@ telemetry is the default (metrics, the recent rings, trace context at 1 %).
 requests, when the journal is counted), as a busy sidecar does, instead of every 1,000; ``--log-dir DIR``
 writes the lines into files there (consumer.log, provider.log) instead of a null stream. With both, the CPU
 time per request of plexus2o's telemetry against bench/lib/ablation.py's cut (``PYTHONPATH=<its
-sitecustomize dir>:src``) gives about the share the real sidecars keep (bench/RESULTS.md, 2026-11-26 21:00),
-where the instruction counts give a higher one: the file's writes are the kernel's, and the telemetry's
-instructions cost more time than the path's (memory, not instructions).
+sitecustomize dir>:src``) gives about the share the real sidecars keep (bench/RESULTS.md, the section of
+2026-11-26 20:20), where the instruction counts give a higher one: the file's writes are the kernel's, and the
+telemetry's instructions cost more time than the path's (memory, not instructions).
 """
 
 from __future__ import annotations
