@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -154,6 +155,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if procstat.cpu_count() < 2 or procstat.TASKSET is None or not wrk.available():
         print("needs 2 CPUs, taskset, wrk and nginx", file=sys.stderr)
         return 2
+
+    def on_term(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)  # unwinds measure's ExitStack, which stops every process by PID
+
+    signal.signal(signal.SIGTERM, on_term)
     per_round = measure(names, args.rounds, args.duration)
     print("\n".join(report(per_round)))
     if args.out is not None:

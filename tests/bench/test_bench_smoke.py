@@ -7,30 +7,24 @@ harness broken by a CLI or API change is caught by the ordinary suite rather tha
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from .conftest import ROOT, needs_wrk_and_nginx, run_harness
+
 HARNESS = ROOT / "bench" / "http1.py"
 MODES = ("direct", "plexus1")
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
-@pytest.mark.skipif(
-    shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(), reason="nginx is not installed"
-)
+@needs_wrk_and_nginx
 def test_quick_run_moves_requests_through_every_mode(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    done = subprocess.run(
-        [sys.executable, str(HARNESS), "--quick", "--modes", ",".join(MODES), "--connections", "1,10",
-         "--out", str(out)],
-        capture_output=True, text=True, timeout=80, cwd=ROOT,
-    )  # fmt: skip
+    done = run_harness(
+        [str(HARNESS), "--quick", "--modes", ",".join(MODES), "--connections", "1,10", "--out", str(out)],
+        timeout=60,
+    )
     assert done.returncode == 0, f"harness failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     report = json.loads(out.read_text())
     runs = report["runs"]

@@ -7,30 +7,25 @@ or the harness refuses), moved requests without errors and was charged CPU.
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from .conftest import ROOT, needs_wrk_and_nginx, run_harness
+
 HARNESS = ROOT / "bench" / "telemetry_parts.py"
 PARTS = ("cut", "trace", "log-file")
 
 
 @pytest.mark.timeout(150)
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
-@pytest.mark.skipif(
-    shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(), reason="nginx is not installed"
-)
+@needs_wrk_and_nginx
 def test_each_part_moves_requests_and_is_charged(tmp_path: Path) -> None:
     out = tmp_path / "parts.json"
-    done = subprocess.run(
-        [sys.executable, str(HARNESS), "--parts", ",".join(PARTS), "--rounds", "1", "--duration", "1",
-         "--out", str(out)],
-        capture_output=True, text=True, timeout=140, cwd=ROOT,
-    )  # fmt: skip
+    done = run_harness(
+        [str(HARNESS), "--parts", ",".join(PARTS), "--rounds", "1", "--duration", "1", "--out", str(out)],
+        timeout=110,
+    )
     assert done.returncode == 0, f"harness failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     parts = json.loads(out.read_text())["parts"]
     assert set(parts) == set(PARTS)
