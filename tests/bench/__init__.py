@@ -1,0 +1,1 @@
+"""Smoke tests of the benchmark harnesses (bench/): they run end to end, with no speed assertions."""
