@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test lint typecheck bench proto clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py src/plexus/core/_speedups.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e .
@@ -45,3 +45,4 @@ proto: $(VENV)/.installed-dev
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info
+	find src -name '*.so' -delete

@@ -27,6 +27,7 @@ from typing import Any, Final
 
 import orjson
 
+from plexus.core import speedups
 from plexus.proxy.telemetry import NO_FLAGS, RequestEntry, Telemetry
 from plexus.proxy.tracing import TraceStart
 
@@ -304,6 +305,19 @@ def _block_ids(blob: bytes, id_length: int, blocks: int) -> list[bytes]:
 
 def _tuple_lines(telemetry: Telemetry, items: list[tuple[Any, ...]]) -> bytes:
     """Ring tuples as lines (see format_batch). Raises _NotTuples when ``items`` holds an entry."""
+    if _native_lines is not None:  # (C: the same lines, for batches of tuples with trace lines blocks)
+        lines = _native_lines(items, telemetry.loop_clock_offset, _second_bytes)
+        if lines is not None:
+            return lines
+    return _tuple_lines_py(telemetry, items)
+
+
+_native_lines = speedups.access_lines
+
+
+def _tuple_lines_py(telemetry: Telemetry, items: list[tuple[Any, ...]]) -> bytes:
+    """_tuple_lines in Python: the reference, and every batch the C version leaves (an entry among the
+    tuples, a TraceStart or no trace lines)."""
     starts: list[bytes] = []
     add_start = starts.append
     parts: list[bytes] = []

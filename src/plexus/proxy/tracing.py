@@ -24,6 +24,8 @@ import random
 from binascii import hexlify
 from typing import Final
 
+from plexus.core import speedups
+
 TRACEPARENT: Final = "traceparent"
 TRACESTATE: Final = "tracestate"
 REQUEST_ID: Final = "x-request-id"
@@ -92,6 +94,26 @@ _TAIL_CLASSES: Final = bytes(
 _TAIL_SHAPE: Final = _BLOCK_TAIL.translate(_TAIL_CLASSES)
 _BLOCK_ID_AT: Final = len("x-request-id: ")
 _BLOCK_MIN: Final = _BLOCK_ID_AT + len(_BLOCK_TAIL)  # (a block with an empty request id)
+
+
+_native_blocks = speedups.fresh_blocks
+
+
+def _passes_through_py(block: bytes) -> bool:
+    """``passes_through`` in Python: Tracer.follow_approved's checks, and the sampled flag off."""
+    return (
+        len(block) >= 57
+        and block[-57] == 48 == block[-56]
+        and block[-54:-22] != _ZERO_TRACE_B
+        and block[-21:-5] != _ZERO_SPAN_B
+        and block[-3] not in _SAMPLED_FLAGS
+    )
+
+
+# Whether ``Tracer.follow_approved(block) is block``: a block the decoder approved (its usual inbound hop's,
+# valid and not sampled) is forwarded as it came. Asked per request, before any tracer is called (C when
+# built: plexus.core.speedups).
+passes_through: Final = speedups.block_passes or _passes_through_py
 
 
 def ids_from_lines(lines: bytes) -> tuple[str, str, str, bool]:
@@ -218,6 +240,13 @@ class Tracer:
         forbids, has odds of 2**-64 or less and is not tested for."""
         n = _FRESH_BATCH
         base = (((self._id_count >> 8) + 1) << 8) & _COUNTER_MASK
+        if _native_blocks is not None:  # (C: the same blocks from the same draws, each written in place)
+            digits = hexlify(self._random_bytes(_RANDOM_BYTES))
+            flags = bytearray(b"1" * n if self._sample_rate >= 1.0 else b"0" * n)
+            self._sample_into(flags, 0, 1)
+            self._id_count = base + n - 1
+            self._fresh[:] = _native_blocks(self._id_prefix_b, base, digits, bytes(flags))
+            return
         unit = b"%bx-request-id: %b%010x00\r\ntraceparent: 00-%b-%b-00\r\n%b" % (
             _PAD,
             self._id_prefix_b,
@@ -240,18 +269,23 @@ class Tracer:
             row_words[_SPAN_WORDS[1] :: step] = words[5::6]
         row[_TRACE_AT::_UNIT] = digits[48 * n :]
         row[_TRACE_AT + 32 :: _UNIT] = b"-" * n
-        rate = self._sample_rate
-        if rate >= 1.0:
+        if self._sample_rate >= 1.0:
             row[_SAMPLED_AT::_UNIT] = b"1" * n
-        elif rate > 0.0:
-            one, log_miss, random_ = ord("1"), math.log(1.0 - rate), self._random
-            at = int(math.log(1.0 - random_()) / log_miss)
-            while at < n:
-                row[at * _UNIT + _SAMPLED_AT] = one
-                at += 1 + int(math.log(1.0 - random_()) / log_miss)
+        self._sample_into(row, _SAMPLED_AT, _UNIT)
         self._id_count = base + n - 1
         with memoryview(row)[len(_PAD) : -len(_PAD)] as blocks:
             self._fresh[:] = bytes(blocks).split(_PAD + _PAD)  # (the last block first)
+
+    def _sample_into(self, row: bytearray, first: int, step: int) -> None:
+        """Mark the sampled blocks of a batch (below a rate of 1): "1" at ``row[first + step * block]``, a
+        geometric gap to the next one (the loop runs only for them)."""
+        rate = self._sample_rate
+        if 0.0 < rate < 1.0:
+            one, log_miss, random_ = ord("1"), math.log(1.0 - rate), self._random
+            at = int(math.log(1.0 - random_()) / log_miss)
+            while at < _FRESH_BATCH:
+                row[first + at * step] = one
+                at += 1 + int(math.log(1.0 - random_()) / log_miss)
 
     def fresh_start(self) -> tuple[TraceStart, bytes, bytes]:
         """``begin(None, None)`` from one draw (HTTP/2, gRPC: no trace field came in): the TraceStart and the

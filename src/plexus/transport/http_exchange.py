@@ -47,6 +47,7 @@ from plexus.proxy.tracing import (
     TRACEPARENT,
     Tracer,
     TraceStart,
+    passes_through,
 )
 from plexus.transport.routes import HeadLookup, Route, lookup_from_head
 
@@ -240,7 +241,7 @@ class Exchange:
             # the decoder kept as they came (head.trace_block); or other trace lines, checked one by one.
             block = head.trace_block  # (of a shape the tracer approved: see HttpDownstream's decoder)
             if block:
-                lines = tracer.follow_approved(block)
+                lines = block if passes_through(block) else tracer.follow_approved(block)
             else:
                 parent = incoming.get(b"traceparent")
                 request_id = incoming.get(b"x-request-id")
