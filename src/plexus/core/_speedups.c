@@ -85,6 +85,7 @@ static inline long long floor_div(long long a, long long b) {
 
 /* The Outcome attributes the lines read, looked up once. */
 static PyObject *str_sized_request, *str_sized_response, *str_sized_parts, *str_parts_sized, *str_tail;
+static PyObject *zero;
 
 /* access_lines(items, offset, second_bytes) -> bytes | None
 
@@ -452,6 +453,243 @@ static PyObject *known_block(PyObject *module, PyObject *const *args, Py_ssize_t
     return result;
 }
 
+/* ---- the end of an HTTP/1.1 exchange: plexus.transport.http_exchange.Exchange._ended's usual path ---- */
+
+#include <structmember.h>
+
+/* Where the slots journal_end reads are, by their member descriptors (journal_setup): a slot of a class
+   keeps its offset in every subclass (PolicedExchange). */
+enum { X_DOWN, X_HEAD, X_ROUTE, X_UPSTREAM, X_STATUS, X_ATTEMPTS, X_STARTED, X_REQ_BYTES, X_RESP_BYTES,
+       X_TRACE, X_COUNT };
+static const char *const EXCHANGE_SLOTS[X_COUNT] = {"down", "head", "route", "upstream", "status",
+                                                    "attempts", "started", "req_bytes", "resp_bytes", "trace"};
+enum { H_METHOD, H_TARGET, H_HOST, H_USER_AGENT, H_CALLER, H_TRACE_LINES, H_TRACE, H_COUNT };
+static const char *const HEAD_SLOTS[H_COUNT] = {"method", "target", "host", "user_agent", "caller",
+                                                "trace_lines", "trace"};
+enum { O_FAILED, O_TELEMETRY, O_COUNT };
+static const char *const OUTCOME_SLOTS[O_COUNT] = {"failed", "telemetry"};
+enum { E_INSTANCE, E_COUNT };
+static const char *const ENDPOINT_SLOTS[E_COUNT] = {"instance"};
+enum { D_LAST_SIGNATURE, D_LAST_OUTCOME, D_COUNT };
+static const char *const DOWNSTREAM_SLOTS[D_COUNT] = {"last_signature", "last_outcome"};
+enum { T_TAPPING, T_EXPORTING_SPANS, T_JOURNAL, T_COUNT };
+static const char *const TELEMETRY_SLOTS[T_COUNT] = {"tapping", "exporting_spans", "journal"};
+
+static PyTypeObject *exchange_type, *head_type, *outcome_type, *endpoint_type, *downstream_type,
+    *telemetry_type;
+static Py_ssize_t exchange_at[X_COUNT], head_at[H_COUNT], outcome_at[O_COUNT], endpoint_at[E_COUNT],
+    downstream_at[D_COUNT], telemetry_at[T_COUNT];
+static Py_ssize_t journal_fold;
+static PyObject *str_settle;
+
+static int slot_offsets(PyObject *type, const char *const *names, Py_ssize_t *offsets, int count) {
+    if (!PyType_Check(type)) {
+        PyErr_SetString(PyExc_TypeError, "journal_setup: a class expected");
+        return -1;
+    }
+    for (int i = 0; i < count; i++) {
+        PyObject *descr = PyObject_GetAttrString(type, names[i]);
+        if (descr == NULL) {
+            return -1;
+        }
+        int ok = Py_IS_TYPE(descr, &PyMemberDescr_Type) &&
+                 ((PyMemberDescrObject *)descr)->d_member->type == T_OBJECT_EX;
+        if (ok) {
+            offsets[i] = ((PyMemberDescrObject *)descr)->d_member->offset;
+        }
+        Py_DECREF(descr);
+        if (!ok) {
+            PyErr_Format(PyExc_TypeError, "journal_setup: %s.%s is not a slot", ((PyTypeObject *)type)->tp_name,
+                         names[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* journal_setup(Exchange, RequestHead, Outcome, Endpoint, HttpDownstream, Telemetry, fold): where the
+   slots journal_end reads are, once. */
+static PyObject *journal_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7 || !PyLong_Check(args[6])) {
+        PyErr_SetString(PyExc_TypeError, "journal_setup(Exchange, RequestHead, Outcome, Endpoint, "
+                                         "HttpDownstream, Telemetry, fold: int)");
+        return NULL;
+    }
+    if (slot_offsets(args[0], EXCHANGE_SLOTS, exchange_at, X_COUNT) < 0 ||
+        slot_offsets(args[1], HEAD_SLOTS, head_at, H_COUNT) < 0 ||
+        slot_offsets(args[2], OUTCOME_SLOTS, outcome_at, O_COUNT) < 0 ||
+        slot_offsets(args[3], ENDPOINT_SLOTS, endpoint_at, E_COUNT) < 0 ||
+        slot_offsets(args[4], DOWNSTREAM_SLOTS, downstream_at, D_COUNT) < 0 ||
+        slot_offsets(args[5], TELEMETRY_SLOTS, telemetry_at, T_COUNT) < 0) {
+        return NULL;
+    }
+    journal_fold = PyLong_AsSsize_t(args[6]);
+    if (journal_fold == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_XSETREF(exchange_type, (PyTypeObject *)Py_NewRef(args[0]));
+    Py_XSETREF(head_type, (PyTypeObject *)Py_NewRef(args[1]));
+    Py_XSETREF(outcome_type, (PyTypeObject *)Py_NewRef(args[2]));
+    Py_XSETREF(endpoint_type, (PyTypeObject *)Py_NewRef(args[3]));
+    Py_XSETREF(downstream_type, (PyTypeObject *)Py_NewRef(args[4]));
+    Py_XSETREF(telemetry_type, (PyTypeObject *)Py_NewRef(args[5]));
+    Py_RETURN_NONE;
+}
+
+/* tracing.sampled_in_lines: the flags' last digit of a lines block, bit 0 */
+static inline int sampled_lines(PyObject *lines) {
+    Py_ssize_t length = PyBytes_GET_SIZE(lines);
+    if (length <= 3) {
+        return 0;
+    }
+    char flag = PyBytes_AS_STRING(lines)[length - 3];
+    return flag == '1' || flag == '3' || flag == '5' || flag == '7' || flag == '9' || flag == 'b' ||
+           flag == 'd' || flag == 'f';
+}
+
+#define SLOT(object, at) (*(PyObject **)((char *)(object) + (at)))
+
+/* 1: equal as tuple comparison finds it (identity, then ==); 0: not, or not known without running
+   Python code (objects other than bytes, str and int are compared by identity only: the caller leaves
+   the request to Exchange._ended's Python path, which compares them as it always has). */
+static inline int same(PyObject *a, PyObject *b) {
+    if (a == b) {
+        return 1;
+    }
+    if (Py_TYPE(a) != Py_TYPE(b)) {
+        return 0;
+    }
+    if (PyBytes_CheckExact(a)) {
+        return PyBytes_GET_SIZE(a) == PyBytes_GET_SIZE(b) &&
+               memcmp(PyBytes_AS_STRING(a), PyBytes_AS_STRING(b), (size_t)PyBytes_GET_SIZE(a)) == 0;
+    }
+    if (PyUnicode_CheckExact(a)) {
+        return PyUnicode_Compare(a, b) == 0;  /* (str: no error for two str) */
+    }
+    if (PyLong_CheckExact(a)) {
+        return PyObject_RichCompareBool(a, b, Py_EQ) == 1;  /* (int: no Python code, no error) */
+    }
+    return 0;
+}
+
+/* journal_end(exchange, now, reason, flags) -> bool
+
+   Exchange._ended for a request whose signature is its connection's last one (down.last_signature, the
+   same 12 fields compared alike), whose outcome needs no entry at once (not failed, no tap open, not a
+   sampled request while spans are exported): its journal tuple appended to the telemetry's journal, which
+   is settled when it holds the fold. False, with nothing done, for any other request (and any slot unset):
+   Exchange._ended's Python path takes it. */
+static PyObject *journal_end(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "journal_end(exchange, now, reason, flags)");
+        return NULL;
+    }
+    PyObject *exchange = args[0], *now = args[1];
+    if (exchange_type == NULL || !PyObject_TypeCheck(exchange, exchange_type) || !PyFloat_CheckExact(now)) {
+        Py_RETURN_FALSE;
+    }
+    PyObject *x[X_COUNT];
+    for (int i = 0; i < X_COUNT; i++) {
+        if ((x[i] = SLOT(exchange, exchange_at[i])) == NULL) {
+            Py_RETURN_FALSE;
+        }
+    }
+    PyObject *head = x[X_HEAD], *upstream = x[X_UPSTREAM], *started = x[X_STARTED], *down = x[X_DOWN];
+    if (!PyObject_TypeCheck(head, head_type) || !PyFloat_CheckExact(started) ||
+        !PyObject_TypeCheck(down, downstream_type) ||
+        (upstream != Py_None && !PyObject_TypeCheck(upstream, endpoint_type))) {
+        Py_RETURN_FALSE;
+    }
+    PyObject *h[H_COUNT];
+    for (int i = 0; i < H_COUNT; i++) {
+        if ((h[i] = SLOT(head, head_at[i])) == NULL) {
+            Py_RETURN_FALSE;
+        }
+    }
+    PyObject *peer = Py_None;
+    if (upstream != Py_None && (peer = SLOT(upstream, endpoint_at[E_INSTANCE])) == NULL) {
+        Py_RETURN_FALSE;
+    }
+    PyObject *last = SLOT(down, downstream_at[D_LAST_SIGNATURE]);
+    if (last == NULL) {
+        Py_RETURN_FALSE;
+    }
+    Py_INCREF(last);  /* (held while compared) */
+    PyObject *signature[12] = {h[H_METHOD], h[H_TARGET], h[H_HOST], h[H_USER_AGENT], h[H_CALLER],
+                               x[X_ROUTE], upstream, peer, x[X_STATUS], x[X_ATTEMPTS], args[2], args[3]};
+    int equal = PyTuple_CheckExact(last) && PyTuple_GET_SIZE(last) == 12;
+    for (int i = 0; equal && i < 12; i++) {
+        equal = same(signature[i], PyTuple_GET_ITEM(last, i));
+    }
+    Py_DECREF(last);
+    if (!equal) {
+        Py_RETURN_FALSE;
+    }
+    PyObject *outcome = SLOT(down, downstream_at[D_LAST_OUTCOME]);
+    PyObject *telemetry;
+    if (outcome == NULL || !PyObject_TypeCheck(outcome, outcome_type) ||
+        SLOT(outcome, outcome_at[O_FAILED]) != Py_False ||
+        (telemetry = SLOT(outcome, outcome_at[O_TELEMETRY])) == NULL ||
+        !PyObject_TypeCheck(telemetry, telemetry_type)) {
+        Py_RETURN_FALSE;
+    }
+    PyObject *trace = x[X_TRACE], *lines = h[H_TRACE_LINES];
+    PyObject *tapping = SLOT(telemetry, telemetry_at[T_TAPPING]);
+    PyObject *exporting = SLOT(telemetry, telemetry_at[T_EXPORTING_SPANS]);
+    PyObject *journal = SLOT(telemetry, telemetry_at[T_JOURNAL]);
+    /* (a tap open, or spans exported and this request sampled: an entry is needed now) */
+    if (tapping != Py_False || journal == NULL || !PyList_CheckExact(journal) ||
+        (exporting != Py_False &&
+         (exporting != Py_True || trace != Py_None || !PyBytes_CheckExact(lines) || sampled_lines(lines)))) {
+        Py_RETURN_FALSE;
+    }
+    Py_INCREF(outcome);
+    Py_INCREF(journal);
+    PyObject *result = NULL, *wire = NULL, *item = NULL;
+    PyObject *response_bytes = x[X_RESP_BYTES];
+    int positive = PyObject_RichCompareBool(response_bytes, zero, Py_GT);
+    if (positive < 0) {
+        goto done;
+    }
+    wire = PyTuple_Pack(4, h[H_HOST], h[H_USER_AGENT], trace == Py_None ? lines : trace, h[H_TRACE]);
+    if (wire == NULL) {
+        goto done;
+    }
+    item = PyTuple_New(7);
+    if (item == NULL) {
+        goto done;
+    }
+    PyObject *duration = PyFloat_FromDouble((PyFloat_AS_DOUBLE(now) - PyFloat_AS_DOUBLE(started)) * 1000.0);
+    if (duration == NULL) {
+        goto done;
+    }
+    PyTuple_SET_ITEM(item, 0, Py_NewRef(outcome));
+    PyTuple_SET_ITEM(item, 1, Py_NewRef(started));
+    PyTuple_SET_ITEM(item, 2, duration);
+    PyTuple_SET_ITEM(item, 3, Py_NewRef(x[X_REQ_BYTES]));
+    PyTuple_SET_ITEM(item, 4, Py_NewRef(positive ? response_bytes : zero));
+    PyTuple_SET_ITEM(item, 5, wire);
+    wire = NULL;
+    PyTuple_SET_ITEM(item, 6, Py_NewRef(Py_None));
+    if (PyList_Append(journal, item) < 0) {
+        goto done;
+    }
+    if (PyList_GET_SIZE(journal) >= journal_fold) {
+        PyObject *settled = PyObject_CallMethodNoArgs(telemetry, str_settle);
+        if (settled == NULL) {
+            goto done;
+        }
+        Py_DECREF(settled);
+    }
+    result = Py_NewRef(Py_True);
+done:
+    Py_DECREF(outcome);
+    Py_XDECREF(journal);
+    Py_XDECREF(wire);
+    Py_XDECREF(item);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"access_lines", (PyCFunction)(void (*)(void))access_lines, METH_FASTCALL,
      "access_lines(items, offset, second_bytes): access_line._tuple_lines, or None off its fast path"},
@@ -459,6 +697,10 @@ static PyMethodDef methods[] = {
      "fresh_blocks(prefix, base, digits, sampled): a batch of Tracer._make_fresh's blocks"},
     {"block_passes", (PyCFunction)block_passes, METH_O,
      "block_passes(block): Tracer.follow_approved(block) is block"},
+    {"journal_setup", (PyCFunction)(void (*)(void))journal_setup, METH_FASTCALL,
+     "journal_setup(Exchange, RequestHead, Outcome, Endpoint, HttpDownstream, Telemetry, fold)"},
+    {"journal_end", (PyCFunction)(void (*)(void))journal_end, METH_FASTCALL,
+     "journal_end(exchange, now, reason, flags): Exchange._ended's usual path, or False"},
     {"known_block", (PyCFunction)(void (*)(void))known_block, METH_FASTCALL,
      "known_block(head, before, after, id_at, middle, stop, classes, shape): RequestDecoder._known's check"},
     {NULL, NULL, 0, NULL},
@@ -475,6 +717,11 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     str_sized_parts = PyUnicode_InternFromString("sized_parts");
     str_parts_sized = PyUnicode_InternFromString("parts_sized");
     str_tail = PyUnicode_InternFromString("tail");
+    str_settle = PyUnicode_InternFromString("settle");
+    zero = PyLong_FromLong(0);
+    if (str_settle == NULL || zero == NULL) {
+        return NULL;
+    }
     if (str_sized_request == NULL || str_sized_response == NULL || str_sized_parts == NULL ||
         str_parts_sized == NULL || str_tail == NULL) {
         return NULL;

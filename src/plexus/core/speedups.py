@@ -20,6 +20,8 @@ known_block: (
 )
 known_block = None
 block_passes: Callable[[bytes], bool] | None = None
+journal_setup: Callable[[type, type, type, type, type, type, int], None] | None = None
+journal_end: Callable[[Any, float, str, str], bool] | None = None
 
 if os.environ.get("PLEXUS_NO_SPEEDUPS", "") in ("", "0"):
     try:
@@ -31,4 +33,6 @@ if os.environ.get("PLEXUS_NO_SPEEDUPS", "") in ("", "0"):
         fresh_blocks = _speedups.fresh_blocks
         known_block = _speedups.known_block
         block_passes = _speedups.block_passes
+        journal_setup = _speedups.journal_setup
+        journal_end = _speedups.journal_end
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from plexus.codec.http1 import ResponseHead, encode_chunk, encode_request_head, local_reply, status_line
 from plexus.codec.http1.encode import LAST_CHUNK, STATUS_LINES
-from plexus.core import reasons
+from plexus.core import reasons, speedups
 from plexus.core.errors import ProtocolError
 from plexus.proxy import Endpoint, service_from_host
 from plexus.proxy.outcomes import JOURNAL_FOLD, Outcome, ended_at_once, outcome_for
@@ -685,7 +685,10 @@ class Exchange:
         plexus.proxy.outcomes), journaled, counted later with the requests that ended alike. The outcome is
         the connection's last one when this request's signature (the head's fields as the decoder kept
         them, route, upstream, status, attempts, reason and flags) equals the last request's, as a
-        keep-alive client's repeated requests do: no key made, no lookup."""
+        keep-alive client's repeated requests do: no key made, no lookup. (That usual path in C when built:
+        plexus.core.speedups.journal_end, which leaves every other request to the code below.)"""
+        if _native_end is not None and _native_end(self, now, reason, flags):
+            return
         down = self.down
         head = self.head
         signature = (
@@ -1433,6 +1436,10 @@ class PolicedExchange(Exchange):
 
 
 _SAMPLED_FLAGS: Final = frozenset(b"13579bdf")  # a traceparent's last flags digit with bit 0 (sampled) set
+
+# Exchange._ended's usual path in C (plexus.core.speedups; it returns False until plexus.transport's
+# http_downstream has told it where the slots it reads are).
+_native_end: Final = speedups.journal_end
 
 
 def _trace_from(tracer: Tracer, head: RequestHead, incoming: dict[bytes, bytes]) -> TraceStart:
