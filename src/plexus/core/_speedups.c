@@ -643,15 +643,21 @@ static PyObject *journal_end(PyObject *module, PyObject *const *args, Py_ssize_t
          (exporting != Py_True || trace != Py_None || !PyBytes_CheckExact(lines) || sampled_lines(lines)))) {
         Py_RETURN_FALSE;
     }
-    Py_INCREF(outcome);
-    Py_INCREF(journal);
-    PyObject *result = NULL, *wire = NULL, *item = NULL;
     PyObject *response_bytes = x[X_RESP_BYTES];
     int positive = PyObject_RichCompareBool(response_bytes, zero, Py_GT);
     if (positive < 0) {
-        goto done;
+        return NULL;
     }
-    wire = PyTuple_Pack(4, h[H_HOST], h[H_USER_AGENT], trace == Py_None ? lines : trace, h[H_TRACE]);
+    /* What the tuples hold, held before anything is allocated (an allocation may run a collection, and
+       a finalizer could change the exchange's slots) */
+    PyObject *fields[10] = {outcome, started, x[X_REQ_BYTES], positive ? response_bytes : zero, h[H_HOST],
+                            h[H_USER_AGENT], trace == Py_None ? lines : trace, h[H_TRACE], journal, telemetry};
+    for (int i = 0; i < 10; i++) {
+        Py_INCREF(fields[i]);
+    }
+    PyObject *result = NULL, *item = NULL;
+    double duration_ms = (PyFloat_AS_DOUBLE(now) - PyFloat_AS_DOUBLE(started)) * 1000.0;
+    PyObject *wire = PyTuple_Pack(4, fields[4], fields[5], fields[6], fields[7]);
     if (wire == NULL) {
         goto done;
     }
@@ -659,15 +665,15 @@ static PyObject *journal_end(PyObject *module, PyObject *const *args, Py_ssize_t
     if (item == NULL) {
         goto done;
     }
-    PyObject *duration = PyFloat_FromDouble((PyFloat_AS_DOUBLE(now) - PyFloat_AS_DOUBLE(started)) * 1000.0);
+    PyObject *duration = PyFloat_FromDouble(duration_ms);
     if (duration == NULL) {
         goto done;
     }
     PyTuple_SET_ITEM(item, 0, Py_NewRef(outcome));
     PyTuple_SET_ITEM(item, 1, Py_NewRef(started));
     PyTuple_SET_ITEM(item, 2, duration);
-    PyTuple_SET_ITEM(item, 3, Py_NewRef(x[X_REQ_BYTES]));
-    PyTuple_SET_ITEM(item, 4, Py_NewRef(positive ? response_bytes : zero));
+    PyTuple_SET_ITEM(item, 3, Py_NewRef(fields[2]));
+    PyTuple_SET_ITEM(item, 4, Py_NewRef(fields[3]));
     PyTuple_SET_ITEM(item, 5, wire);
     wire = NULL;
     PyTuple_SET_ITEM(item, 6, Py_NewRef(Py_None));
@@ -683,8 +689,9 @@ static PyObject *journal_end(PyObject *module, PyObject *const *args, Py_ssize_t
     }
     result = Py_NewRef(Py_True);
 done:
-    Py_DECREF(outcome);
-    Py_XDECREF(journal);
+    for (int i = 0; i < 10; i++) {
+        Py_DECREF(fields[i]);
+    }
     Py_XDECREF(wire);
     Py_XDECREF(item);
     return result;
