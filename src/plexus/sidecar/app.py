@@ -25,6 +25,7 @@ from plexus.clients.ratelimit_async import AsyncQuotaClient
 from plexus.clients.registry_async import AsyncRegistryClient
 from plexus.config.resources import PolicySet
 from plexus.config.sidecar_settings import ResolvedSettings
+from plexus.core import speedups
 from plexus.core.address import HostPort, parse_host_port
 from plexus.core.errors import ConfigError, PlexusError
 from plexus.core.ready_file import write_ready_file
@@ -424,7 +425,11 @@ async def serve(resolved: ResolvedSettings) -> int:
     _tune_gc()
     if resolved.settings.ready_file:
         write_ready_file(resolved.settings.ready_file, addresses)
-    log.info("sidecar ready: %s", addresses)
+    log.info(
+        "sidecar ready: %s (HTTP/1.1 telemetry loops in %s)",
+        addresses,
+        "C" if speedups.access_lines is not None else "Python: plexus.core._speedups is not built or is off",
+    )
     await sidecar.wait_stopped()
     log.info("sidecar stopping: withdrawing, draining %.1fs", resolved.settings.drain_time)
     await sidecar.stop()
