@@ -223,11 +223,9 @@ def _block_ok(head: RequestHead) -> bool:
 
 
 def _block_of(head: RequestHead) -> bytes:
-    assert head.trace is not None
-    return b"x-request-id: %b\r\ntraceparent: %b\r\n" % (
-        head.trace[b"x-request-id"],
-        head.trace[b"traceparent"],
-    )
+    trace = head.trace_context()
+    assert trace is not None
+    return b"x-request-id: %b\r\ntraceparent: %b\r\n" % (trace[b"x-request-id"], trace[b"traceparent"])
 
 
 def test_a_heads_block_is_handed_up_as_it_came_and_as_its_values() -> None:
@@ -238,8 +236,9 @@ def test_a_heads_block_is_handed_up_as_it_came_and_as_its_values() -> None:
     heads = _heads([_traced(*pair) for pair in ids])
     assert len(heads) == 20
     for head, (request_id, parent) in zip(heads, ids, strict=True):
-        assert head.trace == {b"x-request-id": request_id, b"traceparent": parent}
+        assert head.trace_context() == {b"x-request-id": request_id, b"traceparent": parent}
         assert head.trace_block == b"x-request-id: " + request_id + b"\r\ntraceparent: " + parent + b"\r\n"
+        assert head.trace is None  # (the block alone: no headers made for the usual inbound hop)
         assert head.caller == b"Consumer-A" and head.service == b"bench"
     # Not one of the fields (the general path never sets it), but kept by copy().
     assert heads[0].copy().trace_block == heads[0].trace_block and heads[0] == heads[0].copy()
@@ -267,7 +266,7 @@ def test_a_block_of_other_lengths_or_at_another_place_is_found_by_its_search() -
     ]
     heads = _heads(pieces)
     assert [h.trace_block == _block_of(h) for h in heads] == [True] * 6
-    assert [h.trace[b"x-request-id"] for h in heads if h.trace] == [
+    assert [t[b"x-request-id"] for h in heads if (t := h.trace_context())] == [
         b"r1",
         b"a-much-longer-request-id-" * 3,
         b"r2",
@@ -362,6 +361,8 @@ def test_a_block_check_is_asked_once_per_shape_and_its_no_keeps_the_block_back()
         decoder.feed(_traced(request_id, PARENT[13:-2]))
     heads = recorder.heads
     assert [head.trace_block != b"" for head in heads] == [True] * 6 + [False] * 6 + [True] * 2
-    assert all(head.trace is not None and _block_of(head).startswith(b"x-request-id: feed") for head in heads)
+    assert all(_block_of(head).startswith(b"x-request-id: feed") for head in heads)
+    # A refused block's values come as the headers; an approved one's as the block alone.
+    assert [head.trace is None for head in heads] == [True] * 6 + [False] * 6 + [True] * 2
     # Asked for the first block, the first quoted one, and the first plain one after those: once a shape.
     assert [b'"' in block for block in asked] == [False, True, False]

@@ -389,12 +389,12 @@ static PyObject *block_passes(PyObject *module, PyObject *block) {
 
 static const char BLOCK_MIDDLE[] = "\r\ntraceparent: ";
 
-/* known_block(head, before, after, id_at, middle, stop, classes, shape) -> (block, request_id, parent) | None
+/* known_block(head, before, after, id_at, middle, stop, classes, shape) -> bytes | None
 
    Whether ``head`` is ``before`` + a request id + "\r\ntraceparent: " + a traceparent + ``after``, the
    request id from ``id_at`` to ``middle``, the traceparent from ``middle`` + 15 to ``stop``, and its block
    (``head[id_at - 14 : stop + 2]``) of the byte classes ``shape`` through the table ``classes``: the
-   block, the request id and the traceparent; else None. (The caller checked len(head).) */
+   block; else None. (The caller checked len(head).) */
 static PyObject *known_block(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 8 || !PyBytes_CheckExact(args[0]) || !PyBytes_CheckExact(args[1]) ||
         !PyBytes_CheckExact(args[2]) || !PyBytes_CheckExact(args[6]) || !PyBytes_CheckExact(args[7]) ||
@@ -431,26 +431,7 @@ static PyObject *known_block(PyObject *module, PyObject *const *args, Py_ssize_t
             Py_RETURN_NONE;
         }
     }
-    PyObject *found = PyBytes_FromStringAndSize((const char *)block, shape_length);
-    PyObject *request_id = PyBytes_FromStringAndSize(head + id_at, middle - id_at);
-    PyObject *parent = PyBytes_FromStringAndSize(head + middle + middle_length, stop - middle - middle_length);
-    if (found == NULL || request_id == NULL || parent == NULL) {
-        Py_XDECREF(found);
-        Py_XDECREF(request_id);
-        Py_XDECREF(parent);
-        return NULL;
-    }
-    PyObject *result = PyTuple_New(3);
-    if (result == NULL) {
-        Py_DECREF(found);
-        Py_DECREF(request_id);
-        Py_DECREF(parent);
-        return NULL;
-    }
-    PyTuple_SET_ITEM(result, 0, found);
-    PyTuple_SET_ITEM(result, 1, request_id);
-    PyTuple_SET_ITEM(result, 2, parent);
-    return result;
+    return PyBytes_FromStringAndSize((const char *)block, shape_length);
 }
 
 /* ---- the end of an HTTP/1.1 exchange: plexus.transport.http_exchange.Exchange._ended's usual path ---- */
@@ -463,9 +444,9 @@ enum { X_DOWN, X_HEAD, X_ROUTE, X_UPSTREAM, X_STATUS, X_ATTEMPTS, X_STARTED, X_R
        X_TRACE, X_COUNT };
 static const char *const EXCHANGE_SLOTS[X_COUNT] = {"down", "head", "route", "upstream", "status",
                                                     "attempts", "started", "req_bytes", "resp_bytes", "trace"};
-enum { H_METHOD, H_TARGET, H_HOST, H_USER_AGENT, H_CALLER, H_TRACE_LINES, H_TRACE, H_COUNT };
+enum { H_METHOD, H_TARGET, H_HOST, H_USER_AGENT, H_CALLER, H_TRACE_LINES, H_TRACE, H_TRACE_BLOCK, H_COUNT };
 static const char *const HEAD_SLOTS[H_COUNT] = {"method", "target", "host", "user_agent", "caller",
-                                                "trace_lines", "trace"};
+                                                "trace_lines", "trace", "trace_block"};
 enum { O_FAILED, O_TELEMETRY, O_COUNT };
 static const char *const OUTCOME_SLOTS[O_COUNT] = {"failed", "telemetry"};
 enum { E_INSTANCE, E_COUNT };
@@ -650,8 +631,11 @@ static PyObject *journal_end(PyObject *module, PyObject *const *args, Py_ssize_t
     }
     /* What the tuples hold, held before anything is allocated (an allocation may run a collection, and
        a finalizer could change the exchange's slots) */
+    /* (the trace that came: its block, or the headers; Exchange._ended's ``head.trace_block or head.trace``) */
+    PyObject *incoming = PyBytes_Check(h[H_TRACE_BLOCK]) && PyBytes_GET_SIZE(h[H_TRACE_BLOCK]) ? h[H_TRACE_BLOCK]
+                                                                                                : h[H_TRACE];
     PyObject *fields[10] = {outcome, started, x[X_REQ_BYTES], positive ? response_bytes : zero, h[H_HOST],
-                            h[H_USER_AGENT], trace == Py_None ? lines : trace, h[H_TRACE], journal, telemetry};
+                            h[H_USER_AGENT], trace == Py_None ? lines : trace, incoming, journal, telemetry};
     for (int i = 0; i < 10; i++) {
         Py_INCREF(fields[i]);
     }

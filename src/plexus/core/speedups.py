@@ -15,10 +15,7 @@ from typing import Any
 # (see _speedups.c for what each does, and which Python function it stands for)
 access_lines: Callable[[list[Any], float, Callable[[int], bytes]], bytes | None] | None = None
 fresh_blocks: Callable[[bytes, int, bytes, bytes], list[bytes]] | None = None
-known_block: (
-    Callable[[bytes, bytes, bytes, int, int, int, bytes, bytes], tuple[bytes, bytes, bytes] | None] | None
-)
-known_block = None
+known_block: Callable[[bytes, bytes, bytes, int, int, int, bytes, bytes], bytes | None] | None = None
 block_passes: Callable[[bytes], bool] | None = None
 journal_setup: Callable[[type, type, type, type, type, type, int], None] | None = None
 journal_end: Callable[[Any, float, str, str], bool] | None = None

@@ -98,9 +98,12 @@ class LazyField:
 
 
 # What a transport leaves for the lazy fields: the Host (:authority) and User-Agent bytes; the trace context
-# (tracing's TraceStart, or the lines block Tracer.fresh_lines/follow_lines wrote); and the trace headers that
-# came in (HTTP/1.1, whose followed traceparent names the parent span).
-WireFields = tuple[bytes | None, bytes | None, "TraceStart | bytes | None", "dict[bytes, bytes] | None"]
+# (tracing's TraceStart, or the lines block Tracer.fresh_lines/follow_lines wrote); and the trace that came in
+# (HTTP/1.1, whose followed traceparent names the parent span): its headers, or the block of lines they came
+# in (RequestHead.trace_block).
+WireFields = tuple[
+    bytes | None, bytes | None, "TraceStart | bytes | None", "dict[bytes, bytes] | bytes | None"
+]
 
 
 def fill_from_wire(entry: RequestEntry, wire: WireFields) -> None:
@@ -112,9 +115,14 @@ def fill_from_wire(entry: RequestEntry, wire: WireFields) -> None:
         entry._request_id = entry._trace_id = entry._span_id = entry._parent_span_id = ""
     elif isinstance(trace, bytes):
         entry._request_id, entry._trace_id, span_id, _ = ids_from_lines(trace)
-        # (follow_lines checked the incoming traceparent: its parent span id is at a fixed place)
-        parent = incoming.get(b"traceparent") if incoming is not None else None
-        entry._parent_span_id = parent_span_id = parent[36:52].decode() if parent is not None else ""
+        # (follow_lines checked the incoming traceparent: its parent span id is at a fixed place, in its
+        # headers or at the end of its block, "...-SPAN-FLAGS\r\n")
+        if isinstance(incoming, bytes):
+            parent_span_id = incoming[-21:-5].decode() if incoming else ""
+        else:
+            parent = incoming.get(b"traceparent") if incoming is not None else None
+            parent_span_id = parent[36:52].decode() if parent is not None else ""
+        entry._parent_span_id = parent_span_id
         # An unsampled request that follow_lines passed through forwards the parent's span: this hop has none.
         entry._span_id = "" if span_id == parent_span_id else span_id
     else:

@@ -231,25 +231,29 @@ class Exchange:
         # header): the tracer's lines are appended to the headers forwarded, nothing else is touched.
         tracer: Tracer = down.tracer
         head = self.head
-        incoming = head.trace
-        # The two usual cases forward one ready block of lines (head.trace_lines) and keep no TraceStart: the
-        # entry reads the ids back from the block only when a sink asks (see _ended).
-        if incoming is None:
+        # The usual cases forward one ready block of lines (head.trace_lines) and keep no TraceStart: the
+        # entry reads the ids back from the block only when a sink asks (see _ended). The usual inbound hop:
+        # a consumer sidecar sent exactly x-request-id then traceparent, which the decoder handed over as
+        # they came (head.trace_block, of a shape the tracer approved: see HttpDownstream's decoder), passed
+        # on as they are unless sampled. Else other trace lines came (head.trace), checked one by one, or
+        # none (then this hop starts the trace).
+        block = head.trace_block
+        if block:
+            lines = block if passes_through(block) else tracer.follow_approved(block)
+            if lines is not None:
+                head.trace_lines = lines
+            else:
+                self.trace = _trace_from(tracer, head, head.trace_context() or {})
+        elif (incoming := head.trace) is None:
             head.trace_lines = tracer.fresh_lines()
         else:
-            # The usual inbound hop: a consumer sidecar sent exactly x-request-id then traceparent, which
-            # the decoder kept as they came (head.trace_block); or other trace lines, checked one by one.
-            block = head.trace_block  # (of a shape the tracer approved: see HttpDownstream's decoder)
-            if block:
-                lines = block if passes_through(block) else tracer.follow_approved(block)
-            else:
-                parent = incoming.get(b"traceparent")
-                request_id = incoming.get(b"x-request-id")
-                lines = (
-                    tracer.follow_lines(parent, request_id)
-                    if parent is not None and request_id is not None and len(incoming) == 2
-                    else None
-                )
+            parent = incoming.get(b"traceparent")
+            request_id = incoming.get(b"x-request-id")
+            lines = (
+                tracer.follow_lines(parent, request_id)
+                if parent is not None and request_id is not None and len(incoming) == 2
+                else None
+            )
             if lines is not None:
                 head.trace_lines = lines
             else:
@@ -722,7 +726,12 @@ class Exchange:
             (now - started) * 1000.0,
             self.req_bytes,
             resp_bytes if resp_bytes > 0 else 0,
-            (head.host, head.user_agent, head.trace_lines if trace is None else trace, head.trace),
+            (
+                head.host,
+                head.user_agent,
+                head.trace_lines if trace is None else trace,
+                head.trace_block or head.trace,
+            ),
             None,
         )
         telemetry = outcome.telemetry

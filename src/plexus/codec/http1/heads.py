@@ -86,16 +86,18 @@ class RequestHead:
         # Captured while parsing, for telemetry (no second scan of the headers):
         self.user_agent = user_agent  # forwarded as is (also among the headers)
         self.caller = caller  # x-plexus-caller (a consumer sidecar's workload); forwarded as is
-        # The trace-context headers (``TRACE_HEADERS``) by lower-case name, None when the client sent none.
-        # They are NOT among the headers: the proxy forwards the ones its tracer does not replace (see
+        # The trace-context headers (``TRACE_HEADERS``) by lower-case name, None when the client sent none
+        # or when they came as ``trace_block`` (``trace_context()`` gives them either way). They are NOT
+        # among the headers: the proxy forwards the ones its tracer does not replace (see
         # plexus.proxy.tracing), so an incoming traceparent is never sent on next to the new one.
         self.trace = trace
         # The incoming trace lines as they came, ``x-request-id: ID\r\ntraceparent: TP\r\n``, when they were
         # the head's only trace lines and in exactly that spelling (what a Plexus proxy forwards, see
         # plexus.proxy.tracing), and of a shape the decoder's ``block_check`` approved, so the tracer can
-        # follow them without formatting (Tracer.follow_approved; follow_block with no check); b"" otherwise
-        # (``trace`` says what came). Set by the decoder's fast path only, and then the same as ``trace``
-        # written out: not one of ``fields()``, so it takes no part in equality.
+        # follow them without formatting (Tracer.follow_approved; follow_block with no check); b"" otherwise.
+        # Set by the decoder's fast path only, which then leaves ``trace`` None: the usual inbound hop never
+        # needs the headers apart (no dict, no slices per request). Not one of ``fields()`` (they hold
+        # ``trace_context()``), so the form the lines came in takes no part in equality.
         self.trace_block = b""
         # Header lines the proxy adds after the headers when it forwards the head (``name: value\r\n`` each,
         # ready bytes): the trace context its tracer wrote (see plexus.proxy.tracing, TraceStart.block).
@@ -118,9 +120,17 @@ class RequestHead:
     def has_body(self) -> bool:
         return self.chunked or bool(self.content_length)
 
+    def trace_context(self) -> dict[bytes, bytes] | None:
+        """The trace-context headers that came, by lower-case name (``trace``, or those of ``trace_block``);
+        None when none came."""
+        trace = self.trace
+        if trace is None and self.trace_block:
+            return trace_of_block(self.trace_block)
+        return trace
+
     def fields(self) -> tuple[object, ...]:
-        """Every field, headers as pairs (for comparisons in tests and for copies); not ``trace_block``, which
-        only repeats ``trace`` in the form it came in."""
+        """Every field, headers as pairs and the trace context as ``trace_context()`` (for comparisons in
+        tests and for copies); not ``trace_block``, the form its lines came in."""
         return (
             self.method,
             self.target,
@@ -135,7 +145,7 @@ class RequestHead:
             self.service,
             self.user_agent,
             self.caller,
-            self.trace,
+            self.trace_context(),
             self.trace_lines,
         )
 
@@ -153,6 +163,12 @@ class RequestHead:
 
     def __repr__(self) -> str:
         return f"RequestHead{self.fields()!r}"
+
+
+def trace_of_block(block: bytes) -> dict[bytes, bytes]:
+    """The two headers of a trace block, ``x-request-id: ID\r\ntraceparent: TP\r\n``, by name."""
+    middle = block.index(b"\r\n")
+    return {b"x-request-id": block[len(b"x-request-id: ") : middle], b"traceparent": block[middle + 15 : -2]}
 
 
 def split_lines(raw: bytes) -> list[tuple[bytes, bytes]]:

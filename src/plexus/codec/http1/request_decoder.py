@@ -23,7 +23,7 @@ from typing import Any, Final, Protocol
 import httptools
 
 from plexus.codec.http1 import errors
-from plexus.codec.http1.heads import TRACE_HEADERS, RequestHead
+from plexus.codec.http1.heads import TRACE_HEADERS, RequestHead, trace_of_block
 from plexus.codec.http1.limits import Http1Limits
 from plexus.core import speedups
 from plexus.core.errors import ProtocolError
@@ -452,14 +452,16 @@ class RequestDecoder:
             # find, and then the same key. (Cheaper than the search and the key's lookup, which hashes a new
             # bytes.)
             before, after, id_at, middle, stop, shape, known, approved = self._block_seen
+            # (An approved block is handed over as trace_block alone: the same classes as that one's block,
+            # the same answer from block_check. RequestHead.trace_context() makes its headers when asked.)
             if _native_block is not None:  # (C: the same checks, no slice made before they pass)
-                found = _native_block(head, before, after, id_at, middle, stop, _BLOCK_CLASSES, shape)
-                if found is not None:
-                    block, request_id, parent = found
+                block = _native_block(head, before, after, id_at, middle, stop, _BLOCK_CLASSES, shape)
+                if block is not None:
                     request = RequestHead(*known)
-                    request.trace = {b"x-request-id": request_id, b"traceparent": parent}
                     if approved:
                         request.trace_block = block
+                    else:
+                        request.trace = trace_of_block(block)
                     return request
             else:
                 request_id = head[id_at:middle]
@@ -469,9 +471,10 @@ class RequestDecoder:
                     block.translate(_BLOCK_CLASSES) == shape
                 ):
                     request = RequestHead(*known)
-                    request.trace = {b"x-request-id": request_id, b"traceparent": parent}
-                    if approved:  # (the same classes as that one's block: the same answer from block_check)
+                    if approved:
                         request.trace_block = block
+                    else:
+                        request.trace = {b"x-request-id": request_id, b"traceparent": parent}
                     return request
         heads = self._heads
         fields = heads.get(head)
@@ -504,9 +507,10 @@ class RequestDecoder:
         if fields is None:
             return None
         request = RequestHead(*fields)
-        request.trace = {b"x-request-id": head[begin + 16 : middle], b"traceparent": head[middle + 15 : stop]}
         if self._remember_block(head, begin, middle, stop, shape, fields):
             request.trace_block = block
+        else:
+            request.trace = trace_of_block(block)
         return request
 
     def _remember_block(
@@ -635,10 +639,11 @@ class RequestDecoder:
         # Without the block the fields are the same but for ``trace``: its lines are never forwarded.
         heads[key] = keyed = (*fields[:_TRACE_AT], None, *fields[_TRACE_AT + 1 :])
         begin, middle, stop, shape = self._key_block
-        request = RequestHead(*fields)
         if self._remember_block(head, begin, middle, stop, shape, keyed):
+            request = RequestHead(*keyed)  # type: ignore[arg-type]  # (trace_block alone, as _known hands it)
             request.trace_block = head[begin + 2 : stop + 2]
-        return request
+            return request
+        return RequestHead(*fields)
 
     def _fail(self, error: ProtocolError) -> None:
         self.dead = True
