@@ -12,6 +12,7 @@ then decides (and raises) exactly as before. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <math.h>
 #include <string.h>
 
@@ -436,7 +437,6 @@ static PyObject *known_block(PyObject *module, PyObject *const *args, Py_ssize_t
 
 /* ---- the end of an HTTP/1.1 exchange: plexus.transport.http_exchange.Exchange._ended's usual path ---- */
 
-#include <structmember.h>
 
 /* Where the slots journal_end reads are, by their member descriptors (journal_setup): a slot of a class
    keeps its offset in every subclass (PolicedExchange). */
