@@ -34,6 +34,7 @@ def test_the_c_versions_are_built_where_plexus_is_installed_with_a_compiler() ->
     assert speedups.fresh_blocks is not None
     assert speedups.known_block is not None
     assert speedups.block_passes is not None
+    assert speedups.journal_setup is not None and speedups.journal_end is not None
 
 
 # -- access lines -------------------------------------------------------------------------------------

@@ -345,6 +345,12 @@ static PyObject *fresh_blocks(PyObject *module, PyObject *const *args, Py_ssize_
     return blocks;
 }
 
+/* A traceparent's flags, their last hex digit: bit 0 is "sampled" (tracing._SAMPLED_FLAGS). */
+static inline int sampled_flag(char flag) {
+    return flag == '1' || flag == '3' || flag == '5' || flag == '7' || flag == '9' || flag == 'b' ||
+           flag == 'd' || flag == 'f';
+}
+
 /* block_passes(block) -> bool
 
    Whether Tracer.follow_approved forwards ``block`` (a block approves_block approved) as it is: its
@@ -363,24 +369,18 @@ static PyObject *block_passes(PyObject *module, PyObject *block) {
     if (end[-57] != '0' || end[-56] != '0') {
         Py_RETURN_FALSE;
     }
-    int zero = 1;
-    for (int i = -54; i < -22 && zero; i++) {
-        zero = end[i] == '0';
+    int all_zero = 1;
+    for (int i = -54; i < -22 && all_zero; i++) {
+        all_zero = end[i] == '0';
     }
-    if (zero) {
+    if (all_zero) {
         Py_RETURN_FALSE;
     }
-    zero = 1;
-    for (int i = -21; i < -5 && zero; i++) {
-        zero = end[i] == '0';
+    all_zero = 1;
+    for (int i = -21; i < -5 && all_zero; i++) {
+        all_zero = end[i] == '0';
     }
-    if (zero) {
-        Py_RETURN_FALSE;
-    }
-    char flag = end[-3];
-    /* the flags' last hex digit: bit 0 is "sampled" (tracing._SAMPLED_FLAGS) */
-    if (flag == '1' || flag == '3' || flag == '5' || flag == '7' || flag == '9' || flag == 'b' ||
-        flag == 'd' || flag == 'f') {
+    if (all_zero || sampled_flag(end[-3])) {
         Py_RETURN_FALSE;
     }
     Py_RETURN_TRUE;
@@ -520,12 +520,7 @@ static PyObject *journal_setup(PyObject *module, PyObject *const *args, Py_ssize
 /* tracing.sampled_in_lines: the flags' last digit of a lines block, bit 0 */
 static inline int sampled_lines(PyObject *lines) {
     Py_ssize_t length = PyBytes_GET_SIZE(lines);
-    if (length <= 3) {
-        return 0;
-    }
-    char flag = PyBytes_AS_STRING(lines)[length - 3];
-    return flag == '1' || flag == '3' || flag == '5' || flag == '7' || flag == '9' || flag == 'b' ||
-           flag == 'd' || flag == 'f';
+    return length > 3 && sampled_flag(PyBytes_AS_STRING(lines)[length - 3]);
 }
 
 #define SLOT(object, at) (*(PyObject **)((char *)(object) + (at)))

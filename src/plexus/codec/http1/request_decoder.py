@@ -452,30 +452,23 @@ class RequestDecoder:
             # find, and then the same key. (Cheaper than the search and the key's lookup, which hashes a new
             # bytes.)
             before, after, id_at, middle, stop, shape, known, approved = self._block_seen
-            # (An approved block is handed over as trace_block alone: the same classes as that one's block,
-            # the same answer from block_check. RequestHead.trace_context() makes its headers when asked.)
-            if _native_block is not None:  # (C: the same checks, no slice made before they pass)
+            # Its block checked (in C when built: no slice made before the checks pass); an approved one is
+            # handed over as trace_block alone (the same classes as that one's block: the same answer from
+            # block_check), and RequestHead.trace_context() makes its headers when asked.
+            if _native_block is not None:
                 block = _native_block(head, before, after, id_at, middle, stop, _BLOCK_CLASSES, shape)
-                if block is not None:
-                    request = RequestHead(*known)
-                    if approved:
-                        request.trace_block = block
-                    else:
-                        request.trace = trace_of_block(block)
-                    return request
             else:
-                request_id = head[id_at:middle]
-                parent = head[middle + 15 : stop]
                 block = head[id_at - 14 : stop + 2]
-                if _join((before, request_id, _BLOCK_MIDDLE, parent, after)) == head and (
-                    block.translate(_BLOCK_CLASSES) == shape
-                ):
-                    request = RequestHead(*known)
-                    if approved:
-                        request.trace_block = block
-                    else:
-                        request.trace = {b"x-request-id": request_id, b"traceparent": parent}
-                    return request
+                values = (head[id_at:middle], _BLOCK_MIDDLE, head[middle + 15 : stop])
+                if _join((before, *values, after)) != head or block.translate(_BLOCK_CLASSES) != shape:
+                    block = None
+            if block is not None:
+                request = RequestHead(*known)
+                if approved:
+                    request.trace_block = block
+                else:
+                    request.trace = trace_of_block(block)
+                return request
         heads = self._heads
         fields = heads.get(head)
         if fields is not None:
