@@ -59,6 +59,7 @@ class NullStream(io.RawIOBase):
 def main(argv: list[str]) -> None:
     access, formatted = "--access" in argv, "--format" in argv
     sidecar_flush = "--sidecar-flush" in argv
+    export = "--export" in argv
     log_dir = argv[argv.index("--log-dir") + 1] if "--log-dir" in argv else None
     count = int(argv[-1]) if argv and argv[-1].isdigit() else 30_000
     loop = uvloop.new_event_loop()
@@ -73,6 +74,10 @@ def main(argv: list[str]) -> None:
     if access:
         for telemetry in telemetries:
             telemetry.access_log = []
+    if export:  # (the span exporter's queue on; its hand-over every FLUSH_EVERY requests empties it)
+        for telemetry in telemetries:
+            telemetry.exporting_spans = True
+    spans = [0]
     writers: list[Any] = []
     if formatted and telemetries:
         from plexus.sidecar.access_log import AccessLogWriter
@@ -127,6 +132,10 @@ def main(argv: list[str]) -> None:
                 writer.flush()
             for telemetry in telemetries:
                 telemetry.access_log = []
+        if export and served[0] % FLUSH_EVERY == 0:
+            for telemetry in telemetries:
+                spans[0] += len(telemetry.spans)
+                telemetry.spans = []
 
     for _ in range(int(os.environ.get("WARM", "3000"))):
         one()
@@ -142,6 +151,8 @@ def main(argv: list[str]) -> None:
     for writer in writers:
         writer.close()
     print(f"{best:.2f} µs per request (both hops, Python side)")
+    if export:
+        print(f"{spans[0]} spans of {served[0]} requests")
 
 
 if __name__ == "__main__":

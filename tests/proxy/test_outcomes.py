@@ -13,7 +13,7 @@ import pytest
 from plexus.proxy.access_line import entry_line, format_batch
 from plexus.proxy.outcomes import MAX_OUTCOMES, OutcomeKey, outcome_for, request_ended
 from plexus.proxy.stats import ServiceStats
-from plexus.proxy.telemetry import Telemetry, WireFields
+from plexus.proxy.telemetry import Telemetry, WireFields, entry_of
 from plexus.proxy.tracing import Tracer, ids_from_lines
 
 OFFSET = 1_764_000_000.0
@@ -106,10 +106,28 @@ def test_a_tap_or_an_exported_span_gets_an_entry(sink: str) -> None:
         telemetry.exporting_spans = True
     lines = Tracer(sample_percent=100).fresh_lines()
     outcome = outcome_for(stats, _key())
-    request_ended(stats, outcome, 100.0, 2.0, 0, 5, (b"orders", None, lines, None), True)
-    got = telemetry.taps["t1"].lines if sink == "tap" else telemetry.spans
+    request_ended(stats, outcome, 100.0, 2.0, 0, 5, (b"orders", None, lines, None), None)
+    if sink == "tap":
+        got = telemetry.taps["t1"].lines
+    else:  # journaled like any other request, its tuple queued: the exporter's thread makes the entry
+        (journaled,) = telemetry.journal
+        assert not telemetry.ring and telemetry.spans == [journaled] and telemetry.spans[0] is journaled
+        got = [entry_of(item) for item in telemetry.spans]
     assert len(got) == 1 and got[0].sampled and got[0].trace_id == ids_from_lines(lines)[1]
+    assert got[0].path == "/orders/42" and got[0].duration_ms == 2.0 and got[0].response_bytes == 5
     assert stats.by_class[2] == 1 and telemetry.access_log is not None and len(telemetry.access_log) == 1
+
+
+def test_an_unsampled_request_queues_no_span_while_spans_are_exported() -> None:
+    stats = _stats()
+    telemetry = stats.telemetry
+    telemetry.exporting_spans = True
+    outcome = outcome_for(stats, _key())
+    for percent in (0, 100):
+        lines = Tracer(sample_percent=percent).fresh_lines()
+        request_ended(stats, outcome, 100.0, 2.0, 0, 5, (b"orders", None, lines, None), None)
+    assert len(telemetry.spans) == 1 and entry_of(telemetry.spans[0]).sampled
+    assert stats.by_class[2] == 2
 
 
 def test_the_outcome_cache_is_bounded_and_counts_survive_its_reset() -> None:

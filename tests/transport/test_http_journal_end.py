@@ -16,6 +16,7 @@ import h11
 import pytest
 
 from plexus.core import speedups
+from plexus.proxy.telemetry import entry_of
 from plexus.transport import DataPlane, http_exchange
 from transport.test_http_telemetry import Chain
 from transport.upstreams import LoopThread, read_response
@@ -83,7 +84,7 @@ def _run(chain: Chain, native: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str
             telemetry = plane.stats.telemetry
             entries = telemetry.recent  # (settles the journal)
             got[name] = [tuple(getattr(e, f) for f in _FIELDS) for e in entries]
-            got[name + " spans"] = [(e.path, e.status) for e in telemetry.spans]
+            got[name + " spans"] = [(e.path, e.status) for e in map(entry_of, telemetry.spans)]
             got[name + " failures"] = [(e.path, e.status) for e in telemetry.recent_failures]
             text = plane.stats.render()
             got[name + " counters"] = [

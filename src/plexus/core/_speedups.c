@@ -551,9 +551,9 @@ static inline int same(PyObject *a, PyObject *b) {
 /* journal_end(exchange, now, reason, flags) -> bool
 
    Exchange._ended for a request whose signature is its connection's last one (down.last_signature, the
-   same 12 fields compared alike), whose outcome needs no entry at once (not failed, no tap open, not a
-   sampled request while spans are exported): its journal tuple appended to the telemetry's journal, which
-   is settled when it holds the fold. False, with nothing done, for any other request (and any slot unset):
+   same 12 fields compared alike), whose outcome needs no entry at once (not failed, no tap open) and that
+   is not a sampled request while spans are exported (Python also queues its tuple for the exporter): its
+   journal tuple appended to the telemetry's journal, which is settled when it holds the fold. False, with nothing done, for any other request (and any slot unset):
    Exchange._ended's Python path takes it. */
 static PyObject *journal_end(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 4) {
@@ -613,7 +613,7 @@ static PyObject *journal_end(PyObject *module, PyObject *const *args, Py_ssize_t
     PyObject *tapping = SLOT(telemetry, telemetry_at[T_TAPPING]);
     PyObject *exporting = SLOT(telemetry, telemetry_at[T_EXPORTING_SPANS]);
     PyObject *journal = SLOT(telemetry, telemetry_at[T_JOURNAL]);
-    /* (a tap open, or spans exported and this request sampled: an entry is needed now) */
+    /* (a tap open: an entry is needed now; spans exported and this request sampled: a span queued too) */
     if (tapping != Py_False || journal == NULL || !PyList_CheckExact(journal) ||
         (exporting != Py_False &&
          (exporting != Py_True || trace != Py_None || !PyBytes_CheckExact(lines) || sampled_lines(lines)))) {

@@ -11,9 +11,11 @@ hot path (plexus.proxy.access_line.format_batch), and the ring makes it a ``Requ
 (``Telemetry.recent``).
 
 A request that a sink needs as an entry at once (a failure, for the failures ring and its counters; an open
-tap; a sampled span while spans are exported) takes the general path, ``ServiceStats.done``, with the same
-fields. Measured in bench/RESULTS.md (issue 5: the entry, its counters and its line were a third of an
-HTTP/1.1 hop's Python; issue 3: the largest block left of a gRPC call's).
+tap) takes the general path, ``ServiceStats.done``, with the same fields. A sampled request while spans are
+exported is journaled like any other, and its tuple is also queued for the exporter, whose thread makes its
+entry (``Telemetry.queue_span``): made on the loop, its entry and the early settle it forced cost as much
+as fifty other requests. Measured in bench/RESULTS.md (issue 5: the entry, its counters and its line were a
+third of an HTTP/1.1 hop's Python; issue 3: the largest block left of a gRPC call's).
 
 Any other request is only *journaled*: its tuple is appended to ``Telemetry.journal``, nothing counted.
 ``Telemetry.settle`` counts the journal when it holds JOURNAL_FOLD requests and before anything is read (the
@@ -261,10 +263,12 @@ def request_ended(
     that came in (RequestEntry._lazy). ``sampled``: None when it is to be read from the lines."""
     telemetry = outcome.telemetry
     item = (outcome, started, duration_ms, request_bytes, response_bytes, wire, sampled)
-    if outcome.failed or telemetry.tapping or telemetry.exporting_spans:
+    if outcome.failed or telemetry.tapping:
         ended_at_once(stats, item)
-    else:
-        journal(telemetry, item)
+        return
+    if telemetry.exporting_spans and (sampled if sampled is not None else sampled_of(wire)):
+        telemetry.queue_span(item)  # (its entry is made by the exporter's thread)
+    journal(telemetry, item)
 
 
 def journal(telemetry: Telemetry, item: tuple[Any, ...]) -> None:
@@ -279,13 +283,9 @@ def ended_at_once(stats: ServiceStats, item: tuple[Any, ...]) -> None:
     """The general path of request_ended (``item``: its journal tuple): the entry made now, counted and
     handed to every sink (after the journal: ServiceStats.done settles it first)."""
     outcome: Outcome = item[0]
-    telemetry: Telemetry = outcome.telemetry
     sampled = item[6]
     if sampled is None:
         sampled = sampled_of(item[5])
-    if not (outcome.failed or telemetry.tapping or (sampled and telemetry.exporting_spans)):
-        journal(telemetry, item)  # (spans are exported, but not this request's)
-        return
     entry = outcome.entry(item[1], item[2], item[3], item[4], item[5], sampled)
     stats.done(entry, item)
     cls = entry.status // 100

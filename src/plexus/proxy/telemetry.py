@@ -252,6 +252,15 @@ class RequestEntry:
         )
 
 
+def entry_of(item: RequestEntry | tuple[Any, ...]) -> RequestEntry:
+    """A queued request as its entry: an entry as is, a journal tuple (plexus.proxy.outcomes) through its
+    outcome, its lazy fields decoded when read. (Only reads: safe in the span exporter's thread.)"""
+    if isinstance(item, RequestEntry):
+        return item
+    entry: RequestEntry = item[0].entry(*item[1:])
+    return entry
+
+
 class Tap:
     """One live `plexus tap`: entries of ``service`` ("" = every service) wait here for the next flush."""
 
@@ -323,9 +332,11 @@ class Telemetry:
         self.access_log_full: Callable[[], None] | None = None
         self.taps: dict[str, Tap] = {}
         self.tapping = False  # fast test on the hot path: any tap open
-        self.spans: list[RequestEntry] = []
-        # Sampled entries are queued only while a span exporter drains them (--trace-export): without one
-        # the sampling decision still travels to the next hop, but nothing is kept here.
+        self.spans: list[RequestEntry | tuple[Any, ...]] = []
+        # Sampled requests are queued only while a span exporter drains them (--trace-export): without one
+        # the sampling decision still travels to the next hop, but nothing is kept here. A request that
+        # was only journaled is queued as its journal tuple (``entry_of`` makes its entry in the exporter's
+        # thread), so a sampled request costs the loop no more than any other.
         self.exporting_spans = False
         # What the writers did (plexus_telemetry_* families): dropped = the queue was full; failed = the
         # writer could not write or export them; written/exported = delivered.
@@ -364,7 +375,7 @@ class Telemetry:
     def recent(self) -> list[RequestEntry]:
         """The short ring's requests as entries, oldest first."""
         self.settle()
-        return [item if isinstance(item, RequestEntry) else item[0].entry(*item[1:]) for item in self.ring]
+        return [entry_of(item) for item in self.ring]
 
     def set_clock(self, loop_time: float) -> None:
         """Call once from the loop: ``loop_time`` is ``loop.time()`` now."""
@@ -404,8 +415,8 @@ class Telemetry:
         else:
             self.access_log_dropped += 1
 
-    def queue_span(self, entry: RequestEntry) -> None:
-        """A sampled entry for the span exporter (bounded)."""
+    def queue_span(self, entry: RequestEntry | tuple[Any, ...]) -> None:
+        """A sampled request for the span exporter (bounded): its entry, or its journal tuple."""
         if len(self.spans) < SPAN_BUFFER:
             self.spans.append(entry)
         else:

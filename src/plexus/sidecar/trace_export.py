@@ -1,6 +1,7 @@
 """Span export (``--trace-export``): sampled requests become OpenTelemetry spans, exported off the loop.
 
-A sampled request that ends lands in ``Telemetry.spans`` (only while an exporter runs: ``exporting_spans``).
+A sampled request that ends lands in ``Telemetry.spans`` (only while an exporter runs: ``exporting_spans``),
+as its entry or its journal tuple; the worker makes the entries.
 Every ``EXPORT_INTERVAL`` a timer on the sidecar's loop swaps that list for an empty one and hands the batch
 to a worker thread, through a bounded queue (``MAX_QUEUED_BATCHES``; a full queue drops the batch, counted in
 ``Telemetry.spans_dropped``). The thread builds the OpenTelemetry SDK's ``ReadableSpan``s and calls the
@@ -36,7 +37,7 @@ from typing import IO, TYPE_CHECKING, Any, Final
 
 from plexus.config.sidecar_settings import parse_trace_export
 from plexus.core.errors import PlexusError
-from plexus.proxy.telemetry import INBOUND, RequestEntry, Telemetry, response_flag
+from plexus.proxy.telemetry import INBOUND, RequestEntry, Telemetry, entry_of, response_flag
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
 
 log = logging.getLogger("plexus.sidecar.trace_export")
+
+QueuedSpan = RequestEntry | tuple[Any, ...]  # (a sampled request as Telemetry.spans holds it)
 
 EXPORT_INTERVAL: Final = 1.0  # seconds between two hand-overs to the worker (the SDK's batch delay is 5 s)
 MAX_QUEUED_BATCHES: Final = 16  # batches waiting for a slow exporter; more are dropped (memory stays capped)
@@ -239,7 +242,7 @@ class SpanExport:
         self._make, self._discard = exporter  # (make_exporter)
         self.exporter: SpanExporter | None = None  # made by the worker at the first batch
         self.spec = spec
-        self._queue: queue.Queue[list[RequestEntry] | None] = queue.Queue(MAX_QUEUED_BATCHES)
+        self._queue: queue.Queue[list[QueuedSpan] | None] = queue.Queue(MAX_QUEUED_BATCHES)
         self._thread = threading.Thread(target=self._work, name="plexus-span-export", daemon=True)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -295,7 +298,7 @@ class SpanExport:
                 if self.exporter is None:
                     self.exporter = self._make()
                     resource = make_resource(telemetry)
-                spans = build_spans(batch, telemetry, resource)
+                spans = build_spans(list(map(entry_of, batch)), telemetry, resource)
                 result = self.exporter.export(spans)
                 ok = result is SpanExportResult.SUCCESS
             except Exception:  # an exporter bug must not end the thread: count and go on

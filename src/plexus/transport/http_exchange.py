@@ -735,22 +735,17 @@ class Exchange:
             None,
         )
         telemetry = outcome.telemetry
-        if (
-            outcome.failed
-            or telemetry.tapping
-            or (
-                telemetry.exporting_spans
-                and (
-                    lines[-3] in _SAMPLED_FLAGS  # (tracing.sampled_in_lines, inlined)
-                    if trace is None and len(lines := head.trace_lines) > 3
-                    else trace is not None and trace.sampled
-                )
-            )
-        ):
+        if outcome.failed or telemetry.tapping:
             ended_at_once(outcome.stats, item)
             return
         journal = telemetry.journal  # (outcomes.journal, inlined)
         journal.append(item)
+        if telemetry.exporting_spans and (
+            lines[-3] in _SAMPLED_FLAGS  # (tracing.sampled_in_lines, inlined)
+            if trace is None and len(lines := head.trace_lines) > 3
+            else trace is not None and trace.sampled
+        ):
+            telemetry.queue_span(item)  # (its entry is made by the exporter's thread)
         if len(journal) >= JOURNAL_FOLD:
             telemetry.settle()
 
