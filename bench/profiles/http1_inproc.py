@@ -1,7 +1,7 @@
 """Two HTTP/1.1 hops in one process, over fake transports: consumer egress → provider ingress → app. The
 Python side of a request through two sidecars, without system calls, for deterministic instruction counts.
 
-    .venv/bin/python bench/profiles/http1_inproc.py [--access] [--format] [N]
+    .venv/bin/python bench/profiles/http1_inproc.py [--access] [--format] [--export] [N]
         # prints CPU µs per request (best of ROUNDS rounds of N requests)
     PYTHONPATH=/tmp/plexus-skeleton/src .venv/bin/python bench/profiles/http1_inproc.py N   # another tree
 
@@ -15,6 +15,9 @@ round each, after 2,000 warm-up requests) and divide the difference by 1,000:
 ``--access`` turns both sidecars' access-log queues on; ``--format`` also runs the access-log writer over
 them every 1,000 requests (into a null stream), as the sidecar's timer would. Without ``--access`` the
 telemetry is the default (metrics, the recent rings, trace context at 1 %).
+
+``--export`` turns both sidecars' span queues on (``Telemetry.exporting_spans``: the sampled requests queued
+for an exporter) and empties them every 1,000 requests, as the exporter's hand-over would.
 
 ``--sidecar-flush`` runs the writer when the queue asks for it (``Telemetry.access_log_full``: every 256
 requests, when the journal is counted), as a busy sidecar does, instead of every 1,000; ``--log-dir DIR``
