@@ -118,6 +118,17 @@ def test_a_tap_or_an_exported_span_gets_an_entry(sink: str) -> None:
     assert stats.by_class[2] == 1 and telemetry.access_log is not None and len(telemetry.access_log) == 1
 
 
+def test_a_sampled_failure_is_exported_once_as_its_entry() -> None:
+    stats = _stats()
+    telemetry = stats.telemetry
+    telemetry.exporting_spans = True
+    lines = Tracer(sample_percent=100).fresh_lines()
+    outcome = outcome_for(stats, _key(status=503, reason="upstream_reset", flags="UR"))
+    request_ended(stats, outcome, 100.0, 2.0, 0, 5, (b"orders", None, lines, None), None)
+    (span,) = telemetry.spans  # (the general path queued its entry; the journal's branch did not run)
+    assert span is entry_of(span) and span.failed and span.sampled and telemetry.recent_failures[0] is span
+
+
 def test_an_unsampled_request_queues_no_span_while_spans_are_exported() -> None:
     stats = _stats()
     telemetry = stats.telemetry
