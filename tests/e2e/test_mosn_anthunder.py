@@ -16,6 +16,7 @@ Run as a script, this module is one of the two apps: ``provider READY_FILE`` or 
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import shutil
@@ -38,6 +39,7 @@ SERVICE = "com.acme.anthunder.Echo:1.0"
 PROVIDER_PORT = 12200  # SOFA's default; the namespace is ours, so no clash
 SUBNET = "10.213.0"
 CONCURRENT = 50
+STACKS_AFTER_S = 45
 
 
 # --- the apps (run inside a namespace) ------------------------------------------------------------------
@@ -68,7 +70,9 @@ def run_consumer(result_file: str) -> None:
     from mytracer import SpanContext
 
     client = Client("anthunder-consumer")  # POST 127.0.0.1:13330/configs/application
+    print("consumer: registered", flush=True)  # (progress lines: where a stuck run stopped)
     client.subscribe(SERVICE)  # POST /services/subscribe
+    print("consumer: subscribed", flush=True)
     result: dict[str, Any] = {"sync": [], "async": [], "errors": []}
     deadline = time.monotonic() + 20
     while True:  # until the registry's push of the provider reached sidecar A
@@ -86,6 +90,7 @@ def run_consumer(result_file: str) -> None:
         result["sync"].append(
             client.invoke_sync(SERVICE, "echo", body, spanctx=SpanContext(), timeout_ms=3000).decode()
         )
+    print("consumer: sync calls answered", flush=True)
     time.sleep(1.5)  # idle: the sidecars' keepalives run on the upstream connections
     aio = AioClient("anthunder-consumer")
     futures = [
@@ -222,12 +227,15 @@ def test_anthunder_consumer_to_anthunder_provider_through_two_sidecars(netns: Na
         )
         started.append(provider)
         result_file = _ready_path(tmp, "consumer")
-        consumer = _in(
-            netns.a,
-            [sys.executable, me, "consumer", str(result_file)],
-            ready_file=result_file,
-            ready_timeout=60,
-        )
+        try:
+            consumer = _in(
+                netns.a,
+                [sys.executable, me, "consumer", str(result_file)],
+                ready_file=result_file,
+                ready_timeout=60,
+            )
+        except TimeoutError as exc:  # (the sidecars' logs too: which side stopped answering)
+            raise TimeoutError(f"{exc}\nsidecar A:\n{a.log()}\nsidecar B:\n{b.log()}") from None
         started.append(consumer)
         result = consumer.info
         assert result["errors"] == [], consumer.log()
@@ -264,4 +272,7 @@ def _count(text: str, prefix: str) -> int:
 
 
 if __name__ == "__main__":
+    # A consumer stuck past this (its ready timeout is 60 s) prints every thread's stack into its log, which
+    # the test's failure shows: where anthunder or a sidecar stopped answering.
+    faulthandler.dump_traceback_later(STACKS_AFTER_S, exit=False)
     {"provider": run_provider, "consumer": run_consumer}[sys.argv[1]](sys.argv[2])
