@@ -327,9 +327,16 @@ def test_per_try_timeout_without_retry_answers_deadline_exceeded(consumer: Consu
     slow = consumer.app("slow", "slow:3")
     consumer.serve([slow.address], rule(retries=HttpRetry(0, per_try_timeout=0.3)))
     with consumer.channel() as ch:
-        code, _, trailers = call(ch, "p")
+        started = time.monotonic()
+        code, _, trailers = call(ch, "p")  # (the caller allows 5 s, the app takes 3: the try's 0.3 s ends it)
+        assert time.monotonic() - started < 2.0
     assert code is grpc.StatusCode.DEADLINE_EXCEEDED
-    assert trailers.get("x-plexus-error", "").startswith("upstream_per_try_timeout")
+    # The sidecar's per-try timer and the app's own deadline (the same 0.3 s, forwarded in grpc-timeout) race
+    # on a loaded machine (CI saw the app's win once): the sidecar's per-try timeout, or the app's
+    # DEADLINE_EXCEEDED passed on; never another reason.
+    reason = trailers.get("x-plexus-error")
+    assert reason is None or reason.startswith("upstream_per_try_timeout"), trailers
+    assert slow.deadlines[0] is not None and slow.deadlines[0] <= 0.3 + SLACK  # the try's deadline, told
 
 
 def test_rule_timeout_and_grpc_timeout_the_shorter_wins(consumer: Consumer) -> None:
