@@ -553,8 +553,8 @@ static inline int same(PyObject *a, PyObject *b) {
    Exchange._ended for a request whose signature is its connection's last one (down.last_signature, the
    same 12 fields compared alike), whose outcome needs no entry at once (not failed, no tap open) and that
    is not a sampled request while spans are exported (Python also queues its tuple for the exporter): its
-   journal tuple appended to the telemetry's journal, which is settled when it holds the fold. False, with nothing done, for any other request (and any slot unset):
-   Exchange._ended's Python path takes it. */
+   journal tuple appended to the telemetry's journal, which is settled when it holds the fold. False, with
+   nothing done, for any other request (and any slot unset): Exchange._ended's Python path takes it. */
 static PyObject *journal_end(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 4) {
         PyErr_SetString(PyExc_TypeError, "journal_end(exchange, now, reason, flags)");
