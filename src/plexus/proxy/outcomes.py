@@ -283,10 +283,7 @@ def ended_at_once(stats: ServiceStats, item: tuple[Any, ...]) -> None:
     """The general path of request_ended (``item``: its journal tuple): the entry made now, counted and
     handed to every sink (after the journal: ServiceStats.done settles it first)."""
     outcome: Outcome = item[0]
-    sampled = item[6]
-    if sampled is None:
-        sampled = sampled_of(item[5])
-    entry = outcome.entry(item[1], item[2], item[3], item[4], item[5], sampled)
+    entry = outcome.entry(*item[1:])  # (its sampled flag read from the trace lines when item[6] is None)
     stats.done(entry, item)
     cls = entry.status // 100
     if outcome.status_class != (cls if 0 < cls < 6 else 0):  # a gRPC local reply (see OutcomeKey)

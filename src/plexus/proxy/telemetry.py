@@ -252,7 +252,11 @@ class RequestEntry:
         )
 
 
-def entry_of(item: RequestEntry | tuple[Any, ...]) -> RequestEntry:
+# A request as the sinks' queues hold it: its entry, or (journaled: plexus.proxy.outcomes) its journal tuple.
+Queued = RequestEntry | tuple[Any, ...]
+
+
+def entry_of(item: Queued) -> RequestEntry:
     """A queued request as its entry: an entry as is, a journal tuple (plexus.proxy.outcomes) through its
     outcome, its lazy fields decoded when read. (Only reads: safe in the span exporter's thread.)"""
     if isinstance(item, RequestEntry):
@@ -320,19 +324,19 @@ class Telemetry:
         self.loop_clock_offset = loop_clock_offset
         # The short ring: RequestEntry objects, or an HTTP/1.1 request's (outcome, numbers...) tuple that
         # becomes one only when read (``recent``; plexus.proxy.outcomes says why).
-        self.ring: deque[RequestEntry | tuple[Any, ...]] = deque(maxlen=RECENT_REQUESTS)
+        self.ring: deque[Queued] = deque(maxlen=RECENT_REQUESTS)
         # HTTP/1.1, HTTP/2 and gRPC requests that ended as their outcome's tuple, not yet counted nor handed
         # to the ring and the access log (``settle``; plexus.proxy.outcomes says why).
         self.journal: list[tuple[Any, ...]] = []
         self.recent_failures: deque[RequestEntry] = deque(maxlen=RECENT_FAILURES)
         # A list while an access log is configured, of what the writer formats (plexus.proxy.access_line's
         # format_batch): entries, or HTTP/1.1 requests as their ring tuples (plexus.proxy.outcomes).
-        self.access_log: list[RequestEntry | tuple[Any, ...]] | None = None
+        self.access_log: list[Queued] | None = None
         # Called once when the queue reaches ACCESS_LOG_BATCH (the writer schedules a flush then).
         self.access_log_full: Callable[[], None] | None = None
         self.taps: dict[str, Tap] = {}
         self.tapping = False  # fast test on the hot path: any tap open
-        self.spans: list[RequestEntry | tuple[Any, ...]] = []
+        self.spans: list[Queued] = []
         # Sampled requests are queued only while a span exporter drains them (--trace-export): without one
         # the sampling decision still travels to the next hop, but nothing is kept here. A request that
         # was only journaled is queued as its journal tuple (``entry_of`` makes its entry in the exporter's
@@ -402,7 +406,7 @@ class Telemetry:
         if entry.sampled and self.exporting_spans:
             self.queue_span(entry)
 
-    def queue_line(self, item: RequestEntry | tuple[Any, ...]) -> None:
+    def queue_line(self, item: Queued) -> None:
         """One request for the access-log writer (bounded), while an access log is configured."""
         log = self.access_log
         if log is None:
@@ -415,7 +419,7 @@ class Telemetry:
         else:
             self.access_log_dropped += 1
 
-    def queue_span(self, entry: RequestEntry | tuple[Any, ...]) -> None:
+    def queue_span(self, entry: Queued) -> None:
         """A sampled request for the span exporter (bounded): its entry, or its journal tuple."""
         if len(self.spans) < SPAN_BUFFER:
             self.spans.append(entry)

@@ -37,7 +37,7 @@ from typing import IO, TYPE_CHECKING, Any, Final
 
 from plexus.config.sidecar_settings import parse_trace_export
 from plexus.core.errors import PlexusError
-from plexus.proxy.telemetry import INBOUND, RequestEntry, Telemetry, entry_of, response_flag
+from plexus.proxy.telemetry import INBOUND, Queued, RequestEntry, Telemetry, entry_of, response_flag
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
@@ -45,8 +45,6 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
 
 log = logging.getLogger("plexus.sidecar.trace_export")
-
-QueuedSpan = RequestEntry | tuple[Any, ...]  # (a sampled request as Telemetry.spans holds it)
 
 EXPORT_INTERVAL: Final = 1.0  # seconds between two hand-overs to the worker (the SDK's batch delay is 5 s)
 MAX_QUEUED_BATCHES: Final = 16  # batches waiting for a slow exporter; more are dropped (memory stays capped)
@@ -242,7 +240,7 @@ class SpanExport:
         self._make, self._discard = exporter  # (make_exporter)
         self.exporter: SpanExporter | None = None  # made by the worker at the first batch
         self.spec = spec
-        self._queue: queue.Queue[list[QueuedSpan] | None] = queue.Queue(MAX_QUEUED_BATCHES)
+        self._queue: queue.Queue[list[Queued] | None] = queue.Queue(MAX_QUEUED_BATCHES)
         self._thread = threading.Thread(target=self._work, name="plexus-span-export", daemon=True)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
