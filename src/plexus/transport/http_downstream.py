@@ -154,6 +154,8 @@ class HttpDownstream(asyncio.Protocol):
             self.pipe_conn = None
         current, self.current = self.current, None
         self.pending.clear()
+        self.decoding = None
+        self.decoder.release()  # (its parsers and sinks point back here: freed now, not by the collector)
         if current is not None and not current.done:
             current.abandon()  # the client is gone: the upstream exchange cannot complete
 

@@ -41,7 +41,10 @@ class _UpstreamSide(asyncio.Protocol):
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.pipe.upstream_lost()
+        pipe = self.pipe
+        pipe.upstream_lost()
+        if pipe.upstream is self:  # (the two name each other: freed now, not left for the cycle collector)
+            pipe.upstream = None
 
     def pause_writing(self) -> None:
         self.pipe.pause_downstream_reading()

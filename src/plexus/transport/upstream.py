@@ -102,8 +102,10 @@ class UpstreamConnection(asyncio.Protocol):
         if exchange is not None:
             self.exchange = None
             if self.pipe is None and self.decoder.eof():
+                self.decoder.release()
                 return  # the close ended a close-delimited body; on_response_end already ran
             exchange.on_upstream_lost(self)
+        self.decoder.release()  # (its parser and sink point back here: freed now, not by the collector)
 
     def pause_writing(self) -> None:
         if self.exchange is not None:

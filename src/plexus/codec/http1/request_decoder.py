@@ -163,6 +163,29 @@ class RequestSink(Protocol):
     def on_request_error(self, error: ProtocolError) -> None: ...
 
 
+class _Released:
+    """The sink of a released decoder (RequestDecoder.release): nothing reaches it, a dead decoder reads
+    nothing."""
+
+    def on_request_head(self, head: RequestHead) -> None:
+        pass
+
+    def on_request_body(self, data: bytes) -> None:
+        pass
+
+    def on_request_end(self) -> None:
+        pass
+
+    def on_upgrade(self, tail: bytes) -> None:
+        pass
+
+    def on_request_error(self, error: ProtocolError) -> None:
+        pass
+
+
+_RELEASED: Final = _Released()
+
+
 class _Refused(Exception):
     """Raised inside an llhttp callback to stop parsing; the ProtocolError is kept on the decoder."""
 
@@ -637,6 +660,15 @@ class RequestDecoder:
             request.trace_block = head[begin + 2 : stop + 2]
             return request
         return RequestHead(*fields)
+
+    def release(self) -> None:
+        """The connection is gone: read nothing more, and let go of the sinks and the parsers (whose
+        callbacks are this decoder's methods). A connection's objects refer to one another through these;
+        without them they are freed by reference counting when the connection closes, not left for the
+        cycle collector, which a sidecar runs rarely (plexus.sidecar.app.GC_GEN0_THRESHOLD)."""
+        self.dead = True
+        self._fast_parser = self._parser = None
+        self._sink = self.body_sink = _RELEASED
 
     def _fail(self, error: ProtocolError) -> None:
         self.dead = True

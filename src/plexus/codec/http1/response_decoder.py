@@ -83,6 +83,30 @@ class ResponseSink(Protocol):
     def on_response_error(self, error: ProtocolError) -> None: ...
 
 
+class _Released:
+    """The sink of a released decoder (ResponseDecoder.release): nothing reaches it, a dead decoder reads
+    nothing."""
+
+    def on_response_head(self, head: ResponseHead) -> None:
+        pass
+
+    def on_response_body(self, data: bytes) -> None:
+        pass
+
+    def on_response_end(self) -> None:
+        pass
+
+    def on_response_upgrade(self, head: ResponseHead, tail: bytes) -> None:
+        pass
+
+    def on_response_error(self, error: ProtocolError) -> None:
+        pass
+
+
+_RELEASED: Final = _Released()
+_IDLE_PARSER: Final = httptools.HttpResponseParser(_RELEASED)  # a released decoder's: never fed
+
+
 class _Stop(Exception):
     """Stops llhttp: a refusal (kept on the decoder) or the end of a HEAD response's head."""
 
@@ -284,6 +308,16 @@ class ResponseDecoder:
         self._head = None
         self.sink.on_response_head(head)
         self.sink.on_response_end()
+
+    def release(self) -> None:
+        """The connection is gone: read nothing more, and let go of the sink and the parser (whose callbacks
+        are this decoder's methods). The connection's objects and the exchange it last served refer to one
+        another through these; without them they are freed by reference counting when the connection
+        closes, not left for the cycle collector, which a sidecar runs rarely."""
+        self.dead = True
+        self._parser = _IDLE_PARSER
+        self.sink = _RELEASED
+        self.body_out = None
 
     def eof(self) -> bool:
         """The upstream closed: True when that ended a close-delimited body (the response is complete)."""
