@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import re
+import socket
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from sidecar_helpers import Group, api, start_echo
 from telemetry_mesh import APP_BODY, TelemetryMesh, telemetry_mesh
 
 from plexus.core import reasons
@@ -278,3 +280,52 @@ def test_journaled_requests_are_written_by_the_next_flush(tmp_path: Path) -> Non
     (line,) = _lines(log_path)
     assert (line["path"], line["response_code"], line["bytes_sent"]) == ("/cart", 200, 13)
     assert line["request_id"] == ids_from_lines(lines)[0] and stats.by_class[2] == 1
+
+
+def test_sidecars_log_a_tcp_connection_when_it_closes(mesh: TelemetryMesh) -> None:
+    group = Group()
+    try:
+        _, echo_port = start_echo(group)
+        published = api(mesh.b, "PUT", "/v1/providers/echo-log", {"port": echo_port, "protocol": "tcp"})
+        assert published.status_code == 200, published.text
+        tcp_ingress = published.json()["address"]
+        host, _, port = api(mesh.a, "PUT", "/v1/consumers/echo-log").json()["address"].rpartition(":")
+        payload = b"ping over two sidecars\n"
+
+        def echoed() -> bool:
+            with socket.create_connection((host, int(port)), timeout=5) as conn:
+                conn.sendall(payload)
+                data = b""
+                while len(data) < len(payload):
+                    chunk = conn.recv(100)
+                    if not chunk:
+                        break
+                    data += chunk
+                return data == payload
+
+        wait_for(echoed, timeout=15, what="a TCP echo through A and B")
+
+        def logged() -> tuple[dict[str, Any], dict[str, Any]] | None:
+            def echoes(path: Path) -> list[dict[str, Any]]:
+                return [
+                    x
+                    for x in _lines(path)
+                    if (x["protocol"], x["service"], x["bytes_sent"]) == ("tcp", "echo-log", len(payload))
+                ]
+
+            ours, theirs = echoes(mesh.a_log), echoes(mesh.b_log)
+            return (ours[-1], theirs[-1]) if ours and theirs else None
+
+        found = wait_for(logged, timeout=10, what="both sidecars' lines for the connection")
+        assert found is not None
+        out, inbound = found
+        assert set(out) >= ENVOY_FIELDS and ISO_MS.match(out["start_time"])
+        assert out["direction"] == "outbound" and inbound["direction"] == "inbound"
+        assert (out["response_code"], out["response_flags"], out["response_code_details"]) == (0, "-", None)
+        assert out["bytes_received"] == len(payload) == inbound["bytes_received"] == inbound["bytes_sent"]
+        assert out["upstream_host"] == tcp_ingress and out["upstream_cluster"] == "outbound|||echo-log"
+        assert inbound["upstream_host"] == f"127.0.0.1:{echo_port}"
+        assert out["peer_workload"] == "hello-v1" and out["workload"] == "web"
+        assert out["method"] is None and out["path"] is None and out["request_id"] is None
+    finally:
+        group.stop_all()

@@ -17,6 +17,10 @@ Fields, named as Envoy's default JSON access-log format names them: ``start_time
 ``upstream_host``, ``upstream_cluster``; and Plexus's: ``duration_ms``, ``direction``, ``service``,
 ``workload``, ``peer_workload``, ``attempts``, ``grpc_status``. A value the request did not have is null.
 The order keeps the parts that repeat from request to request together.
+
+A TCP connection is one entry too, written when it closes (as Envoy's TCP proxy logs one): protocol
+``tcp``, response_code 0, no method, path or ids, the duration and bytes of the whole connection, and
+``response_code_details`` null unless no upstream took it (then the reason, with UF or UH).
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ from plexus.proxy.telemetry import NO_FLAGS, RequestEntry, Telemetry
 from plexus.proxy.tracing import TraceStart
 
 # Envoy's request protocol strings (%PROTOCOL%); Bolt and Dubbo keep their own names.
-PROTOCOL_NAMES: Final = {"http": "HTTP/1.1", "grpc": "HTTP/2", "bolt": "bolt", "dubbo": "dubbo"}
+PROTOCOL_NAMES: Final = {"http": "HTTP/1.1", "grpc": "HTTP/2", "bolt": "bolt", "dubbo": "dubbo", "tcp": "tcp"}
+TCP: Final = "tcp"  # a TCP connection's entry: one line per connection (plexus.transport.tcp_proxy)
 VIA_UPSTREAM: Final = "via_upstream"  # Envoy's %RESPONSE_CODE_DETAILS% when the upstream answered
 DOWNSTREAM_DISCONNECT_DETAILS: Final = "downstream_remote_disconnect"
 
@@ -141,6 +146,24 @@ def outcome_part(
     return part
 
 
+def _connection_outcome_part(entry: RequestEntry, workload: str) -> bytes:
+    """outcome_part for a TCP connection's entry (plexus.transport.tcp_proxy): no response, so no
+    response_code_details but a reason (UF, UH). Not remembered: connections are few next to requests."""
+    fields = {
+        "response_code": 0,
+        "response_flags": entry.flags or NO_FLAGS,
+        "response_code_details": entry.reason or None,
+        "attempts": entry.attempts,
+        "upstream_host": entry.upstream or None,
+        "upstream_cluster": f"{entry.direction}|||{entry.service}",
+        "direction": entry.direction,
+        "service": entry.service,
+        "workload": workload,
+        "peer_workload": entry.peer_workload,
+    }
+    return orjson.dumps(fields)[1:-1] + b","
+
+
 def entry_line(entry: RequestEntry, telemetry: Telemetry) -> str:
     """Any request entry as one access-log line (JSON, no newline)."""
     wall = entry.start + telemetry.loop_clock_offset  # Telemetry.wall, inlined: once per line
@@ -155,7 +178,10 @@ def entry_line(entry: RequestEntry, telemetry: Telemetry) -> str:
         entry.authority,
         entry.user_agent,
     )
-    outcome = outcome_part(*outcome_key(entry, telemetry.workload))
+    if protocol == TCP:
+        outcome = _connection_outcome_part(entry, telemetry.workload)
+    else:
+        outcome = outcome_part(*outcome_key(entry, telemetry.workload))
     ids = {"request_id": entry.request_id or None, "trace_id": entry.trace_id or None}
     return "".join(
         (

@@ -7,7 +7,6 @@ Every balancer is rebuilt (``rebuild``) when the endpoint list changes and asked
 from __future__ import annotations
 
 import bisect
-import hashlib
 import random
 from collections.abc import Callable, Sequence
 from typing import Final, Protocol
@@ -122,7 +121,9 @@ class Weighted(_Base):
 
 
 def _hash64(data: bytes) -> int:
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+    from hashlib import blake2b  # (here: hashlib adds 0.6 MiB to a sidecar that never hashes to a ring)
+
+    return int.from_bytes(blake2b(data, digest_size=8).digest(), "big")
 
 
 class RingHash(_Base):

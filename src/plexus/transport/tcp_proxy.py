@@ -7,6 +7,11 @@ Counters (istio_tcp_*): the service's ``TcpStats`` (opened when accepted, bytes 
 same split by peer workload (``TcpStats.peer``): outbound the connected upstream instance's workload, inbound
 "unknown" (nothing on a plain TCP connection says who called). The peer is known once the upstream is
 connected (or has failed: then "unknown"); bytes read before that are added to it then.
+
+Access log: with one configured, a connection is one line when it closes, as Envoy's TCP proxy logs it
+(``RequestEntry`` with protocol "tcp": its duration, the bytes each way, the upstream, the attempts, and UF
+or UH with their reason when no upstream took it). It goes to the access log only: a connection is no
+request for the request counters, the ring that ``plexus explain`` reads, or the taps.
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ import logging
 from collections.abc import Callable
 from typing import Final, cast
 
+from plexus.core import reasons
 from plexus.proxy import Endpoint, TcpStats
-from plexus.proxy.telemetry import UNKNOWN
+from plexus.proxy.telemetry import INBOUND, OUTBOUND, UNKNOWN, RequestEntry, response_flag
 from plexus.transport.context import DataPlaneContext
 
 log = logging.getLogger("plexus.dataplane")
@@ -81,9 +87,19 @@ class TcpPipe(asyncio.Protocol):
         self.peer: list[int] | None = None
         self.early = len(initial)
         self.early_sent = 0
+        # For the access-log line: when the connection opened (loop clock), its bytes each way, the connect
+        # attempts, the last upstream tried, and why none took it ("" once one did).
+        self.started = 0.0
+        self.received = len(initial)
+        self.sent = 0
+        self.attempts = 0
+        self.upstream_host = ""
+        self.reason = ""
+        self.peer_workload = UNKNOWN
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
+        self.started = self.ctx.loop.time()
         self.ctx.tcp_connections.add(self)
         self.stats.connections += 1
         self.stats.active += 1
@@ -92,6 +108,7 @@ class TcpPipe(asyncio.Protocol):
 
     async def _connect(self) -> None:
         exclude: Endpoint | None = None
+        self.reason = reasons.NO_HEALTHY_UPSTREAM
         for attempt in range(2 if self.retry else 1):
             endpoint = self.pick(exclude)
             if endpoint is None:
@@ -99,6 +116,8 @@ class TcpPipe(asyncio.Protocol):
             endpoint.active += 1
             endpoint.total += 1
             self.endpoint = endpoint
+            self.attempts += 1
+            self.upstream_host = endpoint.key
             side = _UpstreamSide(self)
             host, port = endpoint.address
             try:
@@ -111,9 +130,11 @@ class TcpPipe(asyncio.Protocol):
                 endpoint.failures += 1
                 self.endpoint = None
                 self.ctx.stats.upstream_cx_connect_fail += 1
+                self.reason = self._connect_failure(exc)
                 log.debug("tcp connect to %s failed (attempt %d): %r", endpoint.key, attempt + 1, exc)
                 exclude = endpoint
                 continue
+            self.reason = ""
             if self.closed:
                 if side.transport is not None:
                     side.transport.close()
@@ -133,10 +154,18 @@ class TcpPipe(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def _connect_failure(self, exc: BaseException) -> str:
+        if self.stats.direction == "ingress":
+            return reasons.LOCAL_APP_UNAVAILABLE
+        if isinstance(exc, TimeoutError):
+            return reasons.UPSTREAM_CONNECT_TIMEOUT
+        return reasons.UPSTREAM_CONNECT_FAILED
+
     def _peer_known(self, workload: str) -> list[int]:
         peer = self.peer
         if peer is None:
-            peer = self.peer = self.stats.peer(workload or UNKNOWN)
+            self.peer_workload = workload or UNKNOWN
+            peer = self.peer = self.stats.peer(self.peer_workload)
             peer[0] += 1
             peer[2] += self.early
             peer[3] += self.early_sent
@@ -151,6 +180,7 @@ class TcpPipe(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         size = len(data)
         self.stats.bytes_received += size
+        self.received += size
         peer = self.peer
         if peer is not None:
             peer[2] += size
@@ -187,6 +217,32 @@ class TcpPipe(asyncio.Protocol):
                 side.transport.close()
             else:
                 side.transport.abort()
+        telemetry = self.ctx.stats.telemetry
+        if telemetry.access_log is not None:
+            telemetry.settle()  # (the requests that ended before: the log keeps the order of endings)
+            telemetry.queue_line(self._entry(self.ctx.loop.time()))
+
+    def _entry(self, now: float) -> RequestEntry:
+        """The connection as one access-log entry (see the module's docstring)."""
+        stats = self.stats
+        reason = self.reason
+        return RequestEntry(
+            OUTBOUND if stats.direction == "egress" else INBOUND,
+            stats.service,
+            "tcp",
+            "",
+            "",
+            self.started,
+            (now - self.started) * 1000.0,
+            0,
+            reason=reason,
+            flags=response_flag(reason),
+            request_bytes=self.received,
+            response_bytes=self.sent,
+            peer_workload=self.peer_workload,
+            upstream=self.upstream_host,
+            attempts=self.attempts,
+        )
 
     def pause_writing(self) -> None:
         side = self.upstream
@@ -203,6 +259,7 @@ class TcpPipe(asyncio.Protocol):
     def from_upstream(self, data: bytes) -> None:
         size = len(data)
         self.stats.bytes_sent += size
+        self.sent += size
         peer = self.peer
         if peer is not None:
             peer[3] += size

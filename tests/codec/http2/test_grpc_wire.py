@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -22,6 +25,7 @@ from plexus.codec.http2 import (
     split_grpc_path,
     trailers_only_response,
 )
+from plexus.codec.http2.grpc_wire import _ceil_nanos
 from plexus.core import reasons
 from plexus.core.errors import ProtocolError
 
@@ -127,6 +131,11 @@ def test_format_timeout_never_shortens(seconds: float) -> None:
     text = format_grpc_timeout(seconds)
     assert parse_grpc_timeout(text) >= seconds * (1 - 1e-9)
     assert len(text) <= 9
+
+
+@given(st.floats(min_value=0, max_value=1e30, allow_nan=False, allow_infinity=False))
+def test_timeout_nanos_are_the_decimal_forms_exactly_rounded_up(seconds: float) -> None:
+    assert _ceil_nanos(seconds) == math.ceil(Fraction(repr(seconds)) * 1_000_000_000)
 
 
 def test_format_timeout_examples() -> None:

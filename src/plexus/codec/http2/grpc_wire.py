@@ -18,11 +18,9 @@ END_STREAM that holds both (a "trailers-only" response).
 from __future__ import annotations
 
 import enum
-import math
 import re
 import struct
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Final
 
 from plexus.core import reasons
@@ -191,12 +189,23 @@ def parse_grpc_timeout(value: str | bytes) -> float:
     return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
+def _ceil_nanos(seconds: float) -> int:
+    """``seconds`` in whole nanoseconds, rounded up, read from the float's shortest decimal form (0.1 is 1/10,
+    not 0.1000000000000000055...) in exact integers. (Not Fraction: it would load fractions and decimal,
+    0.4 MiB, into every sidecar for this one sum.)"""
+    mantissa, _, exponent = repr(float(seconds)).partition("e")  # "0.25", "1e-05", "1.5e+20"
+    whole, _, decimals = mantissa.partition(".")
+    digits = int(whole + decimals)  # the value is digits * 10^(exponent - len(decimals))
+    power = int(exponent or "0") - len(decimals) + 9
+    scale: int = 10 ** abs(power)  # (an int: typeshed calls int ** int Any, as a negative power is a float)
+    return digits * scale if power >= 0 else -(-digits // scale)
+
+
 def format_grpc_timeout(seconds: float) -> str:
     """The finest unit that fits in 8 digits, rounded up so that a deadline is never shortened."""
     if seconds < 0:
         raise ValueError("a timeout cannot be negative")
-    # From the float's shortest decimal form (0.1 is 1/10, not 0.1000000000000000055...), then exact integers.
-    nanos = math.ceil(Fraction(repr(float(seconds))) * 1_000_000_000)
+    nanos = _ceil_nanos(seconds)
     for unit, per in (
         ("n", 1),
         ("u", 10**3),
