@@ -52,6 +52,10 @@ def test_sidecar_execs_into_its_entry_point_keeping_the_pid(group: Group) -> Non
     for unwanted in UNWANTED_OBJECTS:
         assert not [path for path in objects if unwanted in path], unwanted
 
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        environ = f.read().split(b"\0")
+    assert b"MALLOC_ARENA_MAX=1" in environ  # one malloc arena for the sidecar's threads (RSS)
+
     dump = admin(sidecar, "/config_dump").json()
     assert dump["bootstrap"]["registry"] == {"value": registry, "source": "flag"}
     assert dump["bootstrap"]["namespace"] == {"value": "default", "source": "default"}
