@@ -1,16 +1,19 @@
 """Idle sidecar memory: VmRSS, RssAnon and threads of `plexus sidecar` some seconds after it is ready.
 
-    .venv/bin/python bench/sidecar_memory.py [--settle 5] [--rounds 3]
+    .venv/bin/python bench/sidecar_memory.py [--settle 5] [--rounds 3] [--churn 3000]
 
-Two scenarios, each with a real registry: ``idle`` (nothing registered) and ``1p1c`` (one provider, an
-``http.server`` app, and one consumer of that service registered through the local API). Prints one line per
-scenario with the median of the rounds, plus whether grpc's cygrpc is mapped into the sidecar.
+Three scenarios, each with a real registry: ``idle`` (nothing registered), ``1p1c`` (one provider, an
+``http.server`` app, and one consumer of that service registered through the local API), and ``churn``
+(1p1c after ``--churn`` requests through the consumer's egress port, each on a new connection: what closed
+connections leave behind). Prints one line per scenario with the median of the rounds, plus whether grpc's
+cygrpc is mapped into the sidecar.
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+import socket
 import statistics
 import sys
 import tempfile
@@ -56,7 +59,17 @@ def _sidecar(registry: str) -> ManagedProcess:
     )
 
 
-def measure(scenario: str, settle: float) -> tuple[dict[str, int], bool]:
+def _short_connections(address: str, count: int) -> None:
+    """``count`` GETs, each on its own connection, closed after its response."""
+    host, _, port = address.rpartition(":")
+    for _ in range(count):
+        with socket.create_connection((host, int(port)), timeout=10) as conn:
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+            while conn.recv(65536):
+                pass
+
+
+def measure(scenario: str, settle: float, churn: int = 0) -> tuple[dict[str, int], bool]:
     started: list[ManagedProcess] = []
     try:
         registry = ManagedProcess.plexus(
@@ -65,7 +78,7 @@ def measure(scenario: str, settle: float) -> tuple[dict[str, int], bool]:
         started.append(registry)
         sidecar = _sidecar(registry.address("listen"))
         started.append(sidecar)
-        if scenario == "1p1c":
+        if scenario in ("1p1c", "churn"):
             folder = Path(tempfile.mkdtemp(prefix="plexus-bench-app-"))
             (folder / "healthz").write_text("ok")
             app = ManagedProcess(
@@ -86,10 +99,12 @@ def measure(scenario: str, settle: float) -> tuple[dict[str, int], bool]:
             port = int(found.group(1))
             api = f"http://{sidecar.address('api')}"
             httpx.put(f"{api}/v1/providers/bench", json={"port": port}).raise_for_status()
-            httpx.put(f"{api}/v1/consumers/bench", json={}).raise_for_status()
+            egress = httpx.put(f"{api}/v1/consumers/bench", json={}).json()["address"]
             wait_for(
                 lambda: httpx.get(f"{api}/v1/services/bench").json()["instances"], 10, what="bench instance"
             )
+            if scenario == "churn":
+                _short_connections(egress, churn)
         time.sleep(settle)
         return _status(sidecar.pid), _maps_grpc(sidecar.pid)
     finally:
@@ -101,9 +116,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--settle", type=float, default=5.0, help="seconds after ready before reading /proc")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--churn", type=int, default=3000, help="short connections in the churn scenario")
     args = parser.parse_args()
-    for scenario in ("idle", "1p1c"):
-        rounds = [measure(scenario, args.settle) for _ in range(args.rounds)]
+    for scenario in ("idle", "1p1c", "churn"):
+        rounds = [measure(scenario, args.settle, args.churn) for _ in range(args.rounds)]
         stats = {
             k: statistics.median(r[0][k] for r in rounds) for k in ("VmRSS", "RssAnon", "RssFile", "Threads")
         }
