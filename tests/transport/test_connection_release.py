@@ -17,10 +17,13 @@ from collections.abc import Iterator
 
 import pytest
 
+from plexus.core.address import HostPort
 from plexus.transport.h2_downstream import Http2Downstream
+from plexus.transport.h2_upstream import Http2UpstreamConnection
 from plexus.transport.http_downstream import HttpDownstream
 from plexus.transport.http_exchange import Exchange
 from plexus.transport.rpc_proxy import RpcDownstream, RpcUpstream
+from plexus.transport.sniffing import SniffingProtocol
 from plexus.transport.tcp_proxy import TcpPipe
 from transport.conftest import Mesh
 from transport.h2_peers import H2EchoServer, H2Mesh, RawH2
@@ -71,6 +74,18 @@ def test_http1_connections_are_freed_without_the_collector(mesh: Mesh) -> None:
         assert _alive(Exchange) <= 1  # (a pooled upstream connection's decoder may still name the last one)
 
 
+def test_http1_connections_through_the_sniffing_ingress_are_freed(mesh: Mesh) -> None:
+    (up,) = mesh.http_upstreams("svc", 1)
+    mesh.lt.call(mesh.plane.set_local_service, "svc", "http", HostPort("127.0.0.1", up.port))
+    with _collector_off():
+        for _ in range(CONNECTIONS):
+            with socket.create_connection(mesh.ingress, timeout=5) as s:
+                s.sendall(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+                assert read_response(s)[0] == 200
+        _assert_freed(HttpDownstream)
+        _assert_freed(SniffingProtocol)
+
+
 def test_http2_connections_are_freed_without_the_collector(lt: LoopThread) -> None:
     mesh = H2Mesh(lt)
     echo = H2EchoServer()
@@ -89,6 +104,9 @@ def test_http2_connections_are_freed_without_the_collector(lt: LoopThread) -> No
                     client.close()
             # (one stays open: the provider's side of the consumer's pooled connection to it)
             _assert_freed(Http2Downstream, open_ones=1)
+            mesh.lt.run(mesh.provider.close())  # and now that one, and the consumer's side of it
+            _assert_freed(Http2Downstream)
+            _assert_freed(Http2UpstreamConnection)
     finally:
         mesh.close()
         mesh.lt.run(echo.stop())
@@ -97,8 +115,6 @@ def test_http2_connections_are_freed_without_the_collector(lt: LoopThread) -> No
 def test_tcp_connections_are_freed_without_the_collector(mesh: Mesh) -> None:
     _, echo_port = mesh.lt.run(start_echo())
     plane = mesh.plane
-    from plexus.core.address import HostPort
-
     ingress = mesh.lt.run(plane.listen_tcp_ingress("db", "127.0.0.1", 0, HostPort("127.0.0.1", echo_port)))
     mesh.set_instances("db", [str(ingress)], protocol="tcp")
     egress = mesh.lt.run(plane.listen_service_egress("db", "127.0.0.1", 0))
