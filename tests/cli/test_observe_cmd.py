@@ -283,6 +283,15 @@ def test_hops_from_access_logs_and_the_verdict(tmp_path: Path) -> None:
         }
     )
     assert gone.reason == "" and gone.response_flags == "DC" and gone.start_unix == 1764130000.5
+    # Istio's own lines name no service or direction: its upstream_cluster does
+    istio = access_logs.hop_from_record(
+        {"request_id": "r", "upstream_cluster": "outbound|9080||reviews.default.svc.cluster.local"}
+    )
+    assert (istio.direction, istio.service) == ("outbound", "reviews.default.svc.cluster.local")
+    plexus = access_logs.hop_from_record({"request_id": "r", "upstream_cluster": "inbound|||hello"})
+    assert (plexus.direction, plexus.service) == ("inbound", "hello")
+    other = access_logs.hop_from_record({"request_id": "r", "upstream_cluster": "my-cluster"})
+    assert (other.direction, other.service) == ("", "my-cluster")
 
 
 def test_path_order_puts_callers_before_callees_whatever_the_clocks_say() -> None:

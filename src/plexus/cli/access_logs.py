@@ -9,7 +9,9 @@ Plexus's own). The fields read, each optional but ``request_id``:
   ``-`` none), ``response_code_details`` (Plexus's reason code, e.g. ``local_app_unavailable``; Envoy's
   ``via_upstream`` and ``downstream_remote_disconnect`` mean none);
 - ``workload`` (the sidecar's), ``direction`` (``inbound`` | ``outbound``), ``service`` (else
-  ``destination_service`` or ``upstream_cluster``), ``upstream_host``, ``peer_workload``, ``sidecar_id``;
+  ``destination_service``), ``upstream_host``, ``peer_workload``, ``sidecar_id``; without ``direction`` or a
+  service, ``upstream_cluster`` in Istio's form (``outbound|9080||reviews.default.svc.cluster.local``, or
+  Plexus's ``outbound|||reviews``) gives them: its first and last parts;
 - ``method``, ``path``, ``protocol``, ``authority``, ``bytes_received``, ``bytes_sent``, ``trace_id``,
   ``attempts``.
 
@@ -81,12 +83,13 @@ def read_hops(paths: Sequence[Path], request_id: str) -> LogHops:
 def hop_from_record(record: dict[str, Any]) -> pb.RequestLine:
     """One access-log record as a ``RequestLine`` (missing or malformed fields left empty)."""
     details = _text(record, "response_code_details", "reason")
+    cluster_direction, cluster_service = _cluster_parts(_text(record, "upstream_cluster"))
     return pb.RequestLine(
         start_unix=_start(record.get("start_time")),
         sidecar_id=_text(record, "sidecar_id", "node_id"),
         workload=_text(record, "workload", "source_workload"),
-        direction=_text(record, "direction"),
-        service=_text(record, "service", "destination_service", "upstream_cluster"),
+        direction=_text(record, "direction") or cluster_direction,
+        service=_text(record, "service", "destination_service") or cluster_service,
         protocol=_text(record, "protocol", "request_protocol"),
         method=_text(record, "method"),
         path=_text(record, "path"),
@@ -104,6 +107,16 @@ def hop_from_record(record: dict[str, Any]) -> pb.RequestLine:
         peer_workload=_text(record, "peer_workload"),
         attempts=_int(record.get("attempts")),
     )
+
+
+def _cluster_parts(cluster: str) -> tuple[str, str]:
+    """(direction, service) of an upstream cluster named as Istio names them, ``direction|port|subset|host``
+    (Plexus: ``direction|||service``); ("", cluster) for a name of another form (the cluster as the
+    service, as before)."""
+    parts = cluster.split("|")
+    if len(parts) == 4 and parts[0] in (INBOUND, OUTBOUND):
+        return parts[0], parts[3]
+    return "", cluster
 
 
 def path_order(hops: Sequence[pb.RequestLine]) -> list[pb.RequestLine]:

@@ -204,7 +204,9 @@ class RequestEntry:
     ) -> None:
         self.direction = direction
         self.service = service
-        self.protocol = protocol  # "http" | "grpc" | "bolt" | "dubbo" (Istio's request_protocol values + RPC)
+        # "http" | "grpc" | "bolt" | "dubbo" (Istio's request_protocol values + RPC); "tcp": a TCP
+        # connection's access-log entry (plexus.transport.tcp_proxy)
+        self.protocol = protocol
         self.method = method  # HTTP verb; gRPC/Bolt/Dubbo: the RPC method
         self.path = path  # HTTP path; gRPC: /pkg.Service/Method; Bolt/Dubbo: the service interface
         self.start = start

@@ -23,6 +23,7 @@ from typing import Final, cast
 
 from plexus.core import reasons
 from plexus.proxy import Endpoint, TcpStats
+from plexus.proxy.access_line import TCP
 from plexus.proxy.telemetry import INBOUND, OUTBOUND, UNKNOWN, RequestEntry, response_flag
 from plexus.transport.context import DataPlaneContext
 
@@ -108,10 +109,11 @@ class TcpPipe(asyncio.Protocol):
 
     async def _connect(self) -> None:
         exclude: Endpoint | None = None
-        self.reason = reasons.NO_HEALTHY_UPSTREAM
         for attempt in range(2 if self.retry else 1):
             endpoint = self.pick(exclude)
             if endpoint is None:
+                if not self.attempts:  # (after a failed attempt, its reason stands)
+                    self.reason = reasons.NO_HEALTHY_UPSTREAM
                 break
             endpoint.active += 1
             endpoint.total += 1
@@ -229,7 +231,7 @@ class TcpPipe(asyncio.Protocol):
         return RequestEntry(
             OUTBOUND if stats.direction == "egress" else INBOUND,
             stats.service,
-            "tcp",
+            TCP,
             "",
             "",
             self.started,
