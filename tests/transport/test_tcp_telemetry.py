@@ -52,13 +52,19 @@ def wait_closed(mesh: Mesh, service: str, direction: str, closed: int) -> None:
         time.sleep(0.01)
 
 
-def test_connections_and_bytes_by_peer_both_directions(mesh: Mesh) -> None:
+def db_chain(mesh: Mesh) -> tuple[HostPort, HostPort, int]:
+    """app → egress:db → TCP ingress → echo app: (the egress, the ingress, the echo's port)."""
     _, echo_port = mesh.lt.run(start_echo())
     plane = mesh.plane
     ingress = mesh.lt.run(plane.listen_tcp_ingress("db", "127.0.0.1", 0, HostPort("127.0.0.1", echo_port)))
     instance = Instance(service="db", address=str(ingress), protocol="tcp", workload=WORKLOAD)
     mesh.lt.call(plane.update_service, "db", [instance])
     egress = mesh.lt.run(plane.listen_service_egress("db", "127.0.0.1", 0))
+    return egress, ingress, echo_port
+
+
+def test_connections_and_bytes_by_peer_both_directions(mesh: Mesh) -> None:
+    egress, _, _ = db_chain(mesh)
     sizes = (100, 2_000, 70_000)  # the last is more than one read
     for size in sizes:
         with socket.create_connection(egress, timeout=5) as s:
@@ -116,12 +122,8 @@ def _line(mesh: Mesh, entry: RequestEntry) -> dict[str, Any]:
 def test_each_connection_is_one_access_log_line_when_it_closes(mesh: Mesh) -> None:
     telemetry = mesh.plane.stats.telemetry
     mesh.lt.call(lambda: setattr(telemetry, "access_log", []))  # (what the sidecar's writer does)
-    _, echo_port = mesh.lt.run(start_echo())
     plane = mesh.plane
-    ingress = mesh.lt.run(plane.listen_tcp_ingress("db", "127.0.0.1", 0, HostPort("127.0.0.1", echo_port)))
-    instance = Instance(service="db", address=str(ingress), protocol="tcp", workload=WORKLOAD)
-    mesh.lt.call(plane.update_service, "db", [instance])
-    egress = mesh.lt.run(plane.listen_service_egress("db", "127.0.0.1", 0))
+    egress, ingress, echo_port = db_chain(mesh)
     with socket.create_connection(egress, timeout=5) as s:
         s.sendall(b"x" * 3000)
         got = b""
