@@ -120,21 +120,21 @@ class Weighted(_Base):
         return endpoints[best]
 
 
-def _hash64(data: bytes) -> int:
-    from hashlib import blake2b  # (here: hashlib adds 0.6 MiB to a sidecar that never hashes to a ring)
-
-    return int.from_bytes(blake2b(data, digest_size=8).digest(), "big")
-
-
 class RingHash(_Base):
     """Consistent hashing on a request header: adding one endpoint to N moves about 1/(N+1) of the keys."""
 
-    __slots__ = ("_hashes", "_owners")
+    __slots__ = ("_blake2b", "_hashes", "_owners")
 
     def __init__(self, rng: random.Random | None = None) -> None:
         super().__init__(rng)
+        from hashlib import blake2b  # (here: hashlib adds 0.6 MiB to a sidecar that never hashes to a ring)
+
+        self._blake2b = blake2b
         self._hashes: list[int] = []
         self._owners: list[Endpoint] = []
+
+    def _hash64(self, data: bytes) -> int:
+        return int.from_bytes(self._blake2b(data, digest_size=8).digest(), "big")
 
     def rebuild(self, endpoints: Sequence[Endpoint]) -> None:
         super().rebuild(endpoints)
@@ -142,7 +142,7 @@ class RingHash(_Base):
         for endpoint in self._endpoints:
             count = max(1, RING_POINTS_PER_WEIGHT_100 * endpoint.weight // 100)
             key = endpoint.key.encode()
-            points.extend((_hash64(b"%s_%d" % (key, i)), endpoint) for i in range(count))
+            points.extend((self._hash64(b"%s_%d" % (key, i)), endpoint) for i in range(count))
         points.sort(key=lambda p: p[0])
         self._hashes = [p[0] for p in points]
         self._owners = [p[1] for p in points]
@@ -153,7 +153,7 @@ class RingHash(_Base):
         if hash_key is None:
             chosen = self._rng.choice(self._endpoints)
         else:
-            i = bisect.bisect_left(self._hashes, _hash64(hash_key))
+            i = bisect.bisect_left(self._hashes, self._hash64(hash_key))
             chosen = self._owners[i % len(self._owners)]
         if chosen is exclude:
             return self._other_than(exclude)
