@@ -130,38 +130,55 @@ def outcome_part(
     key = (status, flags, reason, attempts, upstream, direction, service, workload, peer)
     part = _outcome_parts.get(key)
     if part is None:
-        fields = {
-            "response_code": status,
-            "response_flags": flags or NO_FLAGS,
-            "response_code_details": reason or (VIA_UPSTREAM if status else DOWNSTREAM_DISCONNECT_DETAILS),
-            "attempts": attempts,
-            "upstream_host": upstream or None,
-            "upstream_cluster": f"{direction}|||{service}",
-            "direction": direction,
-            "service": service,
-            "workload": workload,
-            "peer_workload": peer,
-        }
-        part = _remember(_outcome_parts, key, orjson.dumps(fields)[1:-1] + b",")
+        details = reason or (VIA_UPSTREAM if status else DOWNSTREAM_DISCONNECT_DETAILS)
+        part = _remember(
+            _outcome_parts,
+            key,
+            _outcome_json(status, flags, details, attempts, upstream, direction, service, workload, peer),
+        )
     return part
+
+
+def _outcome_json(
+    status: int,
+    flags: str,
+    details: str | None,
+    attempts: int,
+    upstream: str,
+    direction: str,
+    service: str,
+    workload: str,
+    peer: str,
+) -> bytes:
+    fields = {
+        "response_code": status,
+        "response_flags": flags or NO_FLAGS,
+        "response_code_details": details,
+        "attempts": attempts,
+        "upstream_host": upstream or None,
+        "upstream_cluster": f"{direction}|||{service}",
+        "direction": direction,
+        "service": service,
+        "workload": workload,
+        "peer_workload": peer,
+    }
+    return orjson.dumps(fields)[1:-1] + b","
 
 
 def _connection_outcome_part(entry: RequestEntry, workload: str) -> bytes:
     """outcome_part for a TCP connection's entry (plexus.transport.tcp_proxy): no response, so no
     response_code_details but a reason (UF, UH). Not remembered: connections are few next to requests."""
-    fields = {
-        "response_code": 0,
-        "response_flags": entry.flags or NO_FLAGS,
-        "response_code_details": entry.reason or None,
-        "attempts": entry.attempts,
-        "upstream_host": entry.upstream or None,
-        "upstream_cluster": f"{entry.direction}|||{entry.service}",
-        "direction": entry.direction,
-        "service": entry.service,
-        "workload": workload,
-        "peer_workload": entry.peer_workload,
-    }
-    return orjson.dumps(fields)[1:-1] + b","
+    return _outcome_json(
+        0,
+        entry.flags,
+        entry.reason or None,
+        entry.attempts,
+        entry.upstream,
+        entry.direction,
+        entry.service,
+        workload,
+        entry.peer_workload,
+    )
 
 
 def entry_line(entry: RequestEntry, telemetry: Telemetry) -> str:
