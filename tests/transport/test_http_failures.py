@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from collections import Counter
 
 from transport.conftest import Mesh
@@ -199,3 +200,22 @@ def test_upstream_reset_of_an_idempotent_request_is_retried_elsewhere(mesh: Mesh
             s.sendall(b"POST /echo HTTP/1.1\r\nHost: svc\r\nContent-Length: 2\r\n\r\nok")
             posts[read_response(s)[0]] += 1
     assert posts[502] >= 1 and posts[200] >= 1, posts  # a POST that reached the resetter is not replayed
+
+
+def test_a_client_that_half_closes_mid_body_is_dropped_at_once(mesh: Mesh) -> None:
+    """Its request can never complete: the sidecar closes (DC) rather than wait out the request timeout
+    (5 s here)."""
+    mesh.http_upstreams("svc", 1)
+    with socket.create_connection(mesh.egress, timeout=5) as s:
+        s.sendall(b"POST /echo HTTP/1.1\r\nHost: svc\r\nContent-Length: 100\r\n\r\npart")
+        s.shutdown(socket.SHUT_WR)
+        began = time.monotonic()
+        assert s.recv(100) == b""  # closed without an answer
+        assert time.monotonic() - began < 2.0
+    entry = mesh.lt.call(lambda: [e for e in mesh.plane.stats.telemetry.recent if e.path == "/echo"])
+    assert [(e.flags, e.status) for e in entry] == [("DC", 0)]
+    # a client that half-closes after a whole request still gets its answer
+    with socket.create_connection(mesh.egress, timeout=5) as s:
+        s.sendall(b"POST /echo HTTP/1.1\r\nHost: svc\r\nContent-Length: 4\r\n\r\nwhole")
+        s.shutdown(socket.SHUT_WR)
+        assert read_response(s)[:3:2] == (200, b"whol")

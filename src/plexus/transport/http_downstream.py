@@ -136,6 +136,9 @@ class HttpDownstream(asyncio.Protocol):
                 transport.write_eof()
             return True
         self.peer_eof = True
+        decoding = self.decoding
+        if decoding is not None and not decoding.request_done:
+            return False  # the client left mid-request, which can never complete: close now (DC), as Envoy
         return self.current is not None  # answer what is in flight, then close; else close now
 
     def connection_lost(self, exc: Exception | None) -> None:
