@@ -131,25 +131,13 @@ def outcome_part(
     part = _outcome_parts.get(key)
     if part is None:
         details = reason or (VIA_UPSTREAM if status else DOWNSTREAM_DISCONNECT_DETAILS)
-        part = _remember(
-            _outcome_parts,
-            key,
-            _outcome_json(status, flags, details, attempts, upstream, direction, service, workload, peer),
-        )
+        part = _remember(_outcome_parts, key, _outcome_json(key, details))
     return part
 
 
-def _outcome_json(
-    status: int,
-    flags: str,
-    details: str | None,
-    attempts: int,
-    upstream: str,
-    direction: str,
-    service: str,
-    workload: str,
-    peer: str,
-) -> bytes:
+def _outcome_json(key: OutcomeKey, details: str | None) -> bytes:
+    """outcome_part's JSON for ``key`` (outcome_key's fields), with ``details`` for its reason."""
+    status, flags, _, attempts, upstream, direction, service, workload, peer = key
     fields = {
         "response_code": status,
         "response_flags": flags or NO_FLAGS,
@@ -168,17 +156,7 @@ def _outcome_json(
 def _connection_outcome_part(entry: RequestEntry, workload: str) -> bytes:
     """outcome_part for a TCP connection's entry (plexus.transport.tcp_proxy): no response, so no
     response_code_details but a reason (UF, UH). Not remembered: connections are few next to requests."""
-    return _outcome_json(
-        0,
-        entry.flags,
-        entry.reason or None,
-        entry.attempts,
-        entry.upstream,
-        entry.direction,
-        entry.service,
-        workload,
-        entry.peer_workload,
-    )
+    return _outcome_json(outcome_key(entry, workload), entry.reason or None)
 
 
 def entry_line(entry: RequestEntry, telemetry: Telemetry) -> str:
