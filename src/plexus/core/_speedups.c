@@ -29,7 +29,6 @@ then decides (and raises) exactly as before. */
 static const char START[] = "{\"start_time\":\"";
 static const char TRACE_ID[] = "\",\"trace_id\":\"";
 static const char DURATION[] = "\"duration\":";
-static const char DURATION_MS[] = ",\"duration_ms\":";
 static const char REQUEST_ID[] = ",\"request_id\":\"";
 
 /* The lines are written straight into the bytes object returned (no copy at the end). */
@@ -163,7 +162,7 @@ static PyObject *access_lines(PyObject *module, PyObject *const *args, Py_ssize_
             }
             last_seconds = seconds;
         }
-        /* duration: whole microseconds, rounded half up (duration_piece) */
+        /* duration: whole milliseconds from whole microseconds, each rounded half up (duration_piece) */
         double us_float = PyFloat_AS_DOUBLE(duration) * 1000.0 + 0.5;
         if (!isfinite(us_float) || us_float < 0.0 || us_float > 9.0e15) {
             goto fallback;
@@ -213,7 +212,7 @@ static PyObject *access_lines(PyObject *module, PyObject *const *args, Py_ssize_
             last_response = response_bytes;
         }
         Py_ssize_t need = (Py_ssize_t)sizeof(START) + PyBytes_GET_SIZE(second) + 8 + PyBytes_GET_SIZE(parts) +
-                          (Py_ssize_t)(sizeof(DURATION) + sizeof(DURATION_MS) + sizeof(REQUEST_ID)) + 60 +
+                          (Py_ssize_t)(sizeof(DURATION) + sizeof(REQUEST_ID)) + 30 +
                           id_length + (Py_ssize_t)sizeof(TRACE_ID) + TRACE_LEN + PyBytes_GET_SIZE(tail);
         if (buffer_reserve(&out, need) < 0) {
             goto error;
@@ -233,14 +232,6 @@ static PyObject *access_lines(PyObject *module, PyObject *const *args, Py_ssize_
         put(&out, PyBytes_AS_STRING(parts), PyBytes_GET_SIZE(parts));
         put(&out, DURATION, sizeof(DURATION) - 1);
         put_decimal(&out, (us + 500) / 1000);
-        put(&out, DURATION_MS, sizeof(DURATION_MS) - 1);
-        put_decimal(&out, us / 1000);
-        at = out.data + out.size;
-        at[0] = '.';
-        at[1] = (char)('0' + us % 1000 / 100);
-        at[2] = (char)('0' + us % 100 / 10);
-        at[3] = (char)('0' + us % 10);
-        out.size += 4;
         put(&out, REQUEST_ID, sizeof(REQUEST_ID) - 1);
         put(&out, lines + ID_AT, id_length);
         put(&out, TRACE_ID, sizeof(TRACE_ID) - 1);

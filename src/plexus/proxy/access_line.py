@@ -14,9 +14,15 @@ TraceStart). The lines' pieces are joined in one call. bench/RESULTS.md has what
 Fields, named as Envoy's default JSON access-log format names them: ``start_time``, ``method``, ``path``,
 ``protocol``, ``response_code``, ``response_flags``, ``response_code_details``, ``bytes_received``,
 ``bytes_sent``, ``duration``, ``authority``, ``user_agent``, ``request_id``, ``trace_id``,
-``upstream_host``, ``upstream_cluster``; and Plexus's: ``duration_ms``, ``direction``, ``service``,
-``workload``, ``peer_workload``, ``attempts``, ``grpc_status``. A value the request did not have is null.
-The order keeps the parts that repeat from request to request together.
+``upstream_host``, ``upstream_cluster``; and Plexus's: ``workload``, ``peer_workload``, ``attempts``,
+``grpc_status``. A value the request did not have is null. The order keeps the parts that repeat from request
+to request together.
+
+What is left out, because a line costs the sidecar in proportion to its bytes (bench/RESULTS.md: the file's
+writes, not the formatting, are most of the access log's cost): the hop's direction and service, which
+``upstream_cluster`` already says in Istio's form (``outbound|||reviews``: its first and last parts, as
+``plexus explain --log`` reads them), and a duration finer than Envoy's whole milliseconds, which the loop's
+clock does not have (uvloop's ``loop.time()`` counts milliseconds).
 
 A TCP connection is one entry too, written when it closes (as Envoy's TCP proxy logs one): protocol
 ``tcp``, response_code 0, no method, path or ids, the duration and bytes of the whole connection, and
@@ -123,7 +129,7 @@ def outcome_part(
     peer: str,
 ) -> bytes:
     """``"response_code":..,"response_flags":..,"response_code_details":..,"attempts":..,"upstream_host":..,
-    "upstream_cluster":..,"direction":..,"service":..,"workload":..,"peer_workload":..,``: how the request
+    "upstream_cluster":..,"workload":..,"peer_workload":..,``: how the request
     ended and where it went (a sidecar sees few of these: 200 via_upstream to each upstream, a handful of
     statuses and reasons), remembered. Istio names clusters direction|port||host; Plexus's clusters are per
     service, not per port."""
@@ -145,8 +151,6 @@ def _outcome_json(key: OutcomeKey, details: str | None) -> bytes:
         "attempts": attempts,
         "upstream_host": upstream or None,
         "upstream_cluster": f"{direction}|||{service}",
-        "direction": direction,
-        "service": service,
         "workload": workload,
         "peer_workload": peer,
     }
@@ -204,9 +208,10 @@ _TRACE_ID_AT: Final = slice(-(32 + 1 + 16 + 1 + 2 + 2), -(1 + 16 + 1 + 2 + 2))
 # up, not formatted, where it repeats: the sizes after the parts (``with_sizes``: a way of ending usually has
 # one response size), the duration by its whole microseconds (``duration_piece``).
 _SIZES: Final = b'"bytes_received":%d,"bytes_sent":%d,'
-_DURATION: Final = b'"duration":%d,"duration_ms":%d.%03d,"request_id":"'
-_DURATIONS_KEPT: Final = 5000  # microseconds: a hop within 5 ms finds its piece made (at most ~0.4 MB)
+_DURATION: Final = b'"duration":%d,"request_id":"'
+_DURATIONS_KEPT: Final = 5000  # microseconds: a hop within 5 ms finds its piece made
 _duration_pieces: list[bytes | None] = [None] * _DURATIONS_KEPT
+_ms_pieces: dict[int, bytes] = {}
 _TRACE_ID: Final = b'","trace_id":"'
 _TRACE_ID_JSON: Final = b',"trace_id":'
 
@@ -217,15 +222,16 @@ def with_sizes(parts: bytes, request_bytes: int, response_bytes: int) -> bytes:
 
 
 def duration_piece(duration_ms: float) -> bytes:
-    """``"duration":..,"duration_ms":..,"request_id":"``: Envoy's whole milliseconds, and the duration to the
-    microsecond (rounded half up), remembered per microsecond below _DURATIONS_KEPT."""
+    """``"duration":..,"request_id":"``: Envoy's whole milliseconds (rounded half up, from the whole
+    microseconds), remembered per microsecond below _DURATIONS_KEPT."""
     us = int(duration_ms * 1000.0 + 0.5)
     if 0 <= us < _DURATIONS_KEPT:
         piece = _duration_pieces[us]
-        if piece is None:
-            piece = _duration_pieces[us] = _DURATION % ((us + 500) // 1000, us // 1000, us % 1000)
+        if piece is None:  # (one piece per millisecond, shared by its microseconds' slots)
+            ms = (us + 500) // 1000
+            piece = _duration_pieces[us] = _ms_pieces.get(ms) or _ms_pieces.setdefault(ms, _DURATION % ms)
         return piece
-    return _DURATION % ((us + 500) // 1000, us // 1000, us % 1000)
+    return _DURATION % ((us + 500) // 1000)
 
 
 def request_parts(
