@@ -229,7 +229,7 @@ def duration_piece(duration_ms: float) -> bytes:
         piece = _duration_pieces[us]
         if piece is None:  # (one piece per millisecond, shared by its microseconds' slots)
             ms = (us + 500) // 1000
-            piece = _duration_pieces[us] = _ms_pieces.get(ms) or _ms_pieces.setdefault(ms, _DURATION % ms)
+            piece = _duration_pieces[us] = _ms_pieces.setdefault(ms, _DURATION % ms)
         return piece
     return _DURATION % ((us + 500) // 1000)
 
