@@ -10,12 +10,13 @@ with each sidecar's --routes file) is checked to be in force before measuring.
 
 Observability overhead (issue 5: metrics, tracing at 1% and access logs on keep >= 85% of requests per core):
 ``--modes plexus2,plexus2o`` runs the two-sidecar path with the default features and with both sidecars'
-access logs on (one file), tracing at 1% exported to a JSON-lines file (metrics are always on); the access
-log is checked to be written before measuring. ``plexus2s`` runs the same two sidecars from another source
-tree, ``--baseline-src DIR`` (e.g. the skeleton before issue 5: ``git archive COMMIT src | tar -x -C DIR``,
-then ``--baseline-src DIR/src``), so plexus2o can be compared with the skeleton's default features alone.
-``plexus2b`` runs this tree's two sidecars with the telemetry cut out (bench/lib/ablation.py: the skeleton's
-per-service record, no trace context; not a configuration a user can run): what the telemetry itself costs.
+access logs on (each its own file), tracing at 1% exported to a JSON-lines file (metrics are always on); the
+access logs are checked to be written before measuring. ``plexus2s`` runs the same two sidecars from another
+source tree, ``--baseline-src DIR`` (e.g. the skeleton before issue 5: ``git archive COMMIT src | tar -x -C
+DIR``, then ``--baseline-src DIR/src``), so plexus2o can be compared with the skeleton's default features
+alone. ``plexus2b`` runs this tree's two sidecars with the telemetry cut out (bench/lib/ablation.py: the
+skeleton's per-service record, no trace context; not a configuration a user can run): what the telemetry
+itself costs.
 ``direct`` must be among the modes (the report pairs every mode with it).
 
 One nginx upstream and every topology are started once and kept up; then, per layout and round, wrk runs
@@ -196,16 +197,19 @@ def _with_observability(ws: Workspace, mode: str, port: int, sidecars: int) -> I
     """A Plexus topology whose sidecars write access logs and export 1% of traces (through PLEXUS_ACCESS_LOG,
     PLEXUS_TRACE_SAMPLE_PERCENT and PLEXUS_TRACE_EXPORT while they start): issue 5's configuration."""
     work = ws.dir(mode)
-    access_log, spans = work / "access.log", work / "spans.jsonl"
-    env = {
-        "PLEXUS_ACCESS_LOG": str(access_log),
-        "PLEXUS_TRACE_SAMPLE_PERCENT": "1",
-        "PLEXUS_TRACE_EXPORT": f"file:{spans}",
-    }
+    # Each sidecar its own access log, as each pod's sidecar has (two processes appending to one file is
+    # no deployment's case; the O_DIRECT writer would leave it to plain appends, plexus.sidecar.access_log).
+    logs = {hop: work / f"access-{hop}.log" for hop in ("consumer", "provider")[:sidecars]}
+    spans = work / "spans.jsonl"
+    env = {"PLEXUS_TRACE_SAMPLE_PERCENT": "1", "PLEXUS_TRACE_EXPORT": f"file:{spans}"}
+    hop_env = {hop: {"PLEXUS_ACCESS_LOG": str(path)} for hop, path in logs.items()}
     with contextlib.ExitStack() as stack:
         with environ.set_while(env):
-            endpoint = stack.enter_context(plexus_topo.topology(ws, mode, port, sidecars=sidecars))
-        _check_access_log(mode, endpoint, access_log)
+            endpoint = stack.enter_context(
+                plexus_topo.topology(ws, mode, port, sidecars=sidecars, hop_env=hop_env)
+            )
+        for path in logs.values():
+            _check_access_log(mode, endpoint, path)
         yield endpoint
 
 

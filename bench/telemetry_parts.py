@@ -53,7 +53,8 @@ SAMPLE_PERCENT: Final = "1"
 @dataclass(frozen=True, slots=True)
 class Part:
     """A configuration of the two sidecars: what the ablation cuts, and the environment they start with
-    (``{work}`` is the part's work dir)."""
+    (``{work}`` is the part's work dir; a value with ``{hop}`` is set per sidecar, ``consumer`` or
+    ``provider``: each its own access log, as each pod's sidecar has)."""
 
     name: str
     cut: tuple[str, ...]
@@ -68,12 +69,15 @@ PARTS: Final = {
         Part("trace", ("ends",)),
         Part("default", ()),
         Part("log-null", (), (("PLEXUS_ACCESS_LOG", os.devnull),)),
-        Part("log-file", (), (("PLEXUS_ACCESS_LOG", "{work}/access.log"),)),
+        Part("log-file", (), (("PLEXUS_ACCESS_LOG", "{work}/access-{hop}.log"),)),
         Part("export", (), (("PLEXUS_TRACE_EXPORT", "file:{work}/spans.jsonl"),)),
         Part(
             "all",
             (),
-            (("PLEXUS_ACCESS_LOG", "{work}/access.log"), ("PLEXUS_TRACE_EXPORT", "file:{work}/spans.jsonl")),
+            (
+                ("PLEXUS_ACCESS_LOG", "{work}/access-{hop}.log"),
+                ("PLEXUS_TRACE_EXPORT", "file:{work}/spans.jsonl"),
+            ),
         ),
     )
 }
@@ -84,7 +88,11 @@ def _started(ws: Workspace, part: Part, upstream_port: int) -> Iterator[Endpoint
     """The two sidecars of ``part``: its ablation first on PYTHONPATH and its environment set while they
     start (they inherit it); refused unless both applied the ablation."""
     work = ws.dir(part.name)
-    env = {name: value.format(work=work) for name, value in part.env}
+    env = {name: value.format(work=work) for name, value in part.env if "{hop}" not in value}
+    hop_env = {
+        hop: {name: value.format(work=work, hop=hop) for name, value in part.env if "{hop}" in value}
+        for hop in ("consumer", "provider")
+    }
     env["PLEXUS_TRACE_SAMPLE_PERCENT"] = SAMPLE_PERCENT
     site = ablation.prepare(work / "site", part.cut) if part.cut else None
     if site is not None:
@@ -92,7 +100,9 @@ def _started(ws: Workspace, part: Part, upstream_port: int) -> Iterator[Endpoint
         env["PYTHONPATH"] = str(site) + (os.pathsep + old_path if old_path else "")
     with contextlib.ExitStack() as stack:
         with environ.set_while(env):
-            endpoint = stack.enter_context(plexus_topo.topology(ws, part.name, upstream_port, sidecars=2))
+            endpoint = stack.enter_context(
+                plexus_topo.topology(ws, part.name, upstream_port, sidecars=2, hop_env=hop_env)
+            )
         if site is not None and ablation.applied(site) < 2:
             raise RuntimeError(f"{part.name}: the ablation took in {ablation.applied(site)} of 2 sidecars")
         yield endpoint

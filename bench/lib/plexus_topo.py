@@ -19,9 +19,10 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
+from lib import environ
 from lib.procstat import pinned_argv
 from lib.topology import Endpoint, Hop, Workspace
 from plexus.testing.procs import ManagedProcess, wait_for
@@ -148,9 +149,17 @@ def _wait_routable(address: str) -> None:
 
 
 @contextlib.contextmanager
-def topology(ws: Workspace, mode: str, upstream_port: int, sidecars: int) -> Iterator[Endpoint]:
-    """``sidecars`` = 1: consumer only; 2: consumer → provider → nginx."""
+def topology(
+    ws: Workspace,
+    mode: str,
+    upstream_port: int,
+    sidecars: int,
+    hop_env: Mapping[str, Mapping[str, str]] | None = None,
+) -> Iterator[Endpoint]:
+    """``sidecars`` = 1: consumer only; 2: consumer → provider → nginx. ``hop_env``: more environment for
+    the ``"consumer"`` or ``"provider"`` sidecar while it starts (such as its own access log)."""
     load, proxy = ws.placement.load, ws.placement.proxy
+    hop_env = hop_env or {}
     with contextlib.ExitStack() as stack:
         registry = stack.enter_context(
             _process(
@@ -165,9 +174,10 @@ def topology(ws: Workspace, mode: str, upstream_port: int, sidecars: int) -> Ite
         if sidecars == 1:
             stack.enter_context(_published(reg_addr, SERVICE, f"127.0.0.1:{upstream_port}"))
         else:
-            provider = stack.enter_context(
-                _process(ws, f"{mode}-provider", _sidecar_args(reg_addr, upstream_port), proxy)
-            )
+            with environ.set_while(hop_env.get("provider", {})):
+                provider = stack.enter_context(
+                    _process(ws, f"{mode}-provider", _sidecar_args(reg_addr, upstream_port), proxy)
+                )
             status, body = _http(
                 "PUT",
                 f"http://{provider.address('api')}/v1/providers/{SERVICE}",
@@ -177,9 +187,10 @@ def topology(ws: Workspace, mode: str, upstream_port: int, sidecars: int) -> Ite
                 raise RuntimeError(f"PUT /v1/providers/{SERVICE} answered {status}: {body[:300]!r}")
             hops.append(("provider", provider))
         # The consumer's app address is unused (nothing calls into it); nginx's port keeps the flag valid.
-        consumer = stack.enter_context(
-            _process(ws, f"{mode}-consumer", _sidecar_args(reg_addr, upstream_port), proxy)
-        )
+        with environ.set_while(hop_env.get("consumer", {})):
+            consumer = stack.enter_context(
+                _process(ws, f"{mode}-consumer", _sidecar_args(reg_addr, upstream_port), proxy)
+            )
         hops.insert(0, ("consumer", consumer))
         address = _consume(consumer.address("api"))
         _wait_routable(address)
