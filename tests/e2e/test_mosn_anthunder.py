@@ -275,4 +275,5 @@ if __name__ == "__main__":
     # A consumer stuck past this (its ready timeout is 60 s) prints every thread's stack into its log, which
     # the test's failure shows: where anthunder or a sidecar stopped answering.
     faulthandler.dump_traceback_later(STACKS_AFTER_S, exit=False)
+    faulthandler.enable()  # (and a crash in a C extension prints its stack too, rather than nothing)
     {"provider": run_provider, "consumer": run_consumer}[sys.argv[1]](sys.argv[2])

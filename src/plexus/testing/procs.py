@@ -19,7 +19,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from plexus.core.ready_file import write_ready_file
 
@@ -53,6 +53,9 @@ def wait_for(
                 f"timed out after {timeout}s waiting for {what or predicate!r}; last error: {last_error!r}"
             )
         time.sleep(interval)
+
+
+EXITED: Final[dict[str, Any]] = {"exited": True}  # (ManagedProcess._read_ready: gone without a ready file)
 
 
 class ManagedProcess:
@@ -92,12 +95,19 @@ class ManagedProcess:
         self.info: dict[str, Any] = {}
         if ready_file is not None:
             try:
-                self.info = wait_for(
+                ready = wait_for(
                     self._read_ready, timeout=ready_timeout, what=f"ready file of {self.argv[:3]}"
                 )
             except TimeoutError:
                 self.stop()
-                raise TimeoutError(f"{self.argv} did not become ready; log:\n{self.log()}") from None
+                raise TimeoutError(
+                    f"{self.argv} did not become ready (still running); log:\n{self.log()}"
+                ) from None
+            if ready is EXITED:  # (it will never write its ready file: no use waiting out the timeout)
+                code = self.proc.returncode
+                self.stop()
+                raise TimeoutError(f"{self.argv} exited with {code} before it was ready; log:\n{self.log()}")
+            self.info = ready
 
     @classmethod
     def plexus(
@@ -111,11 +121,13 @@ class ManagedProcess:
         return cls(argv, env=env, ready_file=ready, **kw)
 
     def _read_ready(self) -> dict[str, Any] | None:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"process exited with {self.proc.returncode}; log:\n{self.log()}")
+        """The ready file's content; EXITED once the process exited without writing it. (The file first:
+        a process that writes its ready file and exits at once, such as a client writing its results,
+        is ready, not failed.)"""
+        exited = self.proc.poll() is not None
         assert self.ready_file is not None
         if not self.ready_file.exists():
-            return None
+            return EXITED if exited else None
         data: dict[str, Any] = json.loads(self.ready_file.read_text())
         return data
 
