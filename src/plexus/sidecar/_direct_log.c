@@ -112,14 +112,16 @@ static void lost(DirectLog *self, const char *data, size_t size, int error) {
 holds out[0, from) already): what completes the file's partial last block and what follows the last whole
 block through the page cache, the whole blocks between them with O_DIRECT. The file ends on a line after
 each write, as with O_APPEND (a reader may see it end inside a line only while the direct write runs).
-Returns 0, an errno, or -1 when nothing was written because direct writing cannot go on here. */
+Returns 0, an errno, -1 when nothing was written because the file is not where this writer left it, or -2
+when the file system refused O_DIRECT and the bytes were appended instead. */
 static int write_direct(DirectLog *self, const char *out, size_t from, size_t size, off_t at) {
     if (!file_is_ours(self, at + (off_t)from)) {
         return -1;
     }
     size_t whole = size & ~(size_t)(BLOCK - 1);
-    size_t head_end = from > 0 ? (size < BLOCK ? size : BLOCK) : 0;  /* the file's partial block, completed */
-    size_t direct_from = head_end > 0 ? head_end : 0;  /* (a block boundary, or 0) */
+    /* the file's partial block, completed (so the direct write starts on a block: BLOCK, or 0) */
+    size_t head_end = from > 0 ? (size < BLOCK ? size : BLOCK) : 0;
+    size_t direct_from = head_end;
     int error = head_end > from ? write_all(self->plain_fd, out + from, head_end - from, 0, 0) : 0;
     if (error == 0 && whole > direct_from) {
         error = write_all(self->direct_fd, out + direct_from, whole - direct_from, at + (off_t)direct_from, 1);
