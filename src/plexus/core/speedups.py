@@ -20,7 +20,10 @@ block_passes: Callable[[bytes], bool] | None = None
 journal_setup: Callable[[type, type, type, type, type, type, int], None] | None = None
 journal_end: Callable[[Any, float, str, str], bool] | None = None
 
-if os.environ.get("PLEXUS_NO_SPEEDUPS", "") in ("", "0"):
+# Whether the C paths are wanted at all (plexus.sidecar.access_log's O_DIRECT writer asks this too).
+WANTED: bool = os.environ.get("PLEXUS_NO_SPEEDUPS", "") in ("", "0")
+
+if WANTED:
     try:
         from plexus.core import _speedups
     except ImportError:  # not built here: the Python paths do the same

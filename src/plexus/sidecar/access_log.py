@@ -31,6 +31,7 @@ from typing import IO, Any, Final
 
 import orjson
 
+from plexus.core import speedups
 from plexus.core.errors import PlexusError
 from plexus.proxy.access_line import entry_line, format_batch
 from plexus.proxy.telemetry import RequestEntry, Telemetry
@@ -38,7 +39,7 @@ from plexus.proxy.telemetry import RequestEntry, Telemetry
 log = logging.getLogger("plexus.sidecar.access_log")
 
 DirectLog: Any = None  # plexus.sidecar._direct_log.DirectLog, when built and wanted
-if os.environ.get("PLEXUS_NO_SPEEDUPS", "") in ("", "0"):
+if speedups.WANTED:
     # (not built here: files are written through the page cache)
     with contextlib.suppress(ImportError):
         from plexus.sidecar._direct_log import DirectLog
