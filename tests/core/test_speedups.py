@@ -81,6 +81,24 @@ def test_access_lines_take_the_usual_batch(offset_index: int) -> None:
     assert got.count(b"\n") == len(batch)
 
 
+@needs_c
+def test_access_lines_take_sizes_of_equal_value_as_the_same() -> None:
+    """Sizes above 256 are new int objects per request: the C path compares their values (not identity)
+    to reuse an outcome's parts, and a size that changes value still gets its own parts."""
+    telemetry = _TELEMETRIES[0]
+    outcome = _OUTCOMES[id(telemetry)][0]
+    tracer = Tracer()
+    sizes = [int(str(n)) for n in (853, 853, 853, 70_000, 853, 853)]  # (distinct objects, as on the wire)
+    batch: list[Any] = [
+        (outcome, 77_109.25 + i, 1.5, int(str(300)), size, (None, None, tracer.fresh_lines(), None), None)
+        for i, size in enumerate(sizes)
+    ]
+    assert speedups.access_lines is not None
+    got = speedups.access_lines(batch, telemetry.loop_clock_offset, access_line._second_bytes)
+    assert got is not None and got == _reference_batch(telemetry, batch)
+    assert [line.count(b"70000") for line in got.splitlines()] == [0, 0, 0, 1, 0, 0]
+
+
 def test_format_batch_without_the_c_version(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(access_line, "_native_lines", None)
     telemetry = _TELEMETRIES[1]

@@ -83,6 +83,12 @@ static inline long long floor_div(long long a, long long b) {
     return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
 }
 
+/* The same int (identity, or two exact ints of one value): a request's sizes are new int objects each time
+   above 256, and the lines' parts for them are worked out again only when the values change. */
+static inline int same_int(PyObject *a, PyObject *b) {
+    return a == b || (PyLong_CheckExact(a) && PyLong_CheckExact(b) && PyObject_RichCompareBool(a, b, Py_EQ) == 1);
+}
+
 /* The Outcome attributes the lines read, looked up once. */
 static PyObject *str_sized_request, *str_sized_response, *str_sized_parts, *str_parts_sized, *str_tail;
 static PyObject *zero;
@@ -169,7 +175,8 @@ static PyObject *access_lines(PyObject *module, PyObject *const *args, Py_ssize_
         }
         long long us = (long long)us_float;
         /* parts: the outcome's, for these sizes (Outcome.sized_parts or Outcome.parts_sized) */
-        if (outcome != last_outcome || request_bytes != last_request || response_bytes != last_response) {
+        if (outcome != last_outcome || !same_int(request_bytes, last_request) ||
+            !same_int(response_bytes, last_response)) {
             PyObject *sized_request = PyObject_GetAttr(outcome, str_sized_request);
             if (sized_request == NULL) {
                 goto error;
