@@ -346,3 +346,77 @@ def test_corpus(case: dict[str, object]) -> None:
     for pieces in every_split(data):
         split_frames, split_reason = run(BoltDecoder(), pieces)
         assert (comparable(split_frames), split_reason) == (comparable(frames), reason)
+
+
+# -- a header's value rewritten (the proxy's hop in a trace: plexus.transport.rpc_proxy) -----------------
+
+TRACEPARENT_IN = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+TRACEPARENT_OUT = "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01"
+
+
+def _decoded(raw: bytes) -> RpcFrame:
+    [frame] = BoltDecoder().feed(raw)
+    return frame
+
+
+@pytest.mark.parametrize(
+    ("proto", "ver1", "switch"),
+    [(bolt.PROTO_V1, 1, 0), (bolt.PROTO_V2, 2, bolt.CRC_SWITCH), (bolt.PROTO_V2, 1, 0)],
+)
+@pytest.mark.parametrize("value", [TRACEPARENT_OUT, "00-short", "x" * 300])
+def test_with_header_rewrites_one_value_and_keeps_the_rest(
+    proto: int, ver1: int, switch: int, value: str
+) -> None:
+    headers = {
+        bolt.HEADER_SERVICE: "com.acme.Echo:1.0",
+        "traceparent": TRACEPARENT_IN,
+        "tracestate": "vendor=1",
+        bolt.HEADER_METHOD: "echo",
+    }
+    raw = bolt.encode_request(
+        77, headers, b"<content>", timeout_ms=3000, proto=proto, ver1=ver1, switch=switch
+    )
+    frame = _decoded(raw)
+    rewritten = bolt.BoltCodec().with_header(frame, "traceparent", value)
+    assert rewritten is not None
+    again = _decoded(rewritten.raw)  # a decoder takes it: lengths and (v2) the CRC32 are right
+    assert again.headers["traceparent"] == value == rewritten.headers["traceparent"]
+    assert {k: v for k, v in again.headers.items() if k != "traceparent"} == {
+        k: v for k, v in frame.headers.items() if k != "traceparent"
+    }
+    assert again.request_id == 77 and again.timeout_ms == 3000 and again.meta == frame.meta
+    assert rewritten.raw.endswith(b"<content>" + rewritten.raw[-4:] if switch else b"<content>")
+    expected = bolt.encode_request(
+        77,
+        {**headers, "traceparent": value},
+        b"<content>",
+        timeout_ms=3000,
+        proto=proto,
+        ver1=ver1,
+        switch=switch,
+    )
+    assert rewritten.raw == expected  # byte for byte the frame an encoder writes with that value
+    assert frame.headers["traceparent"] == TRACEPARENT_IN  # the frame it came from is left as it was
+
+
+def test_with_header_rewrites_the_entry_the_decoder_keeps() -> None:
+    """Two entries of one name: the decoder keeps the last, so that one is rewritten."""
+    first = bolt.encode_header_map({"traceparent": "first"})
+    rest = bolt.encode_header_map({bolt.HEADER_SERVICE: "com.acme.Echo", "traceparent": TRACEPARENT_IN})
+    raw = bolt._frame(1, 1, 0, bolt.TYPE_REQUEST, bolt.CMD_REQUEST, 5, 1, 0, "", None, b"body")
+    header = first + rest
+    raw = raw[:14] + struct.pack(">HHI", 0, len(header), 4) + header + b"body"  # (v1: classLen at 14)
+    frame = _decoded(raw)
+    assert frame.headers["traceparent"] == TRACEPARENT_IN
+    rewritten = bolt.BoltCodec().with_header(frame, "traceparent", TRACEPARENT_OUT)
+    assert rewritten is not None
+    assert rewritten.raw.count(b"first") == 1 and TRACEPARENT_OUT.encode() in rewritten.raw
+    assert _decoded(rewritten.raw).headers["traceparent"] == TRACEPARENT_OUT
+
+
+def test_with_header_leaves_what_it_cannot_rewrite() -> None:
+    codec = bolt.BoltCodec()
+    frame = _decoded(bolt.encode_request(1, {bolt.HEADER_SERVICE: "com.acme.Echo", "traceparent": "v"}))
+    assert codec.with_header(frame, "tracestate", "x") is None  # not in the map: never added
+    assert codec.with_header(frame, rpc.SERVICE, "other") is None  # a pseudo-header is not on the wire
+    assert codec.with_header(frame, "traceparent", "x" * 70_000) is None  # headerLen is 16 bits

@@ -508,6 +508,47 @@ def rewrite_request_id(raw: bytes, request_id: int) -> bytes:
     return bytes(out)
 
 
+def with_header_value(raw: bytes, name: str, value: str) -> bytes | None:
+    """A request ``raw`` (decoded and checked: its header map walks cleanly) whose header ``name`` has
+    ``value`` instead: that entry's value and length replaced (the last entry of that name, the one the
+    decoder keeps), ``headerLen`` updated and v2's CRC32 recomputed; every other byte as it was. None when
+    the map holds no entry ``name`` or would outgrow Bolt's 16-bit ``headerLen``."""
+    proto = raw[0]
+    layout = _V1_REQUEST if proto == PROTO_V1 else _V2_REQUEST
+    fixed = layout.size
+    class_len, header_len = struct.unpack_from(">HH", raw, fixed - 8)
+    at = fixed + class_len
+    end = at + header_len
+    key = name.encode("utf-8")
+    unpack = _LEN.unpack_from
+    found = -1  # where the value's length of the last entry ``name`` starts
+    while at < end:
+        (length,) = unpack(raw, at)
+        at += 4
+        matched = length == len(key) and raw[at : at + length] == key
+        if length > 0:
+            at += length
+        if matched:
+            found = at
+        (length,) = unpack(raw, at)
+        at += 4 + max(length, 0)
+    if found < 0:
+        return None
+    (old_length,) = unpack(raw, found)
+    data = value.encode("utf-8")
+    new_header_len = header_len - max(old_length, 0) + len(data)
+    if new_header_len > 0xFFFF:
+        return None
+    out = bytearray(raw[:found])
+    out += _LEN.pack(len(data))
+    out += data
+    out += raw[found + 4 + max(old_length, 0) :]
+    struct.pack_into(">H", out, fixed - 6, new_header_len)
+    if proto == PROTO_V2 and _has_crc(proto, raw[1], raw[11]):
+        _ID.pack_into(out, len(out) - _CRC_BYTES, zlib.crc32(memoryview(out)[: len(out) - _CRC_BYTES]))
+    return bytes(out)
+
+
 class BoltCodec:
     """Bolt behind the protocol-neutral ``rpc.RpcCodec`` seam. ``proto`` chooses what ``encode_*`` writes."""
 
@@ -549,6 +590,16 @@ class BoltCodec:
 
     def with_request_id(self, frame: RpcFrame, request_id: int) -> bytes:
         return rewrite_request_id(frame.raw, request_id)
+
+    def with_header(self, frame: RpcFrame, name: str, value: str) -> RpcFrame | None:
+        if name not in frame.headers or name[:1] == ":":  # (a pseudo-header is not in the map)
+            return None
+        raw = with_header_value(frame.raw, name, value)
+        if raw is None:
+            return None
+        headers = dict(frame.headers)
+        headers[name] = value
+        return BoltFrame(PROTOCOL, frame.kind, frame.request_id, headers, raw, frame.status, frame.timeout_ms)
 
     id_struct: struct.Struct = _ID
 

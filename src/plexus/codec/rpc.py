@@ -134,7 +134,17 @@ class RpcFrame:
     reads them on responses.
     """
 
-    __slots__ = ("_headers", "_meta", "kind", "protocol", "raw", "request_id", "status", "timeout_ms")
+    __slots__ = (
+        "_headers",
+        "_meta",
+        "kind",
+        "protocol",
+        "raw",
+        "request_id",
+        "status",
+        "timeout_ms",
+        "trace",
+    )
 
     def __init__(
         self,
@@ -155,6 +165,9 @@ class RpcFrame:
         self.status = status
         self.timeout_ms = timeout_ms
         self._meta = meta
+        # (trace id, span id, parent span id, sampled) of the hop the proxy made this request a span of, when
+        # it came with a trace context the proxy follows (plexus.transport.rpc_proxy); None otherwise.
+        self.trace: tuple[str, str, str, bool] | None = None
 
     @property
     def headers(self) -> Mapping[str, str]:
@@ -299,6 +312,12 @@ class RpcCodec(Protocol):
     def error_reply(self, frame: RpcFrame, error: LocalError, message: str) -> bytes: ...
 
     def with_request_id(self, frame: RpcFrame, request_id: int) -> bytes: ...
+
+    def with_header(self, frame: RpcFrame, name: str, value: str) -> RpcFrame | None:
+        """A request ``frame`` whose header ``name``, which it carries, has ``value`` instead: the same
+        frame otherwise (id, body, the rest of its headers). None when the codec cannot rewrite it there
+        (Dubbo: its attachments follow the arguments, which are never decoded) or the header is absent."""
+        ...
 
     # Re-id without copying the frame twice: a proxy appends ``raw`` to its connection's out buffer and
     # packs the new id over the old with ``id_struct.pack_into`` (unchecked: only for ids known to be in

@@ -64,7 +64,14 @@ def span_name(entry: RequestEntry) -> str:
     (or RPC method) and the service (a raw HTTP path may carry ids)."""
     if entry.protocol == "grpc":
         return entry.path.lstrip("/") or entry.service
+    if entry.protocol in _RPC_SYSTEMS and entry.path:
+        return f"{entry.path}/{entry.method}"  # OpenTelemetry's $service/$method, the interface's name
     return f"{entry.method} {entry.service}"
+
+
+# OpenTelemetry's ``rpc.system`` of the RPC protocols the sidecar proxies (Dubbo's is its registered value;
+# SOFA RPC has none registered, so the protocol's name).
+_RPC_SYSTEMS: Final = {"bolt": "sofarpc", "dubbo": "apache_dubbo"}
 
 
 def span_attributes(entry: RequestEntry, telemetry: Telemetry) -> dict[str, str | int]:
@@ -95,6 +102,11 @@ def span_attributes(entry: RequestEntry, telemetry: Telemetry) -> dict[str, str 
         attributes["user_agent.original"] = entry.user_agent
     if entry.reason:
         attributes["plexus.reason"] = entry.reason
+    system = _RPC_SYSTEMS.get(entry.protocol)
+    if system is not None:
+        attributes["rpc.system"] = system
+        attributes["rpc.service"] = entry.path
+        attributes["rpc.method"] = entry.method
     if entry.grpc_status:
         attributes["rpc.system"] = "grpc"
         with contextlib.suppress(ValueError):

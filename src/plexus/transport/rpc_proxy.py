@@ -36,6 +36,15 @@ requests in flight one read brings dozens of frames, and a loopback ``write`` co
 bytes produced elsewhere (timers, connects), by a ``call_soon`` flush. Local replies take the same list, so
 the order on a connection is the order the bytes were produced. A re-id'd frame is queued as slices of
 its ``raw`` copied once into that buffer, the new id packed over the old in place.
+
+Tracing: a Bolt request whose header map carries a W3C ``traceparent`` (an app whose tracer put it there,
+as OpenTelemetry's propagators do with any string map) becomes a span of this hop, as an HTTP request does
+(plexus.proxy.tracing): the sampling decision it carries is followed, an invalid value is replaced by a new
+trace, and the next hop gets this hop's span id as its parent (``RpcCodec.with_header``: the one value
+rewritten, the rest of the frame as it came). A request without one is not given one: adding a header to
+every frame would re-encode every frame, and SOFA RPC apps name their calls by ``sofaTraceId`` (the
+entries' request id). Dubbo requests carry their context in attachments after the arguments, which the
+proxy never decodes: their entries have no trace ids.
 """
 
 from __future__ import annotations
@@ -64,6 +73,7 @@ from plexus.proxy import DataPlaneStats, Endpoint, ServiceStats
 from plexus.proxy.resilience import DEFAULT_RETRY_ON
 from plexus.proxy.route_table import Rule
 from plexus.proxy.telemetry import DOWNSTREAM_DISCONNECT, UNKNOWN, RequestEntry, response_flag
+from plexus.proxy.tracing import TRACEPARENT
 from plexus.transport.context import DataPlaneContext
 from plexus.transport.h2_stream import pick_untried
 from plexus.transport.routes import Route
@@ -93,6 +103,7 @@ UPSTREAM_HEARTBEAT_TIMEOUT: Final = "upstream_heartbeat_timeout"
 # without a trace id gets an id of its own that only this sidecar's entries carry.
 SOFA_TRACE_ID: Final = "rpc_trace_context.sofaTraceId"
 SOFA_CALLER_APP: Final = "rpc_trace_context.sofaCallerApp"
+_UNTRACED: Final = ("", "", "", False)  # a request's trace ids when the proxy followed no trace context
 
 # -- the request policy in RPC terms ---------------------------------------------------------------------
 # How a governed try failed (RpcDownstream.retry_governed): no connection; refused unseen by a provider
@@ -792,6 +803,9 @@ class RpcDownstream(_Batched):
     def _on_frame(self, frame: RpcFrame) -> None:
         kind = frame.kind
         if kind is FrameKind.REQUEST or kind is FrameKind.ONEWAY:
+            traceparent = frame.headers.get(TRACEPARENT)
+            if traceparent is not None:
+                frame = self._traced(frame, traceparent)
             route = self.router.resolve(frame)
             if isinstance(route, str):
                 self.local_error(frame, LocalError.NO_UPSTREAM, route, self.pool.ctx.loop.time(), None)
@@ -808,6 +822,17 @@ class RpcDownstream(_Batched):
             self.pool.rpc_stats.bump(self.pool.rpc_stats.heartbeats, self.service)
             self.emit(self.codec.heartbeat_reply(frame))
         # responses, heartbeat replies and events from a caller have nothing to answer
+
+    def _traced(self, frame: RpcFrame, traceparent: str) -> RpcFrame:
+        """``frame`` as a span of this hop (see the module's docstring): forwarded with this hop's
+        ``traceparent``, its ids kept for the request's entry. As it came when the codec cannot rewrite it."""
+        start = self.stats.telemetry.tracer.begin(traceparent, frame.headers.get(SOFA_TRACE_ID))
+        value = next(v for name, v in start.headers if name == TRACEPARENT)
+        traced = self.codec.with_header(frame, TRACEPARENT, value)
+        if traced is None:
+            return frame
+        traced.trace = (start.trace_id, start.span_id, start.parent_span_id, start.sampled)
+        return traced
 
     def dispatch(
         self,
@@ -1043,8 +1068,9 @@ class RpcDownstream(_Batched):
         gov: _RpcGov | None,
     ) -> None:
         """One request/response pair's RequestEntry (plexus.proxy.telemetry): counted by ``stats.done``,
-        then handed to the telemetry sinks. Trace ids stay empty: RPC frames carry no W3C context. A caller
-        whose connection closed before its answer is flagged DC."""
+        then handed to the telemetry sinks, with this hop's trace ids when it followed the request's
+        ``traceparent`` (``_traced``; else empty). A caller whose connection closed before its answer is
+        flagged DC."""
         headers = frame.headers
         outbound = stats.direction == "egress"
         if outbound:
@@ -1055,6 +1081,7 @@ class RpcDownstream(_Batched):
         attempts = 1
         if gov is not None:
             attempts += (gov.policy.retries if gov.policy is not None else 1) - gov.retries_left
+        trace_id, span_id, parent_span_id, sampled = frame.trace or _UNTRACED
         stats.done(
             RequestEntry(
                 stats.traffic_direction,
@@ -1072,6 +1099,10 @@ class RpcDownstream(_Batched):
                 peer_workload=peer,
                 upstream=endpoint.key if endpoint is not None else "",
                 request_id=request_id,
+                trace_id=trace_id,
+                span_id=span_id,
+                parent_span_id=parent_span_id,
+                sampled=sampled,
                 attempts=attempts,
             )
         )
