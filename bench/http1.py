@@ -16,7 +16,9 @@ source tree, ``--baseline-src DIR`` (e.g. the skeleton before issue 5: ``git arc
 DIR``, then ``--baseline-src DIR/src``), so plexus2o can be compared with the skeleton's default features
 alone. ``plexus2b`` runs this tree's two sidecars with the telemetry cut out (bench/lib/ablation.py: the
 skeleton's per-service record, no trace context; not a configuration a user can run): what the telemetry
-itself costs.
+itself costs. The verdict is the geometric mean over rounds of plexus2o's requests per core as a share of the
+reference's in the same round (the two ran side by side); the ratio of the two modes' medians is printed
+beside it.
 ``direct`` must be among the modes (the report pairs every mode with it).
 
 One nginx upstream and every topology are started once and kept up; then, per layout and round, wrk runs
@@ -71,6 +73,7 @@ from lib.results import (
     latency_rows,
     mark,
     markdown,
+    paired_geomean,
     paired_ratio,
     rss_rows,
     summarize,
@@ -710,11 +713,19 @@ def observability_verdicts(
             if plain is None or not plain.rps_per_proxy_core:
                 out.append(Verdict(target, f"not measured (needs {reference} beside plexus2o)", None))
                 continue
-            kept = s.rps_per_proxy_core / plain.rps_per_proxy_core
-            measured = f"{s.rps_per_proxy_core:,.0f} vs {plain.rps_per_proxy_core:,.0f}: {kept:.1%}"
+            # The verdict: the geometric mean of the per-round ratios (both modes side by side in every
+            # round). The ratio of the two modes' medians, printed too, takes each median from other
+            # rounds, and moved further from one run of the same tree to the next (bench/RESULTS.md).
+            medians = s.rps_per_proxy_core / plain.rps_per_proxy_core
+            geomean = paired_geomean(runs, s.layout, s.connections, s.mode, reference)
+            kept = geomean if geomean is not None else medians
+            measured = (
+                f"{kept:.1%} (geometric mean of the rounds' paired ratios); medians: "
+                f"{s.rps_per_proxy_core:,.0f} vs {plain.rps_per_proxy_core:,.0f}: {medians:.1%}"
+            )
             paired = paired_ratio(runs, s.layout, s.connections, s.mode, reference)
             if paired is not None:
-                measured += f" (paired per round: median {paired:.1%})"
+                measured += f"; paired per round: median {paired:.1%}"
             if speed:
                 normalized, same, n_same = speed_kept(runs, speed, s.layout, s.connections, reference, s.mode)
                 if normalized is not None:

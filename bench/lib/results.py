@@ -158,22 +158,37 @@ def _find(summaries: Sequence[Summary], layout: str, conns: int, mode: str) -> S
     return None
 
 
-def paired_ratio(runs: Sequence[Run], layout: str, conns: int, mode: str, reference: str) -> float | None:
-    """Median over rounds of reference CPU/request ÷ mode CPU/request, each pair from the same round.
-
-    Steadier than the ratio of two medians when the machine's speed drifts between rounds (a shared host).
-    """
+def round_ratios(runs: Sequence[Run], layout: str, conns: int, mode: str, reference: str) -> list[float]:
+    """Per round, reference CPU/request ÷ mode CPU/request (``mode``'s requests per core as a share of
+    ``reference``'s), each pair from the same round: the two ran side by side, seconds apart."""
     by_round: dict[int, dict[str, Run]] = {}
     for r in runs:
         if r.layout == layout and r.connections == conns and r.mode in (mode, reference) and r.requests:
             by_round.setdefault(r.round, {})[r.mode] = r
-    ratios = [
+    return [
         (pair[reference].proxy_cpu_s / pair[reference].requests)
         / (pair[mode].proxy_cpu_s / pair[mode].requests)
         for pair in by_round.values()
-        if len(pair) == 2 and pair[mode].proxy_cpu_s > 0
+        if len(pair) == 2 and pair[mode].proxy_cpu_s > 0 and pair[reference].proxy_cpu_s > 0
     ]
+
+
+def paired_ratio(runs: Sequence[Run], layout: str, conns: int, mode: str, reference: str) -> float | None:
+    """Median over rounds of the paired ratios (round_ratios).
+
+    Steadier than the ratio of two medians when the machine's speed drifts between rounds (a shared host).
+    """
+    ratios = round_ratios(runs, layout, conns, mode, reference)
     return _median(ratios) if ratios else None
+
+
+def paired_geomean(runs: Sequence[Run], layout: str, conns: int, mode: str, reference: str) -> float | None:
+    """Geometric mean over rounds of the paired ratios (round_ratios): every round counts, and a round in
+    which the host slowed both runs alike leaves its ratio as it was. From one run of the same tree to the
+    next it moves less than the ratio of the two modes' medians, which takes each median from other rounds
+    (bench/RESULTS.md), and it needs no canary."""
+    ratios = round_ratios(runs, layout, conns, mode, reference)
+    return statistics.geometric_mean(ratios) if ratios else None
 
 
 def verdicts(
