@@ -348,10 +348,11 @@ def test_corpus(case: dict[str, object]) -> None:
         assert (comparable(split_frames), split_reason) == (comparable(frames), reason)
 
 
-# -- a header's value rewritten (the proxy's hop in a trace: plexus.transport.rpc_proxy) -----------------
+# -- a header set in a request (the proxy's hop in a trace: plexus.transport.rpc_proxy) ----------------
 
 TRACEPARENT_IN = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 TRACEPARENT_OUT = "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01"
+VERSIONS = [(bolt.PROTO_V1, 1, 0), (bolt.PROTO_V2, 2, bolt.CRC_SWITCH), (bolt.PROTO_V2, 1, 0)]
 
 
 def _decoded(raw: bytes) -> RpcFrame:
@@ -359,12 +360,9 @@ def _decoded(raw: bytes) -> RpcFrame:
     return frame
 
 
-@pytest.mark.parametrize(
-    ("proto", "ver1", "switch"),
-    [(bolt.PROTO_V1, 1, 0), (bolt.PROTO_V2, 2, bolt.CRC_SWITCH), (bolt.PROTO_V2, 1, 0)],
-)
+@pytest.mark.parametrize(("proto", "ver1", "switch"), VERSIONS)
 @pytest.mark.parametrize("value", [TRACEPARENT_OUT, "00-short", "x" * 300])
-def test_with_header_rewrites_one_value_and_keeps_the_rest(
+def test_set_header_rewrites_one_value_and_keeps_the_rest(
     proto: int, ver1: int, switch: int, value: str
 ) -> None:
     headers = {
@@ -377,15 +375,14 @@ def test_with_header_rewrites_one_value_and_keeps_the_rest(
         77, headers, b"<content>", timeout_ms=3000, proto=proto, ver1=ver1, switch=switch
     )
     frame = _decoded(raw)
-    rewritten = bolt.BoltCodec().with_header(frame, "traceparent", value)
-    assert rewritten is not None
-    again = _decoded(rewritten.raw)  # a decoder takes it: lengths and (v2) the CRC32 are right
-    assert again.headers["traceparent"] == value == rewritten.headers["traceparent"]
+    before = dict(frame.headers)
+    assert bolt.BoltCodec().set_header(frame, "traceparent", value)
+    again = _decoded(frame.raw)  # a decoder takes it: lengths and (v2) the CRC32 are right
+    assert again.headers["traceparent"] == value == frame.headers["traceparent"]
     assert {k: v for k, v in again.headers.items() if k != "traceparent"} == {
-        k: v for k, v in frame.headers.items() if k != "traceparent"
+        k: v for k, v in before.items() if k != "traceparent"
     }
-    assert again.request_id == 77 and again.timeout_ms == 3000 and again.meta == frame.meta
-    assert rewritten.raw.endswith(b"<content>" + rewritten.raw[-4:] if switch else b"<content>")
+    assert again.request_id == 77 and again.timeout_ms == 3000 and again.meta == _decoded(raw).meta
     expected = bolt.encode_request(
         77,
         {**headers, "traceparent": value},
@@ -395,11 +392,21 @@ def test_with_header_rewrites_one_value_and_keeps_the_rest(
         ver1=ver1,
         switch=switch,
     )
-    assert rewritten.raw == expected  # byte for byte the frame an encoder writes with that value
-    assert frame.headers["traceparent"] == TRACEPARENT_IN  # the frame it came from is left as it was
+    assert frame.raw == expected  # byte for byte the frame an encoder writes with that value
 
 
-def test_with_header_rewrites_the_entry_the_decoder_keeps() -> None:
+@pytest.mark.parametrize(("proto", "ver1", "switch"), VERSIONS)
+def test_set_header_adds_a_header_the_map_lacks_at_its_end(proto: int, ver1: int, switch: int) -> None:
+    headers = {bolt.HEADER_SERVICE: "com.acme.Echo:1.0", bolt.HEADER_METHOD: "echo"}
+    frame = _decoded(bolt.encode_request(9, headers, b"<content>", proto=proto, ver1=ver1, switch=switch))
+    assert bolt.BoltCodec().set_header(frame, "traceparent", TRACEPARENT_OUT)
+    assert frame.headers["traceparent"] == TRACEPARENT_OUT
+    expected = {**headers, "traceparent": TRACEPARENT_OUT}
+    assert frame.raw == bolt.encode_request(9, expected, b"<content>", proto=proto, ver1=ver1, switch=switch)
+    assert _decoded(frame.raw).headers["traceparent"] == TRACEPARENT_OUT
+
+
+def test_set_header_rewrites_the_entry_the_decoder_keeps() -> None:
     """Two entries of one name: the decoder keeps the last, so that one is rewritten."""
     first = bolt.encode_header_map({"traceparent": "first"})
     rest = bolt.encode_header_map({bolt.HEADER_SERVICE: "com.acme.Echo", "traceparent": TRACEPARENT_IN})
@@ -408,15 +415,17 @@ def test_with_header_rewrites_the_entry_the_decoder_keeps() -> None:
     raw = raw[:14] + struct.pack(">HHI", 0, len(header), 4) + header + b"body"  # (v1: classLen at 14)
     frame = _decoded(raw)
     assert frame.headers["traceparent"] == TRACEPARENT_IN
-    rewritten = bolt.BoltCodec().with_header(frame, "traceparent", TRACEPARENT_OUT)
-    assert rewritten is not None
-    assert rewritten.raw.count(b"first") == 1 and TRACEPARENT_OUT.encode() in rewritten.raw
-    assert _decoded(rewritten.raw).headers["traceparent"] == TRACEPARENT_OUT
+    assert bolt.BoltCodec().set_header(frame, "traceparent", TRACEPARENT_OUT)
+    assert frame.raw.count(b"first") == 1 and TRACEPARENT_OUT.encode() in frame.raw
+    assert _decoded(frame.raw).headers["traceparent"] == TRACEPARENT_OUT
 
 
-def test_with_header_leaves_what_it_cannot_rewrite() -> None:
+def test_set_header_leaves_what_it_cannot_write() -> None:
     codec = bolt.BoltCodec()
-    frame = _decoded(bolt.encode_request(1, {bolt.HEADER_SERVICE: "com.acme.Echo", "traceparent": "v"}))
-    assert codec.with_header(frame, "tracestate", "x") is None  # not in the map: never added
-    assert codec.with_header(frame, rpc.SERVICE, "other") is None  # a pseudo-header is not on the wire
-    assert codec.with_header(frame, "traceparent", "x" * 70_000) is None  # headerLen is 16 bits
+    raw = bolt.encode_request(1, {bolt.HEADER_SERVICE: "com.acme.Echo", "traceparent": "v"})
+    frame = _decoded(raw)
+    assert not codec.set_header(frame, rpc.SERVICE, "other")  # a pseudo-header is not on the wire
+    assert not codec.set_header(frame, "traceparent", "x" * 70_000)  # headerLen is 16 bits
+    assert not codec.set_header(frame, "tracestate", "x" * 70_000)
+    assert frame.raw == raw and "tracestate" not in frame.headers  # left as it was
+    assert bolt.with_header_value(raw, "tracestate", "x", present=True) is None  # said present: is not

@@ -320,3 +320,14 @@ def test_corpus(case: dict[str, object]) -> None:
     for pieces in every_split(data):
         split_frames, split_reason = run(DubboDecoder(), pieces)
         assert (comparable(split_frames), split_reason) == (comparable(frames), reason)
+
+
+def test_no_header_is_written_into_a_dubbo_request() -> None:
+    """A Dubbo request's attachments follow its arguments, which are never decoded: the codec says it
+    writes no header, and a proxy asking anyway gets False (the frame goes on as it came)."""
+    codec = dubbo.DubboCodec()
+    frame = _decode_one(dubbo.encode_request(3, "com.acme.Echo", "echo"))
+    assert codec.writes_headers is False
+    raw = frame.raw
+    assert not codec.set_header(frame, "traceparent", "00-" + "1" * 32 + "-" + "2" * 16 + "-01")
+    assert frame.raw == raw

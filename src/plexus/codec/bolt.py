@@ -508,45 +508,70 @@ def rewrite_request_id(raw: bytes, request_id: int) -> bytes:
     return bytes(out)
 
 
-def with_header_value(raw: bytes, name: str, value: str) -> bytes | None:
-    """A request ``raw`` (decoded and checked: its header map walks cleanly) whose header ``name`` has
-    ``value`` instead: that entry's value and length replaced (the last entry of that name, the one the
-    decoder keeps), ``headerLen`` updated and v2's CRC32 recomputed; every other byte as it was. None when
-    the map holds no entry ``name`` or would outgrow Bolt's 16-bit ``headerLen``."""
-    proto = raw[0]
-    layout = _V1_REQUEST if proto == PROTO_V1 else _V2_REQUEST
-    fixed = layout.size
-    class_len, header_len = struct.unpack_from(">HH", raw, fixed - 8)
-    at = fixed + class_len
-    end = at + header_len
-    key = name.encode("utf-8")
-    unpack = _LEN.unpack_from
-    found = -1  # where the value's length of the last entry ``name`` starts
-    while at < end:
-        (length,) = unpack(raw, at)
-        at += 4
-        matched = length == len(key) and raw[at : at + length] == key
-        if length > 0:
-            at += length
-        if matched:
-            found = at
-        (length,) = unpack(raw, at)
-        at += 4 + max(length, 0)
-    if found < 0:
-        return None
-    (old_length,) = unpack(raw, found)
+def with_header_value(raw: bytes, name: str, value: str, present: bool) -> bytes | None:
+    """A request ``raw`` (decoded and checked: its header map walks cleanly) with header ``name`` set to
+    ``value``: when ``present``, that entry's value and length replaced (the last entry of that name, the
+    one the decoder keeps), else an entry added at the map's end; ``headerLen`` updated and v2's CRC32
+    recomputed, every other byte as it was. None when the map holds no entry ``name`` though ``present``
+    says so, or would outgrow Bolt's 16-bit ``headerLen``."""
+    fixed = _V1_REQUEST.size if raw[0] == PROTO_V1 else _V2_REQUEST.size
+    class_len, header_len = _CLASS_HEADER_LEN.unpack_from(raw, fixed - 8)
+    end = fixed + class_len + header_len
     data = value.encode("utf-8")
-    new_header_len = header_len - max(old_length, 0) + len(data)
+    if present:
+        key = name.encode("utf-8")
+        unpack = _LEN.unpack_from
+        at = fixed + class_len
+        found = -1  # where the value's length of the last entry ``name`` starts
+        while at < end:
+            (length,) = unpack(raw, at)
+            at += 4
+            matched = length == len(key) and raw[at : at + length] == key
+            if length > 0:
+                at += length
+            if matched:
+                found = at
+            (length,) = unpack(raw, at)
+            at += 4 + max(length, 0)
+        if found < 0:
+            return None
+        (old_length,) = unpack(raw, found)
+        cut_from, cut_to = found, found + 4 + max(old_length, 0)
+        added = _LEN.pack(len(data)) + data
+    else:  # (no walk: the entry goes after the last one)
+        cut_from = cut_to = end
+        key = _keys.get(name) or _key_entry(name)
+        added = key + _LEN.pack(len(data)) + data
+    new_header_len = header_len - (cut_to - cut_from) + len(added)
     if new_header_len > 0xFFFF:
         return None
-    out = bytearray(raw[:found])
-    out += _LEN.pack(len(data))
-    out += data
-    out += raw[found + 4 + max(old_length, 0) :]
-    struct.pack_into(">H", out, fixed - 6, new_header_len)
-    if proto == PROTO_V2 and _has_crc(proto, raw[1], raw[11]):
-        _ID.pack_into(out, len(out) - _CRC_BYTES, zlib.crc32(memoryview(out)[: len(out) - _CRC_BYTES]))
-    return bytes(out)
+    view = memoryview(raw)
+    out = b"".join(
+        (
+            view[: fixed - 6],
+            _HEADER_LEN.pack(new_header_len),
+            view[fixed - 4 : cut_from],
+            added,
+            view[cut_to:],
+        )
+    )
+    if raw[0] == PROTO_V2 and _has_crc(PROTO_V2, raw[1], raw[11]):
+        crc_at = len(out) - _CRC_BYTES
+        out = out[:crc_at] + _ID.pack(zlib.crc32(memoryview(out)[:crc_at]))
+    return out
+
+
+_CLASS_HEADER_LEN: Final = struct.Struct(">HH")
+_HEADER_LEN: Final = struct.Struct(">H")
+_keys: dict[str, bytes] = {}  # a header name as a map entry's first half (length and UTF-8), by name
+
+
+def _key_entry(name: str) -> bytes:
+    key = name.encode("utf-8")
+    entry = _LEN.pack(len(key)) + key
+    if len(_keys) < 64:
+        _keys[name] = entry
+    return entry
 
 
 class BoltCodec:
@@ -591,15 +616,18 @@ class BoltCodec:
     def with_request_id(self, frame: RpcFrame, request_id: int) -> bytes:
         return rewrite_request_id(frame.raw, request_id)
 
-    def with_header(self, frame: RpcFrame, name: str, value: str) -> RpcFrame | None:
-        if name not in frame.headers or name[:1] == ":":  # (a pseudo-header is not in the map)
-            return None
-        raw = with_header_value(frame.raw, name, value)
+    writes_headers: bool = True
+
+    def set_header(self, frame: RpcFrame, name: str, value: str) -> bool:
+        if name[:1] == ":":  # a pseudo-header is not in the map
+            return False
+        headers = frame.headers
+        raw = with_header_value(frame.raw, name, value, name in headers)
         if raw is None:
-            return None
-        headers = dict(frame.headers)
-        headers[name] = value
-        return BoltFrame(PROTOCOL, frame.kind, frame.request_id, headers, raw, frame.status, frame.timeout_ms)
+            return False
+        frame.raw = raw
+        headers[name] = value  # type: ignore[index]  # (the decoder's own dict, this frame's alone)
+        return True
 
     id_struct: struct.Struct = _ID
 

@@ -312,10 +312,12 @@ class DubboCodec:
     def with_request_id(self, frame: RpcFrame, request_id: int) -> bytes:
         return rewrite_request_id(frame.raw, request_id)
 
-    def with_header(self, frame: RpcFrame, name: str, value: str) -> RpcFrame | None:
+    writes_headers: bool = False
+
+    def set_header(self, frame: RpcFrame, name: str, value: str) -> bool:
         """Never: a Dubbo request's attachments come after its arguments, which the proxy does not decode
-        (only the routing strings before them), so its headers hold none to rewrite."""
-        return None
+        (only the routing strings before them), so its headers hold none to write."""
+        return False
 
     id_struct: struct.Struct = _ID
 

@@ -127,11 +127,12 @@ class RpcFrame:
     empty when the frame does not say) beside the protocol's own headers. ``meta`` holds the protocol's
     fixed-header fields that routing does not use (Bolt codec byte and class name, Dubbo serialization id...).
 
-    Immutable by convention. A plain slotted class rather than a frozen dataclass: one is built per frame on
-    the hot path, and the dataclass ``__init__`` (each field set through ``object.__setattr__``) cost more
-    than the rest of a response's decoding. A codec's subclass may leave ``headers`` and ``meta`` as None
-    and build them from ``raw`` when first read (``_decode_headers`` / ``_decode_meta``): the proxy never
-    reads them on responses.
+    Immutable by convention, but for ``RpcCodec.set_header`` on a request its caller just decoded, and
+    ``trace``, which the proxy sets. A plain slotted class rather than a frozen dataclass: one is built per
+    frame on the hot path, and the dataclass ``__init__`` (each field set through ``object.__setattr__``)
+    cost more than the rest of a response's decoding. A codec's subclass may leave ``headers`` and ``meta``
+    as None and build them from ``raw`` when first read (``_decode_headers`` / ``_decode_meta``): the proxy
+    never reads them on responses.
     """
 
     __slots__ = (
@@ -165,8 +166,8 @@ class RpcFrame:
         self.status = status
         self.timeout_ms = timeout_ms
         self._meta = meta
-        # (trace id, span id, parent span id, sampled) of the hop the proxy made this request a span of, when
-        # it came with a trace context the proxy follows (plexus.transport.rpc_proxy); None otherwise.
+        # Set by the proxy (plexus.transport.rpc_proxy): (trace id, span id, parent span id, sampled) of the
+        # request's trace context at this hop; None when it has none.
         self.trace: tuple[str, str, str, bool] | None = None
 
     @property
@@ -313,10 +314,15 @@ class RpcCodec(Protocol):
 
     def with_request_id(self, frame: RpcFrame, request_id: int) -> bytes: ...
 
-    def with_header(self, frame: RpcFrame, name: str, value: str) -> RpcFrame | None:
-        """A request ``frame`` whose header ``name``, which it carries, has ``value`` instead: the same
-        frame otherwise (id, body, the rest of its headers). None when the codec cannot rewrite it there
-        (Dubbo: its attachments follow the arguments, which are never decoded) or the header is absent."""
+    # Whether set_header can set a header (Bolt's map, read whole); Dubbo's attachments follow the
+    # arguments, which are never decoded.
+    writes_headers: bool
+
+    def set_header(self, frame: RpcFrame, name: str, value: str) -> bool:
+        """Set header ``name`` of the request ``frame`` to ``value`` (replaced, or added when absent): its
+        ``raw`` and ``headers`` change, every other byte stays. For a frame its caller owns alone (one just
+        decoded, which nothing else holds yet). False, the frame left as it was, when the codec cannot
+        write it there (``writes_headers`` False; a pseudo-header; a map that would outgrow its limit)."""
         ...
 
     # Re-id without copying the frame twice: a proxy appends ``raw`` to its connection's out buffer and

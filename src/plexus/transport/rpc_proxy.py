@@ -37,14 +37,15 @@ bytes produced elsewhere (timers, connects), by a ``call_soon`` flush. Local rep
 the order on a connection is the order the bytes were produced. A re-id'd frame is queued as slices of
 its ``raw`` copied once into that buffer, the new id packed over the old in place.
 
-Tracing: a Bolt request whose header map carries a W3C ``traceparent`` (an app whose tracer put it there,
-as OpenTelemetry's propagators do with any string map) becomes a span of this hop, as an HTTP request does
-(plexus.proxy.tracing): the sampling decision it carries is followed, an invalid value is replaced by a new
-trace, and the next hop gets this hop's span id as its parent (``RpcCodec.with_header``: the one value
-rewritten, the rest of the frame as it came). A request without one is not given one: adding a header to
-every frame would re-encode every frame, and SOFA RPC apps name their calls by ``sofaTraceId`` (the
-entries' request id). Dubbo requests carry their context in attachments after the arguments, which the
-proxy never decodes: their entries have no trace ids.
+Tracing: a Bolt request's W3C ``traceparent`` lives in its header map (where OpenTelemetry's propagators
+put it in any string map). As for HTTP (plexus.proxy.tracing), a sampled one makes the request a span of
+this hop, the next hop getting this hop's span id as its parent (``RpcCodec.set_header``: the one entry
+rewritten, the rest of the frame as it came); an unsampled valid one is forwarded as it came (no span of
+this hop is ever recorded for it); an invalid one is replaced by a new trace. Unlike HTTP, a request
+without one is not given one: writing a header into every frame cost 3.4 µs a request, a quarter of a
+sidecar's CPU for a Bolt request (bench/RESULTS.md), and SOFA RPC apps name their calls by ``sofaTraceId``,
+which stays the entries' request id. Dubbo requests carry their context in attachments after the
+arguments, which the proxy never decodes: their entries have no trace ids.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ from plexus.proxy import DataPlaneStats, Endpoint, ServiceStats
 from plexus.proxy.resilience import DEFAULT_RETRY_ON
 from plexus.proxy.route_table import Rule
 from plexus.proxy.telemetry import DOWNSTREAM_DISCONNECT, UNKNOWN, RequestEntry, response_flag
-from plexus.proxy.tracing import TRACEPARENT
+from plexus.proxy.tracing import TRACEPARENT, parse_traceparent
 from plexus.transport.context import DataPlaneContext
 from plexus.transport.h2_stream import pick_untried
 from plexus.transport.routes import Route
@@ -103,7 +104,7 @@ UPSTREAM_HEARTBEAT_TIMEOUT: Final = "upstream_heartbeat_timeout"
 # without a trace id gets an id of its own that only this sidecar's entries carry.
 SOFA_TRACE_ID: Final = "rpc_trace_context.sofaTraceId"
 SOFA_CALLER_APP: Final = "rpc_trace_context.sofaCallerApp"
-_UNTRACED: Final = ("", "", "", False)  # a request's trace ids when the proxy followed no trace context
+_UNTRACED: Final = ("", "", "", False)  # a request's trace ids when it has no trace context here
 
 # -- the request policy in RPC terms ---------------------------------------------------------------------
 # How a governed try failed (RpcDownstream.retry_governed): no connection; refused unseen by a provider
@@ -774,6 +775,7 @@ class RpcDownstream(_Batched):
         self.inflight = 0  # requests queued or pending upstream for this caller
         self.closed = False
         self.lookup = FrameLookup()
+        self.writes_headers = codec.writes_headers  # (trace context: Bolt's, not Dubbo's)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
@@ -803,9 +805,10 @@ class RpcDownstream(_Batched):
     def _on_frame(self, frame: RpcFrame) -> None:
         kind = frame.kind
         if kind is FrameKind.REQUEST or kind is FrameKind.ONEWAY:
-            traceparent = frame.headers.get(TRACEPARENT)
-            if traceparent is not None:
-                frame = self._traced(frame, traceparent)
+            if self.writes_headers:
+                traceparent = frame.headers.get(TRACEPARENT)
+                if traceparent is not None:
+                    self._trace(frame, traceparent)
             route = self.router.resolve(frame)
             if isinstance(route, str):
                 self.local_error(frame, LocalError.NO_UPSTREAM, route, self.pool.ctx.loop.time(), None)
@@ -823,16 +826,27 @@ class RpcDownstream(_Batched):
             self.emit(self.codec.heartbeat_reply(frame))
         # responses, heartbeat replies and events from a caller have nothing to answer
 
-    def _traced(self, frame: RpcFrame, traceparent: str) -> RpcFrame:
-        """``frame`` as a span of this hop (see the module's docstring): forwarded with this hop's
-        ``traceparent``, its ids kept for the request's entry. As it came when the codec cannot rewrite it."""
-        start = self.stats.telemetry.tracer.begin(traceparent, frame.headers.get(SOFA_TRACE_ID))
-        value = next(v for name, v in start.headers if name == TRACEPARENT)
-        traced = self.codec.with_header(frame, TRACEPARENT, value)
-        if traced is None:
-            return frame
-        traced.trace = (start.trace_id, start.span_id, start.parent_span_id, start.sampled)
-        return traced
+    def _trace(self, frame: RpcFrame, traceparent: str) -> None:
+        """The request's trace context at this hop (see the module's docstring): ``frame.trace`` set, and
+        the ``traceparent`` the next hop gets written into the frame when it is not the one that came."""
+        tracer = self.stats.telemetry.tracer
+        parsed = parse_traceparent(traceparent)
+        if parsed is not None and not parsed[2]:
+            frame.trace = (parsed[0], parsed[1], "", False)  # forwarded as it came
+            return
+        if parsed is not None:
+            trace_id, parent, _ = parsed
+            span_id = tracer.new_span_id()
+            flags = traceparent.strip().lower().split("-")[3]  # (a later version's: read as 00's)
+            value = f"00-{trace_id}-{span_id}-{flags}"
+            trace = (trace_id, span_id, parent, True)
+        else:  # not a traceparent: a new trace in its place, sampled at this sidecar's rate
+            start = tracer.begin(None, frame.headers.get(SOFA_TRACE_ID))
+            value = next(v for name, v in start.headers if name == TRACEPARENT)
+            trace = (start.trace_id, start.span_id, "", start.sampled)
+        if self.codec.set_header(frame, TRACEPARENT, value):
+            frame.trace = trace
+        # (else a map already at Bolt's 64 KiB: forwarded as it came, with no trace)
 
     def dispatch(
         self,
@@ -1068,9 +1082,8 @@ class RpcDownstream(_Batched):
         gov: _RpcGov | None,
     ) -> None:
         """One request/response pair's RequestEntry (plexus.proxy.telemetry): counted by ``stats.done``,
-        then handed to the telemetry sinks, with this hop's trace ids when it followed the request's
-        ``traceparent`` (``_traced``; else empty). A caller whose connection closed before its answer is
-        flagged DC."""
+        then handed to the telemetry sinks, with the request's trace ids at this hop (``_trace``; empty
+        for Dubbo). A caller whose connection closed before its answer is flagged DC."""
         headers = frame.headers
         outbound = stats.direction == "egress"
         if outbound:
