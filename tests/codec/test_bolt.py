@@ -428,4 +428,4 @@ def test_set_header_leaves_what_it_cannot_write() -> None:
     assert not codec.set_header(frame, "traceparent", "x" * 70_000)  # headerLen is 16 bits
     assert not codec.set_header(frame, "tracestate", "x" * 70_000)
     assert frame.raw == raw and "tracestate" not in frame.headers  # left as it was
-    assert bolt.with_header_value(raw, "tracestate", "x", present=True) is None  # said present: is not
+    assert bolt.set_header_value(raw, "tracestate", "x", present=True) is None  # said present: is not

@@ -45,15 +45,13 @@ def mesh() -> Iterator[TracedMesh]:
 
         def sidecar(name: str, workload: str) -> ManagedProcess:
             # 100 %: every trace a sidecar starts is sampled; a decision that comes in is followed.
+            flags = {
+                "--workload": workload,
+                "--trace-sample-percent": "100",
+                "--trace-export": f"file:{spans[name]}",
+            }
             return start_sidecar(
-                group,
-                registry.address("listen"),
-                "--workload",
-                workload,
-                "--trace-sample-percent",
-                "100",
-                "--trace-export",
-                f"file:{spans[name]}",
+                group, registry.address("listen"), *(x for pair in flags.items() for x in pair)
             )
 
         b = sidecar("b", "echo-provider")

@@ -508,7 +508,7 @@ def rewrite_request_id(raw: bytes, request_id: int) -> bytes:
     return bytes(out)
 
 
-def with_header_value(raw: bytes, name: str, value: str, present: bool) -> bytes | None:
+def set_header_value(raw: bytes, name: str, value: str, present: bool) -> bytes | None:
     """A request ``raw`` (decoded and checked: its header map walks cleanly) with header ``name`` set to
     ``value``: when ``present``, that entry's value and length replaced (the last entry of that name, the
     one the decoder keeps), else an entry added at the map's end; ``headerLen`` updated and v2's CRC32
@@ -540,8 +540,8 @@ def with_header_value(raw: bytes, name: str, value: str, present: bool) -> bytes
         added = _LEN.pack(len(data)) + data
     else:  # (no walk: the entry goes after the last one)
         cut_from = cut_to = end
-        key = _keys.get(name) or _key_entry(name)
-        added = key + _LEN.pack(len(data)) + data
+        key = name.encode("utf-8")
+        added = _LEN.pack(len(key)) + key + _LEN.pack(len(data)) + data
     new_header_len = header_len - (cut_to - cut_from) + len(added)
     if new_header_len > 0xFFFF:
         return None
@@ -563,15 +563,6 @@ def with_header_value(raw: bytes, name: str, value: str, present: bool) -> bytes
 
 _CLASS_HEADER_LEN: Final = struct.Struct(">HH")
 _HEADER_LEN: Final = struct.Struct(">H")
-_keys: dict[str, bytes] = {}  # a header name as a map entry's first half (length and UTF-8), by name
-
-
-def _key_entry(name: str) -> bytes:
-    key = name.encode("utf-8")
-    entry = _LEN.pack(len(key)) + key
-    if len(_keys) < 64:
-        _keys[name] = entry
-    return entry
 
 
 class BoltCodec:
@@ -622,7 +613,7 @@ class BoltCodec:
         if name[:1] == ":":  # a pseudo-header is not in the map
             return False
         headers = frame.headers
-        raw = with_header_value(frame.raw, name, value, name in headers)
+        raw = set_header_value(frame.raw, name, value, name in headers)
         if raw is None:
             return False
         frame.raw = raw

@@ -100,7 +100,7 @@ _STATUS_TIMEOUT: Final = 504
 UPSTREAM_HEARTBEAT_TIMEOUT: Final = "upstream_heartbeat_timeout"
 # What SOFA RPC clients put in a Bolt request's header map: the trace id (the request's id in entries, so
 # `plexus explain` finds it by the id the app logs) and the calling app (the inbound peer workload). The
-# proxy never writes headers into a frame (re-encoding it would cost more than the hop), so a request
+# proxy adds no header to a frame (it only rewrites a sampled traceparent: see Tracing above), so a request
 # without a trace id gets an id of its own that only this sidecar's entries carry.
 SOFA_TRACE_ID: Final = "rpc_trace_context.sofaTraceId"
 SOFA_CALLER_APP: Final = "rpc_trace_context.sofaCallerApp"
@@ -1083,7 +1083,8 @@ class RpcDownstream(_Batched):
     ) -> None:
         """One request/response pair's RequestEntry (plexus.proxy.telemetry): counted by ``stats.done``,
         then handed to the telemetry sinks, with the request's trace ids at this hop (``_trace``; empty
-        for Dubbo). A caller whose connection closed before its answer is flagged DC."""
+        when it came without a traceparent, and for Dubbo). A caller whose connection closed before its
+        answer is flagged DC."""
         headers = frame.headers
         outbound = stats.direction == "egress"
         if outbound:
