@@ -508,52 +508,40 @@ def rewrite_request_id(raw: bytes, request_id: int) -> bytes:
     return bytes(out)
 
 
-def set_header_value(raw: bytes, name: str, value: str, present: bool) -> bytes | None:
-    """A request ``raw`` (decoded and checked: its header map walks cleanly) with header ``name`` set to
-    ``value``: when ``present``, that entry's value and length replaced (the last entry of that name, the
-    one the decoder keeps), else an entry added at the map's end; ``headerLen`` updated and v2's CRC32
-    recomputed, every other byte as it was. None when the map holds no entry ``name`` though ``present``
-    says so, or would outgrow Bolt's 16-bit ``headerLen``."""
+def set_header_value(raw: bytes, name: str, value: str) -> bytes | None:
+    """A request ``raw`` (decoded and checked: its header map walks cleanly) whose header ``name`` has
+    ``value`` instead: that entry's value and length replaced (the last entry of that name, the one the
+    decoder keeps), ``headerLen`` updated and v2's CRC32 recomputed, every other byte as it was. None when
+    the map holds no entry ``name`` or would outgrow Bolt's 16-bit ``headerLen``."""
     fixed = _V1_REQUEST.size if raw[0] == PROTO_V1 else _V2_REQUEST.size
     class_len, header_len = _CLASS_HEADER_LEN.unpack_from(raw, fixed - 8)
-    end = fixed + class_len + header_len
+    at = fixed + class_len
+    end = at + header_len
+    key = name.encode("utf-8")
+    unpack = _LEN.unpack_from
+    found = -1  # where the value's length of the last entry ``name`` starts
+    while at < end:
+        (length,) = unpack(raw, at)
+        at += 4
+        matched = length == len(key) and raw[at : at + length] == key
+        if length > 0:
+            at += length
+        if matched:
+            found = at
+        (length,) = unpack(raw, at)
+        at += 4 + max(length, 0)
+    if found < 0:
+        return None
+    (old_length,) = unpack(raw, found)
+    cut_to = found + 4 + max(old_length, 0)
     data = value.encode("utf-8")
-    if present:
-        key = name.encode("utf-8")
-        unpack = _LEN.unpack_from
-        at = fixed + class_len
-        found = -1  # where the value's length of the last entry ``name`` starts
-        while at < end:
-            (length,) = unpack(raw, at)
-            at += 4
-            matched = length == len(key) and raw[at : at + length] == key
-            if length > 0:
-                at += length
-            if matched:
-                found = at
-            (length,) = unpack(raw, at)
-            at += 4 + max(length, 0)
-        if found < 0:
-            return None
-        (old_length,) = unpack(raw, found)
-        cut_from, cut_to = found, found + 4 + max(old_length, 0)
-        added = _LEN.pack(len(data)) + data
-    else:  # (no walk: the entry goes after the last one)
-        cut_from = cut_to = end
-        key = name.encode("utf-8")
-        added = _LEN.pack(len(key)) + key + _LEN.pack(len(data)) + data
-    new_header_len = header_len - (cut_to - cut_from) + len(added)
+    new_header_len = header_len - (cut_to - found) + 4 + len(data)
     if new_header_len > 0xFFFF:
         return None
     view = memoryview(raw)
+    length_bytes = _HEADER_LEN.pack(new_header_len)
     out = b"".join(
-        (
-            view[: fixed - 6],
-            _HEADER_LEN.pack(new_header_len),
-            view[fixed - 4 : cut_from],
-            added,
-            view[cut_to:],
-        )
+        (view[: fixed - 6], length_bytes, view[fixed - 4 : found], _LEN.pack(len(data)), data, view[cut_to:])
     )
     if raw[0] == PROTO_V2 and _has_crc(PROTO_V2, raw[1], raw[11]):
         crc_at = len(out) - _CRC_BYTES
@@ -610,10 +598,10 @@ class BoltCodec:
     writes_headers: bool = True
 
     def set_header(self, frame: RpcFrame, name: str, value: str) -> bool:
-        if name[:1] == ":":  # a pseudo-header is not in the map
-            return False
         headers = frame.headers
-        raw = set_header_value(frame.raw, name, value, name in headers)
+        if name not in headers or name[:1] == ":":  # (a pseudo-header is not in the map)
+            return False
+        raw = set_header_value(frame.raw, name, value)
         if raw is None:
             return False
         frame.raw = raw

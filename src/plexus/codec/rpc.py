@@ -314,15 +314,15 @@ class RpcCodec(Protocol):
 
     def with_request_id(self, frame: RpcFrame, request_id: int) -> bytes: ...
 
-    # Whether set_header can set a header (Bolt's map, read whole); Dubbo's attachments follow the
+    # Whether set_header can rewrite a header (Bolt's map, read whole); Dubbo's attachments follow the
     # arguments, which are never decoded.
     writes_headers: bool
 
     def set_header(self, frame: RpcFrame, name: str, value: str) -> bool:
-        """Set header ``name`` of the request ``frame`` to ``value`` (replaced, or added when absent): its
-        ``raw`` and ``headers`` change, every other byte stays. For a frame its caller owns alone (one just
-        decoded, which nothing else holds yet). False, the frame left as it was, when the codec cannot
-        write it there (``writes_headers`` False; a pseudo-header; a map that would outgrow its limit)."""
+        """Give the request ``frame``'s header ``name``, which it carries, the value ``value``: its ``raw``
+        and ``headers`` change, every other byte stays. For a frame its caller owns alone (one just decoded,
+        which nothing else holds yet). False, the frame left as it was, when the codec cannot write it
+        there (``writes_headers`` False; an absent or pseudo-header; a map that would outgrow its limit)."""
         ...
 
     # Re-id without copying the frame twice: a proxy appends ``raw`` to its connection's out buffer and
