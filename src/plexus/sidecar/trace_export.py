@@ -70,7 +70,7 @@ def span_name(entry: RequestEntry) -> str:
 
 
 # OpenTelemetry's ``rpc.system`` of the RPC protocols the sidecar proxies (Dubbo's is its registered value;
-# SOFA RPC has none registered, so the protocol's name).
+# SOFA RPC has none registered, so the framework's name).
 _RPC_SYSTEMS: Final = {"bolt": "sofarpc", "dubbo": "apache_dubbo"}
 
 
