@@ -6,7 +6,6 @@ the traces they start."""
 from __future__ import annotations
 
 import socket
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,9 +35,9 @@ class TracedMesh:
 
 
 @pytest.fixture(scope="module")
-def mesh() -> Iterator[TracedMesh]:
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TracedMesh]:
     group = Group()
-    folder = Path(tempfile.mkdtemp(prefix="plexus-rpc-trace-"))
+    folder = tmp_path_factory.mktemp("rpc-trace")  # (pytest removes it)
     try:
         registry = start_registry(group)
         spans = {name: folder / f"{name}.jsonl" for name in ("a", "b")}

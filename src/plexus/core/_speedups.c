@@ -86,7 +86,8 @@ static inline long long floor_div(long long a, long long b) {
 /* The same int (identity, or two exact ints of one value): a request's sizes are new int objects each time
    above 256, and the lines' parts for them are worked out again only when the values change. */
 static inline int same_int(PyObject *a, PyObject *b) {
-    return a == b || (PyLong_CheckExact(a) && PyLong_CheckExact(b) && PyObject_RichCompareBool(a, b, Py_EQ) == 1);
+    return a == b ||
+           (PyLong_CheckExact(a) && PyLong_CheckExact(b) && PyObject_RichCompareBool(a, b, Py_EQ) == 1);
 }
 
 /* The Outcome attributes the lines read, looked up once. */
